@@ -1,0 +1,28 @@
+# Two commands do all set-up on a fresh Debian/Ubuntu machine (as root):
+#   make run    install, then run the daemon on the built-in defaults
+#   make test   install, then lint, type-check and run every test
+.PHONY: setup run test lint bench clean
+
+VENV := .venv
+BIN := $(VENV)/bin
+RUN_ARGS ?=
+
+setup:
+	./scripts/setup.sh
+
+run: setup
+	$(BIN)/egresswatch run $(RUN_ARGS)
+
+lint: setup
+	$(BIN)/ruff check egresswatch tests bench
+	$(BIN)/ruff format --check egresswatch tests bench
+	$(BIN)/mypy
+
+test: lint
+	$(BIN)/pytest -q
+
+bench: setup
+	$(BIN)/python bench/replay_bench.py
+
+clean:
+	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache

@@ -1,0 +1,42 @@
+#!/usr/bin/env bash
+# Installs everything egresswatch needs on Debian/Ubuntu: system packages and a
+# virtualenv in .venv with the package (editable) and its dev tools.
+# Idempotent: re-running only installs what is missing.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+APT_PACKAGES=(
+  libpcap0.8        # scapy compiles BPF filters through libpcap
+  tshark            # the independent oracle in conformance tests and benchmarks
+  iproute2          # ip netns / veth / tc for live tests
+  openssl           # TLS server and clients in live tests
+  dbus dunst xvfb libnotify-bin  # desktop-notification tests
+  libdbus-1-dev libglib2.0-dev pkg-config  # build dbus-python for apprise's dbus:// scheme
+  python3-venv
+)
+
+missing=()
+for p in "${APT_PACKAGES[@]}"; do
+  dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")
+done
+if ((${#missing[@]})); then
+  if [ "$(id -u)" -ne 0 ]; then
+    echo "setup: need root to install: ${missing[*]} (run with sudo)" >&2
+    exit 1
+  fi
+  export DEBIAN_FRONTEND=noninteractive
+  echo "wireshark-common wireshark-common/install-setuid boolean false" | debconf-set-selections
+  apt-get update -qq
+  apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
+fi
+
+PY=${PYTHON:-python3}
+if [ ! -x .venv/bin/python ]; then
+  "$PY" -m venv .venv
+fi
+stamp=.venv/.installed
+if [ ! -f "$stamp" ] || [ pyproject.toml -nt "$stamp" ]; then
+  .venv/bin/pip install -q --upgrade pip
+  .venv/bin/pip install -q -e '.[dev,desktop]'
+  touch "$stamp"
+fi
