@@ -69,6 +69,7 @@ class ExfilConfig:
     unique_subdomains: int = 40  # distinct names under one parent domain per window
     window_seconds: float = 60.0
     txt_flood: int = 20  # TXT/NULL/ANY queries per parent domain per window
+    suspicious_names: int = 3  # distinct random-looking names per parent domain per window
 
 
 @dataclass(frozen=True, slots=True)
@@ -128,7 +129,7 @@ def _convert(cls: type, data: Any, where: str) -> Any:
 def _coerce(default: Any, value: Any, where: str) -> Any:
     if isinstance(default, ExfilConfig):
         return _convert(ExfilConfig, value, where)
-    if isinstance(default, bool):
+    if isinstance(default, bool) or where.endswith(".learning"):
         if not isinstance(value, bool):
             raise TypeError("expected true or false")
         return value
@@ -156,8 +157,13 @@ def _coerce(default: Any, value: Any, where: str) -> Any:
 
 
 def parse_config(data: dict[str, Any], source: Path | None = None) -> Config:
-    sections = {"daemon": DaemonConfig, "retention": RetentionConfig, "discovery": DiscoveryConfig,
-                "policy": PolicyConfig, "alerts": AlertsConfig}
+    sections = {
+        "daemon": DaemonConfig,
+        "retention": RetentionConfig,
+        "discovery": DiscoveryConfig,
+        "policy": PolicyConfig,
+        "alerts": AlertsConfig,
+    }
     kwargs: dict[str, Any] = {"source": source}
     for key, value in data.items():
         if key in sections:

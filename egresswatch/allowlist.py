@@ -1,0 +1,253 @@
+"""Allowlist suggestions from recorded events, imports from ToolHive and Docker
+MCP catalogs, and TOML rendering of ``[servers.NAME] allow = [...]`` tables.
+
+Pure functions over dicts: the CLI (cli_policy) does the file and database I/O.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import json
+import re
+from collections import defaultdict
+from collections.abc import Callable, Iterable, Mapping
+from typing import Any
+
+from egresswatch.detectors import registrable_domain
+from egresswatch.errors import ConfigError
+from egresswatch.policy import parse_entry
+
+#: at least this many distinct subdomains of one registrable domain collapse to ``*.domain``
+COLLAPSE_AT = 3
+#: events with these reasons are never suggested: they are attacks, not baseline
+NEVER_SUGGEST = frozenset({"dns_exfil", "doh_dot"})
+
+Notes = dict[str, list[str]]
+
+
+def is_ip(text: str) -> bool:
+    try:
+        ipaddress.ip_address(text)
+    except ValueError:
+        return False
+    return True
+
+
+def _destination(ev: Mapping[str, Any]) -> str | None:
+    kind = ev.get("kind")
+    if kind == "dns_query":
+        name = ev.get("qname")
+    elif kind in ("tls_sni", "quic_sni", "tls_incomplete", "connect"):
+        name = ev.get("sni") or ev.get("dst_name") or ev.get("dst")
+    else:  # dns_answer and unknown kinds are not egress
+        return None
+    if not isinstance(name, str) or not name.strip():
+        return None
+    return name.strip().rstrip(".").lower()
+
+
+def _valid(entry: str) -> bool:
+    try:
+        parse_entry(entry)
+    except ConfigError:
+        return False
+    return True
+
+
+def collapse(destinations: Iterable[str]) -> list[str]:
+    """A minimal allowlist for a set of destinations: names with at least
+    COLLAPSE_AT distinct subdomains under one registrable domain become
+    ``*.domain`` (plus ``domain`` itself if it was contacted); IPs stay IPs."""
+    names: set[str] = set()
+    ips: set[str] = set()
+    for d in destinations:
+        (ips if is_ip(d) else names).add(d)
+    by_domain: dict[str, set[str]] = defaultdict(set)
+    for n in names:
+        by_domain[registrable_domain(n)].add(n)
+    out: set[str] = set()
+    for domain, members in by_domain.items():
+        subs = {m for m in members if m != domain}
+        if len(subs) >= COLLAPSE_AT:
+            out.add(f"*.{domain}")
+            if domain in members:
+                out.add(domain)
+        else:
+            out |= members
+    out |= {ipaddress.ip_address(i).compressed for i in ips}
+    return sorted(out, key=lambda e: (is_ip(e), e.removeprefix("*."), e.startswith("*.")))
+
+
+def suggest(
+    events: Iterable[Mapping[str, Any]],
+    server: str | None = None,
+    skip: Callable[[str, Mapping[str, Any]], bool] | None = None,
+    notes: Notes | None = None,
+) -> dict[str, list[str]]:
+    """Per MCP server, a minimal allowlist covering the destinations in
+    ``events`` (Event.to_dict() / stored rows). Only events of ``server`` when
+    given; never events outside MCP trees or flagged dns_exfil/doh_dot; never
+    destinations for which ``skip(dest, event)`` is true (e.g. already in
+    policy.global_allow). Unusable names (bytes outside host-name syntax) are
+    left out and counted in ``notes``."""
+    dests: dict[str, set[str]] = defaultdict(set)
+    dropped: dict[str, dict[str, int]] = defaultdict(lambda: defaultdict(int))
+    for ev in events:
+        srv = ev.get("server")
+        if not isinstance(srv, str) or (server is not None and srv != server):
+            continue
+        dest = _destination(ev)
+        if dest is None:
+            continue
+        if ev.get("reason") in NEVER_SUGGEST:
+            dropped[srv][f"flagged {ev.get('reason')}"] += 1
+            continue
+        if skip is not None and skip(dest, ev):
+            continue
+        if not _valid(dest):
+            dropped[srv]["not a host name"] += 1
+            continue
+        dests[srv].add(dest)
+    result = {srv: collapse(d) for srv, d in sorted(dests.items())}
+    if notes is not None:
+        for srv, why in dropped.items():
+            result.setdefault(srv, [])
+            notes.setdefault(srv, []).extend(f"left out {n} event(s): {w}" for w, n in sorted(why.items()))
+    return dict(sorted(result.items()))
+
+
+# --- imports -----------------------------------------------------------------------
+
+
+def _toolhive_allow(entry: Mapping[str, Any], note: list[str]) -> list[str] | None:
+    perms = entry.get("permissions")
+    if isinstance(perms, str):  # a built-in profile name
+        return ["*"] if perms == "network" else []
+    if not isinstance(perms, Mapping):
+        return None
+    net = perms.get("network")
+    outbound = net.get("outbound") if isinstance(net, Mapping) else None
+    if not isinstance(outbound, Mapping):
+        note.append("no outbound network permissions declared")
+        return []
+    if outbound.get("insecure_allow_all") is True:
+        note.append("ToolHive insecure_allow_all: any destination")
+        return ["*"]
+    hosts = [h for h in outbound.get("allow_host") or [] if isinstance(h, str)]
+    ports = [p for p in outbound.get("allow_port") or [] if isinstance(p, int) and not isinstance(p, bool)]
+    out: list[str] = []
+    for host in hosts:
+        h = host.strip()
+        forms = [h[1:], f"*{h}"] if h.startswith(".") else [h]  # ".x.com": x.com and subdomains
+        for form in forms:
+            for e in [f"{_bracket(form)}:{p}" for p in ports] if ports else [form]:
+                if _valid(e):
+                    out.append(e)
+                else:
+                    note.append(f"skipped unusable host {json.dumps(host)}")
+    return list(dict.fromkeys(out))
+
+
+def _bracket(host: str) -> str:
+    return f"[{host}]" if ":" in host else host
+
+
+def import_toolhive(data: Any, notes: Notes | None = None) -> dict[str, list[str]]:
+    """Allowlists from a ToolHive registry (``servers`` / ``remote_servers`` /
+    ``groups``, each entry's ``permissions.network.outbound``: ``allow_host``
+    with ``.domain`` for a domain and its subdomains, ``allow_port``,
+    ``insecure_allow_all``) or from one server entry with a ``name``."""
+    if not isinstance(data, Mapping):
+        raise ConfigError("ToolHive data: expected a JSON object")
+    entries: dict[str, Any] = {}
+    if isinstance(data.get("servers"), Mapping):
+        entries.update(data["servers"])
+        for group in data.get("groups") or []:
+            if isinstance(group, Mapping) and isinstance(group.get("servers"), Mapping):
+                entries.update(group["servers"])
+    elif isinstance(data.get("name"), str):
+        entries[data["name"]] = data
+    else:
+        raise ConfigError("ToolHive data: no 'servers' table and no server 'name'")
+    out: dict[str, list[str]] = {}
+    for name, entry in sorted(entries.items()):
+        if not isinstance(entry, Mapping):
+            continue
+        note: list[str] = []
+        allow = _toolhive_allow(entry, note)
+        if allow is None:
+            continue
+        out[str(name)] = allow
+        if notes is not None and note:
+            notes.setdefault(str(name), []).extend(dict.fromkeys(note))
+    return out
+
+
+def import_docker_catalog(data: Any, notes: Notes | None = None) -> dict[str, list[str]]:
+    """Allowlists from a Docker MCP catalog (``registry.<name>.allowHosts``,
+    ``disableNetwork``) or one docker/mcp-registry ``server.yaml``
+    (``name`` + ``run.allowHosts``). Entries are ``host:port``."""
+    if not isinstance(data, Mapping):
+        raise ConfigError("Docker catalog: expected a mapping")
+    if isinstance(data.get("registry"), Mapping):
+        entries: dict[str, Any] = dict(data["registry"])
+    elif isinstance(data.get("name"), str):
+        entries = {data["name"]: data}
+    else:
+        raise ConfigError("Docker catalog: no 'registry' table and no server 'name'")
+    out: dict[str, list[str]] = {}
+    for name, entry in sorted(entries.items()):
+        if not isinstance(entry, Mapping):
+            continue
+        note: list[str] = []
+        run_value = entry.get("run")
+        run: Mapping[str, Any] = run_value if isinstance(run_value, Mapping) else {}
+        hosts = entry.get("allowHosts") or run.get("allowHosts") or []
+        allow: list[str] = []
+        if entry.get("disableNetwork") is True or run.get("disableNetwork") is True:
+            note.append("disableNetwork: no network at all")
+        else:
+            for h in hosts if isinstance(hosts, list) else []:
+                if isinstance(h, str) and _valid(h.strip()):
+                    allow.append(h.strip())
+                else:
+                    note.append(f"skipped unusable host {json.dumps(h)}")
+            if not hosts:
+                note.append("no allowHosts declared")
+        out[str(name)] = list(dict.fromkeys(allow))
+        if notes is not None and note:
+            notes.setdefault(str(name), []).extend(note)
+    return out
+
+
+# --- TOML ----------------------------------------------------------------------------
+
+_BARE_KEY = re.compile(r"[A-Za-z0-9_-]+")
+
+
+def _toml_str(s: str) -> str:
+    return json.dumps(s)  # a TOML basic string: JSON escapes are valid TOML escapes
+
+
+def _comment(text: str) -> str:
+    return re.sub(r"[\x00-\x1f\x7f]", "?", text)
+
+
+def render_toml(allow: Mapping[str, list[str]], notes: Notes | None = None, header: str = "") -> str:
+    """``[servers.NAME]`` tables with an ``allow`` list each, ready for config.toml."""
+    lines = [f"# {_comment(h)}" for h in header.splitlines()]
+    for name, entries in allow.items():
+        key = name if _BARE_KEY.fullmatch(name) else _toml_str(name)
+        if lines:
+            lines.append("")
+        lines.append(f"[servers.{key}]")
+        lines += [f"# {_comment(n)}" for n in (notes or {}).get(name, [])]
+        if not entries:
+            lines.append("allow = []")
+            continue
+        lines.append("allow = [")
+        for e in entries:
+            tail = "  # IP address: contacted without a resolved name" if is_ip(e) else ""
+            lines.append(f"  {_toml_str(e)},{tail}")
+        lines.append("]")
+    return "\n".join(lines) + "\n"

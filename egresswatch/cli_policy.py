@@ -1,0 +1,125 @@
+"""`egresswatch allowlist suggest|import`: print [servers.NAME] allow lists as TOML."""
+
+from __future__ import annotations
+
+import json
+import time
+from collections.abc import Callable, Mapping
+from pathlib import Path
+from typing import Any
+
+import click
+
+from egresswatch import allowlist
+from egresswatch.config import Config, load_config
+from egresswatch.errors import EgresswatchError
+from egresswatch.policy import Matcher
+from egresswatch.query import parse_time, query_events
+from egresswatch.store import Store
+
+
+@click.group("allowlist")
+def allowlist_group() -> None:
+    """Suggest per-server allowlists from recorded events, or import them from
+    ToolHive / Docker MCP catalogs. Both print TOML for config.toml."""
+
+
+def _skipper(cfg: Config) -> Callable[[str, Mapping[str, Any]], bool]:
+    base = Matcher.parse(cfg.policy.global_allow, "policy.global_allow")
+    install = Matcher.parse((*cfg.policy.global_allow, *cfg.policy.install_allow), "policy.install_allow")
+
+    def skip(dest: str, ev: Mapping[str, Any]) -> bool:
+        m = install if ev.get("phase") == "install" else base
+        if allowlist.is_ip(dest):
+            return m.match(None, dest, None) is not None
+        return m.match(dest, None, None) is not None
+
+    return skip
+
+
+@allowlist_group.command("suggest")
+@click.option("--server", help="Only this MCP server (default: every server with events).")
+@click.option(
+    "--db", type=click.Path(path_type=Path, dir_okay=False), default=None,
+    help="Event database (default: daemon.database from the config).",
+)  # fmt: skip
+@click.option(
+    "--config", "config_path", type=click.Path(path_type=Path, dir_okay=False), default=None,
+    help="Config file (default /etc/egresswatch/config.toml); its global/install allowlists are left out.",
+)  # fmt: skip
+@click.option(
+    "--since", default="7d", show_default=True, help="Events since: 2h, 7d, ISO-8601 or epoch seconds."
+)
+def suggest_cmd(server: str | None, db: Path | None, config_path: Path | None, since: str) -> None:
+    """Suggest a minimal allowlist per MCP server from what it contacted.
+
+    Three or more subdomains of one registrable domain collapse to *.domain;
+    destinations flagged dns_exfil or doh_dot are never suggested. Review the
+    output before adding it to config.toml."""
+    try:
+        cfg = load_config(config_path)
+        start = parse_time(since, time.time())
+        with Store(db or cfg.daemon.database, readonly=True) as store:
+            events = query_events(store, since=start, server=server, limit=None)
+    except (EgresswatchError, ValueError) as exc:
+        raise click.ClickException(str(exc)) from None
+    notes: allowlist.Notes = {}
+    result = allowlist.suggest(events, server=server, skip=_skipper(cfg), notes=notes)
+    header = f"egresswatch allowlist suggest: {len(events)} events since {since}"
+    if not result:
+        header += "\nno MCP server events found"
+    click.echo(allowlist.render_toml(result, notes, header), nl=False)
+
+
+def _load(path: Path, yaml_ok: bool) -> Any:
+    try:
+        text = path.read_text(encoding="utf-8")
+    except (OSError, UnicodeDecodeError) as exc:
+        raise click.ClickException(f"{path}: cannot read: {exc}") from None
+    try:
+        return json.loads(text)
+    except ValueError as exc:
+        if not yaml_ok:
+            raise click.ClickException(f"{path}: invalid JSON: {exc}") from None
+    try:
+        import yaml
+    except ImportError:
+        raise click.ClickException(f"{path}: not JSON, and PyYAML is not installed to read YAML") from None
+    try:
+        return yaml.safe_load(text)
+    except yaml.YAMLError as exc:
+        first = str(exc).splitlines()[0] if str(exc) else "parse error"
+        raise click.ClickException(f"{path}: invalid YAML: {first}") from None
+
+
+@allowlist_group.command("import")
+@click.option(
+    "--toolhive", type=click.Path(path_type=Path, dir_okay=False, exists=True), help="ToolHive registry JSON."
+)
+@click.option(
+    "--docker-catalog", type=click.Path(path_type=Path, dir_okay=False, exists=True),
+    help="Docker MCP catalog (YAML or JSON) or a docker/mcp-registry server.yaml.",
+)  # fmt: skip
+def import_cmd(toolhive: Path | None, docker_catalog: Path | None) -> None:
+    """Import allowlists from a ToolHive registry or a Docker MCP catalog.
+
+    Server names are the catalog's; rename the [servers.NAME] tables to match
+    the names in your MCP host configuration."""
+    if (toolhive is None) == (docker_catalog is None):
+        raise click.UsageError("give exactly one of --toolhive FILE or --docker-catalog FILE")
+    notes: allowlist.Notes = {}
+    try:
+        if toolhive is not None:
+            result = allowlist.import_toolhive(_load(toolhive, yaml_ok=False), notes)
+            source = toolhive
+        else:
+            assert docker_catalog is not None
+            result = allowlist.import_docker_catalog(_load(docker_catalog, yaml_ok=True), notes)
+            source = docker_catalog
+    except EgresswatchError as exc:
+        raise click.ClickException(str(exc)) from None
+    header = f"egresswatch allowlist import from {source.name}: {len(result)} server(s)"
+    click.echo(allowlist.render_toml(result, notes, header), nl=False)
+
+
+COMMANDS = [allowlist_group]

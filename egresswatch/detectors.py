@@ -1,0 +1,353 @@
+"""Pure detectors, stateful only by frame time: DNS exfiltration shape and
+DNS-over-HTTPS/TLS/QUIC resolver use. No I/O and no wall clock: the caller
+passes the frame timestamp, so replaying a capture gives the same hits.
+
+See docs/policy.md for what each signal means and how thresholds combine.
+"""
+
+from __future__ import annotations
+
+import functools
+import ipaddress
+import math
+import re
+from collections import Counter, OrderedDict, deque
+from dataclasses import dataclass
+
+from egresswatch.config import ExfilConfig
+from egresswatch.model import CONNECT, DNS_QUERY, Observation
+
+try:  # a maintained PSL snapshot, bundled, never fetched at run time
+    from publicsuffixlist import PublicSuffixList
+
+    _PSL: PublicSuffixList | None = PublicSuffixList()
+except ImportError:  # pragma: no cover - fallback when the package is missing
+    _PSL = None
+
+# Used only without the publicsuffixlist package: common multi-label suffixes.
+_FALLBACK_SUFFIXES = frozenset(
+    "co.uk org.uk ac.uk gov.uk com.au net.au org.au co.jp ne.jp co.nz co.za com.br com.cn com.tw "
+    "com.mx co.in co.kr github.io herokuapp.com cloudfront.net amazonaws.com s3.amazonaws.com "
+    "appspot.com azurewebsites.net blogspot.com netlify.app vercel.app pages.dev workers.dev "
+    "web.app firebaseapp.com fly.dev onrender.com in-addr.arpa ip6.arpa home.arpa".split()
+)
+
+#: Parent key for names whose top-level domain is not a public suffix
+#: (``pirate.sea``, ``dnscat.<hex>``, ``host.local``): they share one bucket.
+UNKNOWN_TLD = "(unknown-tld)"
+
+REVERSE_ZONES = ("in-addr.arpa", "ip6.arpa")
+# TXT, NULL, ANY: the record types DNS tunnels use to carry data back.
+FLOOD_QTYPES = frozenset({16, 10, 255})
+QTYPE_NAMES = {16: "TXT", 10: "NULL", 255: "ANY"}
+
+_HEX = re.compile(r"[0-9a-f]{16,}")
+_B32 = re.compile(r"[a-z2-7]{16,}=*|[0-9a-v]{16,}=*")
+_B64 = re.compile(r"[A-Za-z0-9+/_=-]{16,}")
+_LDH = re.compile(r"[a-z0-9_*-]*")
+_ESCAPE = re.compile(r"\\(\d{3}|.)")
+_LABEL_SPLIT = re.compile(r"(?<!\\)\.")
+_ENCODINGS = frozenset({"hex", "base32", "base64", "binary"})
+
+
+def normalize_name(name: str) -> str:
+    """Lower-case, without the trailing dot."""
+    return name.strip().rstrip(".").lower()
+
+
+def registrable_domain(name: str) -> str:
+    """The registrable domain ("eTLD+1") of ``name``: ``a.b.example.co.uk`` ->
+    ``example.co.uk``, ``x.github.io`` -> ``x.github.io``. An unknown top-level
+    domain counts as a one-label suffix (``a.pirate.sea`` -> ``pirate.sea``);
+    a bare public suffix is returned as is."""
+    n = normalize_name(name)
+    if not n:
+        return n
+    if _PSL is not None:
+        return _PSL.privatesuffix(n) or n
+    labels = n.split(".")
+    take = 3 if ".".join(labels[-2:]) in _FALLBACK_SUFFIXES else 2
+    return ".".join(labels[-take:])
+
+
+def has_public_suffix(name: str) -> bool:
+    """True when the name ends in a suffix on the Public Suffix List."""
+    n = normalize_name(name)
+    if _PSL is not None:
+        return _PSL.publicsuffix(n, accept_unknown=False) is not None
+    return "." in n  # pragma: no cover - fallback is permissive
+
+
+def wire_len(label: str) -> int:
+    """Length in bytes of a presentation-form label (``\\DDD`` and ``\\X`` are one byte)."""
+    return len(_ESCAPE.sub("x", label))
+
+
+@functools.lru_cache(maxsize=8192)
+def parent_domain(name: str) -> str:
+    """The exfil detector's parent key: the registrable domain, or UNKNOWN_TLD."""
+    return registrable_domain(name) if has_public_suffix(name) else UNKNOWN_TLD
+
+
+def shannon_entropy(text: str) -> float:
+    """Bits per character."""
+    if not text:
+        return 0.0
+    n = len(text)
+    return -sum(c / n * math.log2(c / n) for c in Counter(text).values())
+
+
+def label_signals(label: str, cfg: ExfilConfig) -> tuple[str, ...]:
+    """The exfiltration-shape signals one DNS label carries (empty for normal labels)."""
+    out: list[str] = []
+    low = label.lower()
+    if wire_len(label) > cfg.max_label_len:
+        out.append("long")
+    if not _LDH.fullmatch(low):
+        out.append("binary")  # bytes outside letters/digits/hyphen/underscore (or escapes)
+    if len(label) >= 16:
+        # hyphens mark word-built names (ELB, CDN edge names): entropy says little there
+        if "-" not in low and shannon_entropy(low) >= cfg.entropy_threshold:
+            out.append("entropy")
+        digits = sum(ch.isdigit() for ch in low)
+        if _HEX.fullmatch(low) and digits >= 2 and digits < len(low):
+            out.append("hex")
+        elif _B32.fullmatch(low) and digits >= 2 and len(low) - digits >= 4 and "-" not in low:
+            out.append("base32")
+        elif (
+            _B64.fullmatch(label)
+            and any(c.isupper() for c in label)
+            and any(c.islower() for c in label)
+            and digits >= 1
+        ):
+            out.append("base64")
+    return tuple(out)
+
+
+@dataclass(frozen=True, slots=True)
+class ExfilHit:
+    """Why a DNS query looks like exfiltration: ``parent`` is the registrable
+    domain (or UNKNOWN_TLD), ``signals`` the reasons, ``detail`` one line."""
+
+    parent: str
+    signals: tuple[str, ...]
+    detail: str
+
+
+class _ParentState:
+    __slots__ = ("names", "shaped", "floods")
+
+    def __init__(self) -> None:
+        self.names: OrderedDict[str, float] = OrderedDict()  # name -> last seen
+        self.shaped: OrderedDict[str, float] = OrderedDict()  # suspicious-shape names
+        self.floods: deque[float] = deque()  # TXT/NULL/ANY query times
+
+
+def _touch(d: OrderedDict[str, float], key: str, ts: float, cap: int) -> None:
+    """Record ``key`` as seen at ``ts``; keep only the ``cap`` most recent keys."""
+    d[key] = ts
+    d.move_to_end(key)
+    while len(d) > cap:
+        d.popitem(last=False)
+
+
+def _expire(d: OrderedDict[str, float], since: float) -> int:
+    """Drop keys last seen before ``since`` (oldest first); return how many remain."""
+    while d and next(iter(d.values())) < since:
+        d.popitem(last=False)
+    return len(d)
+
+
+class DnsExfilDetector:
+    """Per (owner, parent domain) sliding-window detector over DNS queries.
+
+    ``observe`` flags a query when one of its labels is both longer than
+    ``max_label_len`` and random-looking (entropy or encoding), or when the
+    parent domain has, within ``window_seconds``: more than
+    ``unique_subdomains`` distinct names, at least ``suspicious_names``
+    distinct suspicious-shape names, or more than ``txt_flood`` TXT/NULL/ANY
+    queries. Memory is bounded: ``max_parents`` parents (least recently used
+    evicted), and per parent only as many names as a threshold needs.
+    """
+
+    def __init__(self, cfg: ExfilConfig | None = None, max_parents: int = 4096) -> None:
+        self.cfg = cfg or ExfilConfig()
+        self.max_parents = max(1, max_parents)
+        self._state: OrderedDict[tuple[str, str], _ParentState] = OrderedDict()
+
+    def configure(self, cfg: ExfilConfig) -> None:
+        self.cfg = cfg
+
+    def __len__(self) -> int:
+        return len(self._state)
+
+    def observe(self, owner: str, qname: str | None, qtype: int | None, ts: float) -> ExfilHit | None:
+        if not qname:
+            return None
+        cfg = self.cfg
+        name = qname.rstrip(".")
+        if not name:
+            return None
+        labels = _LABEL_SPLIT.split(name)
+        low = name.lower()
+        parent = parent_domain(low)
+        per_label = [(lab, label_signals(lab, cfg)) for lab in labels]
+        shaped_sig = sorted({s for _, sig in per_label for s in sig})
+        signals: list[str] = []
+        detail: list[str] = []
+        for lab, sig in per_label:
+            if "long" in sig and (_ENCODINGS & set(sig) or "entropy" in sig):
+                signals.append("long_random_label")
+                detail.append(f"label of {wire_len(lab)} bytes ({'+'.join(s for s in sig if s != 'long')})")
+                break
+
+        key = (owner, parent)
+        st = self._state.get(key)
+        if st is None:
+            st = self._state[key] = _ParentState()
+            while len(self._state) > self.max_parents:
+                self._state.popitem(last=False)
+        else:
+            self._state.move_to_end(key)
+        since = ts - cfg.window_seconds
+        window = f"{cfg.window_seconds:g}s"
+        if not parent.endswith(REVERSE_ZONES):  # PTR lookups of many addresses are normal
+            _touch(st.names, low, ts, cfg.unique_subdomains + 1)
+        need = max(1, cfg.suspicious_names)
+        if shaped_sig:
+            _touch(st.shaped, low, ts, need)
+        if qtype in FLOOD_QTYPES:
+            st.floods.append(ts)
+            while len(st.floods) > cfg.txt_flood + 1:
+                st.floods.popleft()
+        # a parent over any threshold flags every query under it
+        if _expire(st.names, since) > cfg.unique_subdomains:
+            signals.append("unique_subdomains")
+            detail.append(f"more than {cfg.unique_subdomains} distinct names in {window}")
+        if _expire(st.shaped, since) >= need:
+            signals.append("suspicious_names")
+            detail.append(f"{need}+ names shaped {'+'.join(shaped_sig) or 'oddly'} in {window}")
+        while st.floods and st.floods[0] < since:
+            st.floods.popleft()
+        if len(st.floods) > cfg.txt_flood:
+            signals.append("txt_flood")
+            detail.append(f"more than {cfg.txt_flood} TXT/NULL/ANY queries in {window}")
+        if not signals:
+            return None
+        return ExfilHit(parent=parent, signals=tuple(signals), detail=f"{parent}: " + "; ".join(detail))
+
+
+# --- DNS-over-HTTPS / TLS / QUIC resolvers -------------------------------------------
+
+#: Names of public DoH/DoT/DoQ resolvers; each also matches its subdomains.
+DOH_NAMES: tuple[str, ...] = (
+    "dns.google",
+    "dns.google.com",
+    "dns64.dns.google",
+    "cloudflare-dns.com",
+    "one.one.one.one",
+    "1dot1dot1dot1.cloudflare-dns.com",
+    "dns.quad9.net",
+    "dns9.quad9.net",
+    "dns10.quad9.net",
+    "dns11.quad9.net",
+    "dns12.quad9.net",
+    "doh.opendns.com",
+    "doh.familyshield.opendns.com",
+    "dns.umbrella.com",
+    "dns.nextdns.io",
+    "doh.cleanbrowsing.org",
+    "dns.adguard.com",
+    "dns.adguard-dns.com",
+    "dns-unfiltered.adguard.com",
+    "doh.mullvad.net",
+    "dns.mullvad.net",
+    "doh.dns.sb",
+    "dns.twnic.tw",
+    "doh.libredns.gr",
+    "dns.controld.com",
+    "freedns.controld.com",
+    "doh.applied-privacy.net",
+    "ordns.he.net",
+    "dns0.eu",
+    "dns.alidns.com",
+    "doh.pub",
+    "dot.pub",
+    "doh.360.cn",
+    "dns.switch.ch",
+    "dns.digitale-gesellschaft.ch",
+    "resolver.arpa",  # DDR discovery (_dns.resolver.arpa), RFC 9462
+)
+
+#: Addresses of public DoH/DoT/DoQ resolvers (any port but 53 counts).
+DOH_IPS: tuple[str, ...] = (
+    "1.1.1.1", "1.0.0.1", "1.1.1.2", "1.0.0.2", "1.1.1.3", "1.0.0.3",
+    "2606:4700:4700::1111", "2606:4700:4700::1001", "2606:4700:4700::1112",
+    "2606:4700:4700::1002", "2606:4700:4700::1113", "2606:4700:4700::1003",
+    "8.8.8.8", "8.8.4.4", "2001:4860:4860::8888", "2001:4860:4860::8844",
+    "9.9.9.9", "149.112.112.112", "9.9.9.10", "149.112.112.10", "9.9.9.11", "149.112.112.11",
+    "2620:fe::fe", "2620:fe::9", "2620:fe::10", "2620:fe::11",
+    "208.67.222.222", "208.67.220.220", "2620:119:35::35", "2620:119:53::53",
+    "94.140.14.14", "94.140.15.15", "94.140.14.140", "2a10:50c0::ad1:ff", "2a10:50c0::ad2:ff",
+    "45.90.28.0/24", "45.90.30.0/24", "2a07:a8c0::/33", "2a07:a8c1::/33",
+    "185.228.168.9", "185.228.169.9", "185.228.168.168",
+    "76.76.2.0/24", "76.76.10.0/24",
+    "194.242.2.2", "194.242.2.3", "194.242.2.4", "194.242.2.9",
+    "185.222.222.222", "45.11.45.11",
+    "223.5.5.5", "223.6.6.6", "1.12.12.12", "120.53.53.53",
+    "193.110.81.0", "185.253.5.0",
+)  # fmt: skip
+
+DOT_PORT = 853
+DOQ_PORTS = frozenset({853, 784, 8853})
+_DOH_NETS = tuple(ipaddress.ip_network(x) for x in DOH_IPS)
+_DOH_HOSTS = frozenset(n.network_address.compressed for n in _DOH_NETS if n.num_addresses == 1)
+_DOH_RANGES = tuple(n for n in _DOH_NETS if n.num_addresses > 1)
+_DOH_NAMES = frozenset(DOH_NAMES)
+
+
+def is_doh_name(name: str | None) -> str | None:
+    """The DoH resolver entry ``name`` is, or is a subdomain of; else None."""
+    if not name:
+        return None
+    labels = normalize_name(name).split(".")
+    for i in range(len(labels)):
+        cand = ".".join(labels[i:])
+        if cand in _DOH_NAMES:
+            return cand
+    return None
+
+
+def is_doh_ip(ip: str) -> bool:
+    try:
+        addr = ipaddress.ip_address(ip)
+    except ValueError:
+        return False
+    if addr.compressed in _DOH_HOSTS:
+        return True
+    return any(addr.version == n.version and addr in n for n in _DOH_RANGES)
+
+
+def doh_dot(obs: Observation, dst_name: str | None) -> str | None:
+    """Why ``obs`` looks like use of an encrypted DNS resolver (DoH, DoT, DoQ),
+    or None. A DNS query for a resolver's name counts too (it precedes use)."""
+    if obs.kind == DNS_QUERY:
+        hit = is_doh_name(obs.qname)
+        return f"query for DoH resolver name {hit}" if hit else None
+    if obs.is_dns:
+        return None
+    alpn = {a.lower() for a in obs.alpn}
+    if "dot" in alpn:
+        return "ALPN dot (DNS over TLS)"
+    if "doq" in alpn:
+        return "ALPN doq (DNS over QUIC)"
+    if obs.proto == "tcp" and obs.dport == DOT_PORT:
+        return "TCP port 853 (DNS over TLS)"
+    if obs.proto == "udp" and obs.dport in DOQ_PORTS:
+        return f"UDP port {obs.dport} (DNS over QUIC)"
+    hit = is_doh_name(obs.sni) or (is_doh_name(dst_name) if obs.kind == CONNECT or not obs.sni else None)
+    if hit:
+        return f"DoH resolver name {hit}"
+    if obs.dport != 53 and is_doh_ip(obs.dst):
+        return f"DoH resolver address {obs.dst}"
+    return None

@@ -1,0 +1,158 @@
+"""Per-owner DNS memory: which name did *this* server or process resolve to an IP?
+
+A global "last answer for this IP" map gives wrong names as soon as two
+processes resolve different names to one CDN address, so every answer is
+remembered under the owner of the flow that received it (see ``owner_key``).
+Time is frame time (``obs.ts``); memory is a bounded LRU.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+from collections import OrderedDict
+from dataclasses import dataclass
+
+from egresswatch.model import DNS_ANSWER, DNS_QUERY, Attribution, Observation
+
+Owner = tuple[str, ...]
+
+#: Answers are kept at least this long (seconds) whatever their TTL: clients
+#: cache beyond TTL 0/short TTLs and pooled connections reconnect later.
+MIN_TTL = 300.0
+#: and at most this long, to bound memory and staleness.
+MAX_TTL = 86400.0
+_A, _AAAA, _CNAME = 1, 28, 5
+_MAX_CHAIN = 16
+
+
+def owner_key(obs: Observation, attr: Attribution) -> Owner:
+    """Whose DNS memory an observation belongs to.
+
+    1. an MCP server: ``("server", host, name)`` (all its processes share it);
+    2. else a known process: ``("proc", pid, create_time)``;
+    3. else the local host address of the flow: ``("host", ip)`` (for a DNS
+       answer that is the client address it was sent to, for a connection its
+       source). Offline replays without process records thus get per-host
+       memory, never one global map across hosts.
+    """
+    if attr.server is not None:
+        return ("server", attr.host or "", attr.server)
+    if attr.process is not None:
+        return ("proc", str(attr.process.pid), repr(attr.process.create_time))
+    return ("host", _norm_ip(obs.local()[0]))
+
+
+def _norm_ip(ip: str) -> str:
+    if ":" not in ip:
+        return ip
+    try:
+        return ipaddress.ip_address(ip.split("%", 1)[0]).compressed
+    except ValueError:
+        return ip.lower()
+
+
+def _norm_name(name: str) -> str:
+    return name.rstrip(".").lower()
+
+
+@dataclass(frozen=True, slots=True)
+class _Entry:
+    names: tuple[str, ...]  # queried name first, then the CNAME targets leading to the IP
+    expires: float
+
+
+class NameMemory:
+    """Remembers DNS answers per owner and names connection destinations."""
+
+    def __init__(self, max_entries: int = 65536) -> None:
+        self.max_entries = max(1, max_entries)
+        self._map: OrderedDict[tuple[Owner, str], _Entry] = OrderedDict()
+
+    def __len__(self) -> int:
+        return len(self._map)
+
+    def observe(self, obs: Observation, attr: Attribution) -> str | None:
+        """Record a DNS answer; return the event's destination name (see module doc)."""
+        if obs.kind == DNS_ANSWER:
+            self.record(owner_key(obs, attr), obs)
+            return _norm_name(obs.qname) if obs.qname else None
+        if obs.kind == DNS_QUERY:
+            return _norm_name(obs.qname) if obs.qname else None
+        if obs.sni:
+            return _norm_name(obs.sni)
+        return self.lookup(owner_key(obs, attr), obs.dst, obs.ts)
+
+    def record(self, owner: Owner, obs: Observation) -> int:
+        """Remember every A/AAAA address reached from the question through the
+        CNAME chain of ``obs`` (a dns_answer). Returns how many were stored."""
+        if not obs.qname or obs.rcode not in (0, None):
+            return 0
+        qname = _norm_name(obs.qname)
+        stored = 0
+        if obs.records:
+            cnames: dict[str, str] = {}
+            addrs: list[tuple[str, str, int]] = []
+            for r in obs.records:
+                owner_name = _norm_name(r.name)
+                if r.rtype == _CNAME:
+                    cnames.setdefault(owner_name, _norm_name(r.data))
+                elif r.rtype in (_A, _AAAA):
+                    addrs.append((owner_name, r.data, r.ttl))
+            chain = [qname]
+            while chain[-1] in cnames and len(chain) < _MAX_CHAIN and cnames[chain[-1]] not in chain:
+                chain.append(cnames[chain[-1]])
+            for owner_name, ip, ttl in addrs:
+                if owner_name in chain:
+                    names = tuple(chain[: chain.index(owner_name) + 1])
+                    self._put(owner, ip, names, obs.ts + _clamp(ttl))
+                    stored += 1
+        else:  # answers only (A/AAAA/CNAME data in wire order), no TTLs known
+            chain = [qname]
+            for data in obs.answers:
+                if _is_ip(data):
+                    self._put(owner, data, tuple(chain), obs.ts + MIN_TTL)
+                    stored += 1
+                elif len(chain) < _MAX_CHAIN:
+                    chain.append(_norm_name(data))
+        return stored
+
+    def _put(self, owner: Owner, ip: str, names: tuple[str, ...], expires: float) -> None:
+        key = (owner, _norm_ip(ip))
+        self._map[key] = _Entry(names, expires)
+        self._map.move_to_end(key)
+        while len(self._map) > self.max_entries:
+            self._map.popitem(last=False)
+
+    def names(self, owner: Owner, ip: str, ts: float | None = None) -> tuple[str, ...]:
+        """Every name (query, then CNAME targets) ``owner`` resolved to ``ip``;
+        empty when unknown or expired at frame time ``ts``."""
+        key = (owner, _norm_ip(ip))
+        entry = self._map.get(key)
+        if entry is None:
+            return ()
+        if ts is not None and ts > entry.expires:
+            del self._map[key]
+            return ()
+        self._map.move_to_end(key)
+        return entry.names
+
+    def lookup(self, owner: Owner, ip: str, ts: float | None = None) -> str | None:
+        """The name ``owner`` asked for that resolved to ``ip`` (latest answer wins)."""
+        found = self.names(owner, ip, ts)
+        return found[0] if found else None
+
+    def resolved(self, owner: Owner, ip: str, ts: float | None = None) -> bool:
+        """Did ``owner`` resolve any name to ``ip`` (not yet expired at ``ts``)?"""
+        return bool(self.names(owner, ip, ts))
+
+
+def _clamp(ttl: int) -> float:
+    return min(max(float(ttl), MIN_TTL), MAX_TTL)
+
+
+def _is_ip(text: str) -> bool:
+    try:
+        ipaddress.ip_address(text)
+    except ValueError:
+        return False
+    return True
