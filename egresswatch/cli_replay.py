@@ -16,7 +16,7 @@ from egresswatch.decode.engine import Engine
 from egresswatch.errors import EgresswatchError
 from egresswatch.model import Event, Frame
 from egresswatch.names import NameMemory
-from egresswatch.pipeline import Pipeline, Sink
+from egresswatch.pipeline import Attributor, Pipeline, Sink
 from egresswatch.policy import Policy
 from egresswatch.textsafe import safe
 
@@ -28,7 +28,10 @@ def event_json(event: Event) -> str:
 
 def event_row(event: Event) -> str:
     o = event.obs
-    name = o.qname if o.is_dns else (o.sni or event.dst_name or "")
+    if o.is_dns:
+        name = o.qname if o.qname is not None else "<no parsable question>"
+    else:
+        name = o.sni or event.dst_name or ""
     extra = ""
     if o.kind == "dns_answer" and o.answers:
         extra = " -> " + ",".join(o.answers)
@@ -54,13 +57,18 @@ class _Printer:
         self.out.flush()
 
 
-def build_attributor(procs: Path | None, config: Config):  # type: ignore[no-untyped-def]
+def build_attributor(procs: Path | None, config: Config) -> Attributor:
     """Replay attribution: ptcpdump per-packet comments first, then a recorded
     procs file (``run --record-procs``), else unknown."""
+    from egresswatch.lineage import Matcher
     from egresswatch.procfile import CompositeAttributor, PtcpdumpAttributor, RecordedAttributor
 
-    recorded = RecordedAttributor(procs) if procs is not None else None
-    return CompositeAttributor(PtcpdumpAttributor(config.discovery.launcher_patterns), recorded)
+    # Offline, MCP roots are recognised by the launcher patterns only: the
+    # machine replaying a capture is not the one that made it.
+    attributors: list[Attributor] = [PtcpdumpAttributor(Matcher((), config.discovery.launcher_patterns))]
+    if procs is not None:
+        attributors.insert(0, RecordedAttributor(procs))
+    return CompositeAttributor(attributors)
 
 
 def replay_files(
@@ -89,17 +97,42 @@ def replay_files(
 
 @click.command()
 @click.argument("files", nargs=-1, required=True, type=click.Path(dir_okay=False, path_type=Path))
-@click.option("--format", "fmt", type=click.Choice(["jsonl", "table"]), default="jsonl", show_default=True,
-              help="jsonl: one JSON object per event (fields in docs/events.md); table: one line per event.")
-@click.option("--db", type=click.Path(dir_okay=False, path_type=Path), default=None,
-              help="Also store the events in this SQLite database.")
-@click.option("--procs", type=click.Path(exists=True, dir_okay=False, path_type=Path), default=None,
-              help="Process lookups recorded by `egresswatch run --record-procs FILE`.")
-@click.option("--config", "config_path", type=click.Path(dir_okay=False, path_type=Path), default=None,
-              help="Config with allowlists (default: /etc/egresswatch/config.toml if present).")
+@click.option(
+    "--format",
+    "fmt",
+    type=click.Choice(["jsonl", "table"]),
+    default="jsonl",
+    show_default=True,
+    help="jsonl: one JSON object per event (fields in docs/events.md); table: one line per event.",
+)
+@click.option(
+    "--db",
+    type=click.Path(dir_okay=False, path_type=Path),
+    default=None,
+    help="Also store the events in this SQLite database.",
+)
+@click.option(
+    "--procs",
+    type=click.Path(exists=True, dir_okay=False, path_type=Path),
+    default=None,
+    help="Process lookups recorded by `egresswatch run --record-procs FILE`.",
+)
+@click.option(
+    "--config",
+    "config_path",
+    type=click.Path(dir_okay=False, path_type=Path),
+    default=None,
+    help="Config with allowlists (default: /etc/egresswatch/config.toml if present).",
+)
 @click.option("--stats", is_flag=True, help="Print decoder counters to stderr at the end.")
-def replay(files: tuple[Path, ...], fmt: str, db: Path | None, procs: Path | None,
-           config_path: Path | None, stats: bool) -> None:
+def replay(
+    files: tuple[Path, ...],
+    fmt: str,
+    db: Path | None,
+    procs: Path | None,
+    config_path: Path | None,
+    stats: bool,
+) -> None:
     """Replay pcap/pcapng FILES offline and print one event per line.
 
     Needs no privileges. A corrupt or truncated file prints the events that
