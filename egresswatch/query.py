@@ -1,0 +1,231 @@
+"""Queries over the event store: ``egresswatch events`` filters and ``stats``.
+
+Rows come back as the dicts of ``Event.to_dict()`` (same keys, same order, the
+kind-specific keys only for their kinds) with the row ``id`` first.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+import sqlite3
+from datetime import datetime
+from typing import Any
+
+from egresswatch.model import DNS_ANSWER, DNS_QUERY, QUIC_SNI, TLS_INCOMPLETE, TLS_SNI
+from egresswatch.store import JSON_FIELDS, Store
+from egresswatch.textsafe import safe
+
+_UNITS = {"s": 1.0, "m": 60.0, "h": 3600.0, "d": 86400.0, "w": 604800.0}
+_REL = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*([smhdw])\s*$", re.IGNORECASE)
+_EPOCH = re.compile(r"^\s*\d+(?:\.\d+)?\s*$")
+
+
+def parse_time(text: str, now: float) -> float:
+    """``2h``/``30m``/``7d``/``45s``/``1w`` ago, an ISO-8601 time (local time when it
+    has no offset) or epoch seconds -> epoch seconds. ValueError (one line) otherwise."""
+    m = _REL.match(text)
+    if m:
+        return now - float(m.group(1)) * _UNITS[m.group(2).lower()]
+    if _EPOCH.match(text):
+        return float(text)
+    try:
+        dt = datetime.fromisoformat(text.strip())
+    except ValueError:
+        raise ValueError(
+            f"cannot parse time {safe(text)!r}: use 2h, 30m, 7d, an ISO-8601 time or epoch seconds"
+        ) from None
+    if dt.tzinfo is None:
+        dt = dt.astimezone()
+    return dt.timestamp()
+
+
+def _glob_tokens(pattern: str) -> list[str]:
+    """Split a GLOB pattern into literal characters, ``*``, ``?`` and ``[...]`` classes."""
+    toks: list[str] = []
+    i, n = 0, len(pattern)
+    while i < n:
+        c = pattern[i]
+        if c == "[":
+            j = i + 1
+            if j < n and pattern[j] == "^":
+                j += 1
+            if j < n and pattern[j] == "]":
+                j += 1
+            k = pattern.find("]", j)
+            k = n - 1 if k < 0 else k
+            toks.append(pattern[i : k + 1])
+            i = k + 1
+        else:
+            toks.append(c)
+            i += 1
+    return toks
+
+
+def domain_conditions(pattern: str) -> list[tuple[str, list[Any]]]:
+    """SQL conditions, one per name column (rname, ralt), matching ``pattern`` (GLOB,
+    case-insensitive) against dst_name, qname or sni. Names are stored reversed,
+    so a suffix pattern becomes an index range."""
+    toks = _glob_tokens(pattern.lower())
+    rev = "".join(reversed(toks))
+    prefix = ""
+    for t in reversed(toks):
+        if t in ("*", "?") or t.startswith("["):
+            break
+        prefix += t
+    out: list[tuple[str, list[Any]]] = []
+    for col in ("rname", "ralt"):
+        if prefix and ord(prefix[-1]) < 0x10FFFF:
+            hi = prefix[:-1] + chr(ord(prefix[-1]) + 1)
+            out.append((f"({col} >= ? AND {col} < ? AND {col} GLOB ?)", [prefix, hi, rev]))
+        else:
+            out.append((f"{col} GLOB ?", [rev]))
+    return out
+
+
+def domain_condition(pattern: str) -> tuple[str, list[Any]]:
+    """One SQL condition: any of :func:`domain_conditions`."""
+    conds = domain_conditions(pattern)
+    return "(" + " OR ".join(c for c, _ in conds) + ")", [p for _, ps in conds for p in ps]
+
+
+def query_events(
+    store: Store,
+    since: float | None = None,
+    until: float | None = None,
+    server: str | None = None,
+    pid: int | None = None,
+    process: str | None = None,
+    domain_glob: str | None = None,
+    verdict: str | None = None,
+    kind: str | None = None,
+    limit: int | None = 50,
+    after_id: int | None = None,
+) -> list[dict[str, Any]]:
+    """Matching events, newest first; with ``after_id`` the rows after that id,
+    oldest first (for following new rows)."""
+    where: list[str] = []
+    params: list[Any] = []
+    for col, op, val in (
+        ("ts", ">=", since),
+        ("ts", "<", until),
+        ("server", "=", server),
+        ("pid", "=", pid),
+        ("process", "=", process),
+        ("verdict", "=", verdict),
+        ("kind", "=", kind),
+        ("id", ">", after_id),
+    ):
+        if val is not None:
+            where.append(f"{col} {op} ?")
+            params.append(val)
+    order = " ORDER BY id ASC" if after_id is not None else " ORDER BY ts DESC, id DESC"
+    lim = f" LIMIT {int(limit)}" if limit is not None and limit > 0 else ""
+    if domain_glob and lim:
+        # One branch per name column, each answered from its (name, ts) index,
+        # then only the rows that will be shown are read.
+        branches, bparams = [], []
+        for c, p in domain_conditions(domain_glob):
+            branches.append("SELECT id, ts FROM events WHERE " + " AND ".join([*where, c]))
+            bparams += params + p
+        sql = f"SELECT * FROM events WHERE id IN (SELECT id FROM ({' UNION '.join(branches)}){order}{lim}){order}"
+        params = bparams
+    else:
+        if domain_glob:
+            c, p = domain_condition(domain_glob)
+            where.append(c)
+            params += p
+        cond = (" WHERE " + " AND ".join(where)) if where else ""
+        sql = f"SELECT * FROM events{cond}{order}{lim}"
+    return [row_to_dict(r) for r in store.execute(sql, params)]
+
+
+def _json(v: Any) -> Any:
+    if v is None:
+        return None
+    try:
+        return json.loads(v)
+    except (TypeError, ValueError):
+        return v
+
+
+def row_to_dict(row: sqlite3.Row) -> dict[str, Any]:
+    """A stored row -> the Event.to_dict() shape, with ``id`` first."""
+    r = {k: row[k] for k in row.keys()}  # noqa: SIM118 - sqlite3.Row
+    for f in JSON_FIELDS:
+        if f in r:
+            r[f] = _json(r[f])
+    d: dict[str, Any] = {"id": r["id"]}
+    for f in ("ts", "frame", "kind", "proto", "src", "sport", "dst", "dport"):
+        d[f] = r[f]
+    kind = r["kind"]
+    if kind in (DNS_QUERY, DNS_ANSWER):
+        for f in ("qname", "qtype", "rcode"):
+            d[f] = r[f]
+        d["answers"] = r["answers"] if r["answers"] is not None else []
+        d["dns_id"] = r["dns_id"]
+        if kind == DNS_ANSWER:
+            d["records"] = r["records"] if r["records"] is not None else []
+    elif kind in (TLS_SNI, QUIC_SNI, TLS_INCOMPLETE):
+        d["sni"] = r["sni"]
+        d["alpn"] = r["alpn"] if r["alpn"] is not None else []
+        d["ech"] = bool(r["ech"])
+        d["tls_versions"] = r["tls_versions"] if r["tls_versions"] is not None else []
+        if kind == QUIC_SNI:
+            d["quic_version"] = r["quic_version"]
+    if r["note"] is not None:
+        d["note"] = r["note"]
+    for f in ("dst_name", "pid", "process", "exe", "cmdline", "user"):
+        d[f] = r[f]
+    d["chain"] = r["chain"] if r["chain"] is not None else []
+    for f in ("server", "host", "phase", "attribution", "verdict", "reason", "rule", "severity"):
+        d[f] = r[f]
+    return d
+
+
+def stats(store: Store, since: float | None = None, until: float | None = None) -> list[dict[str, Any]]:
+    """Per MCP server: event and flagged counts, destinations contacted (count,
+    flagged, first/last seen; DNS answers not counted) and flagged events by reason."""
+    where, params = ["server IS NOT NULL"], []
+    if since is not None:
+        where.append("ts >= ?")
+        params.append(since)
+    if until is not None:
+        where.append("ts < ?")
+        params.append(until)
+    w = " AND ".join(where)
+    out: dict[str, dict[str, Any]] = {}
+
+    def entry(server: str) -> dict[str, Any]:
+        return out.setdefault(
+            server, {"server": server, "events": 0, "flagged": 0, "destinations": [], "flagged_by_reason": {}}
+        )
+
+    rows = store.execute(
+        f"SELECT server, coalesce(dst_name, dst) AS destination, count(*) AS n,"
+        f" sum(verdict = 'flagged') AS flagged, min(ts) AS first_seen, max(ts) AS last_seen"
+        f" FROM events WHERE {w} AND kind != 'dns_answer'"
+        f" GROUP BY server, destination ORDER BY server, n DESC, destination",
+        params,
+    )
+    for r in rows:
+        e = entry(r["server"])
+        e["events"] += r["n"]
+        e["flagged"] += r["flagged"]
+        e["destinations"].append(
+            {
+                "destination": r["destination"],
+                "count": r["n"],
+                "flagged": r["flagged"],
+                "first_seen": r["first_seen"],
+                "last_seen": r["last_seen"],
+            }
+        )
+    rows = store.execute(
+        f"SELECT server, reason, count(*) AS n FROM events WHERE {w} AND verdict = 'flagged'"
+        f" GROUP BY server, reason ORDER BY server, n DESC, reason",
+        params,
+    )
+    for r in rows:
+        entry(r["server"])["flagged_by_reason"][r["reason"]] = r["n"]
+    return [out[k] for k in sorted(out)]

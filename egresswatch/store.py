@@ -1,0 +1,469 @@
+"""SQLite event store: schema and migrations, batched writes, retention, permissions.
+
+The only module that imports ``sqlite_utils``. One :class:`Store` owns one
+connection (WAL, ``synchronous=NORMAL``) guarded by a lock, so the pipeline
+thread can write while a service thread calls :meth:`Store.prune` between
+batches. The alert worker writes through its own connection
+(:class:`AlertLog`). Queries live in :mod:`egresswatch.query`.
+"""
+
+from __future__ import annotations
+
+import grp
+import json
+import logging
+import os
+import sqlite3
+import stat
+import threading
+import time
+from collections import Counter
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+from urllib.parse import quote
+
+import sqlite_utils
+
+from egresswatch.config import RetentionConfig
+from egresswatch.errors import StoreError
+from egresswatch.model import Event
+
+log = logging.getLogger(__name__)
+
+# Event.to_dict() fields in their stored order; JSON_FIELDS hold JSON text.
+EVENT_FIELDS: tuple[str, ...] = (
+    "ts", "frame", "kind", "proto", "src", "sport", "dst", "dport",
+    "qname", "qtype", "rcode", "answers", "records", "dns_id",
+    "sni", "alpn", "ech", "tls_versions", "quic_version", "note", "dst_name",
+    "pid", "process", "exe", "cmdline", "user", "chain", "server", "host", "phase", "attribution",
+    "verdict", "reason", "rule", "severity",
+)  # fmt: skip
+JSON_FIELDS = frozenset({"answers", "records", "alpn", "tls_versions", "cmdline", "chain"})
+# Reversed lower-case names so that suffix globs (*.example.com) use an index.
+NAME_FIELDS = ("rname", "ralt")
+_INT = {"frame", "sport", "dport", "qtype", "rcode", "dns_id", "ech", "quic_version", "pid"}
+ALERT_FIELDS: tuple[str, ...] = (
+    "ts", "recorded", "kind", "server", "host", "destination", "reason", "severity",
+    "pid", "process", "count", "targets", "result", "error", "attempts", "title", "body",
+)  # fmt: skip
+_ALERT_INT = {"pid", "count", "attempts"}
+
+MIGRATIONS = sqlite_utils.Migrations("egresswatch")
+
+
+@MIGRATIONS(name="0001_events_alerts")
+def _m0001(db: sqlite_utils.Database) -> None:
+    cols: dict[str, Any] = {"id": int}
+    for f in (*EVENT_FIELDS, *NAME_FIELDS):
+        cols[f] = float if f == "ts" else int if f in _INT else str
+    db.table("events").create(cols, pk="id", not_null={"ts", "kind", "verdict"}, strict=True)
+    for idx in (
+        ["ts"],
+        ["server", "ts"],
+        ["verdict", "ts"],
+        ["pid", "ts"],
+        ["process", "ts"],
+        ["rname", "ts"],
+    ):
+        db.table("events").create_index(idx, f"events_{'_'.join(idx)}")
+    db.execute("CREATE INDEX events_ralt_ts ON events(ralt, ts) WHERE ralt IS NOT NULL")
+    acols: dict[str, Any] = {"id": int}
+    for f in ALERT_FIELDS:
+        acols[f] = float if f in ("ts", "recorded") else int if f in _ALERT_INT else str
+    db.table("alerts").create(acols, pk="id", not_null={"ts", "kind", "result"}, strict=True)
+    db.table("alerts").create_index(["ts"], "alerts_ts")
+    db.table("alerts").create_index(["server", "ts"], "alerts_server_ts")
+
+
+def event_row(event: Event) -> tuple[Any, ...]:
+    """The stored row (EVENT_FIELDS + NAME_FIELDS order) of an event."""
+    d = event.to_dict()
+    row: list[Any] = []
+    for f in EVENT_FIELDS:
+        v = d.get(f)
+        if f in JSON_FIELDS and v is not None:
+            v = json.dumps(v, separators=(",", ":"))
+        elif isinstance(v, bool):
+            v = int(v)
+        row.append(v)
+    main = d.get("dst_name") or d.get("qname") or d.get("sni")
+    alt = d.get("qname") or d.get("sni")
+    rname = main.lower()[::-1] if main else None
+    ralt = alt.lower()[::-1] if alt else None
+    row.append(rname)
+    row.append(ralt if ralt != rname else None)
+    return tuple(row)
+
+
+_INSERT_EVENT = "INSERT INTO events ({}) VALUES ({})".format(
+    ", ".join(EVENT_FIELDS + NAME_FIELDS), ", ".join("?" * (len(EVENT_FIELDS) + len(NAME_FIELDS)))
+)
+
+
+@dataclass(frozen=True, slots=True)
+class PruneResult:
+    deleted_by_age: int = 0
+    deleted_by_size: int = 0
+    alerts_deleted: int = 0
+    chunks: int = 0
+    seconds: float = 0.0
+    size_bytes: int = 0
+    longest_step: float = 0.0  # seconds the writer could have waited for the lock
+
+
+def _connect(path: Path, readonly: bool) -> sqlite3.Connection:
+    if readonly:
+        if not path.exists():
+            raise StoreError(f"{path}: no such database")
+        uri = f"file:{quote(str(path.resolve()))}?mode=ro"
+        try:
+            conn = sqlite3.connect(uri, uri=True, check_same_thread=False, isolation_level=None)
+            conn.execute("SELECT count(*) FROM sqlite_master").fetchone()
+        except sqlite3.DatabaseError as exc:
+            if not isinstance(exc, sqlite3.OperationalError) or "not a database" in str(exc):
+                raise StoreError(f"{path}: not a usable SQLite database ({exc})") from None
+            # WAL database with no -shm/-wal and a directory we cannot write:
+            # the writer is not running, so an immutable read is consistent.
+            if Path(f"{path}-wal").exists():
+                raise StoreError(f"{path}: cannot open the database read-only") from None
+            try:
+                conn = sqlite3.connect(
+                    uri + "&immutable=1", uri=True, check_same_thread=False, isolation_level=None
+                )
+            except sqlite3.Error as exc2:
+                raise StoreError(f"{path}: cannot open the database read-only: {exc2}") from None
+    else:
+        conn = sqlite3.connect(str(path), check_same_thread=False, isolation_level=None, timeout=5.0)
+    conn.row_factory = sqlite3.Row
+    try:
+        conn.execute("PRAGMA busy_timeout=5000")
+        conn.execute("PRAGMA cache_size=-16384")
+        conn.execute("SELECT count(*) FROM sqlite_master").fetchone()
+    except sqlite3.DatabaseError as exc:
+        conn.close()
+        raise StoreError(f"{path}: not a usable SQLite database ({exc})") from None
+    return conn
+
+
+def _create_file(path: Path, group: str | None) -> None:
+    """Create the database directory and file with restrictive modes."""
+    gid = -1
+    if group is not None:
+        try:
+            gid = grp.getgrnam(group).gr_gid
+        except KeyError:
+            raise StoreError(f"daemon.db_group: no such group {group!r}") from None
+    if not path.parent.exists():
+        os.makedirs(path.parent, mode=0o750, exist_ok=True)
+        os.chmod(path.parent, 0o750)
+        if gid >= 0 and os.geteuid() == 0:
+            os.chown(path.parent, 0, gid)
+    if path.exists():
+        return
+    mode = 0o640 if gid >= 0 else 0o600
+    fd = os.open(path, os.O_CREAT | os.O_EXCL | os.O_RDWR | os.O_NOFOLLOW | os.O_CLOEXEC, mode)
+    try:
+        os.fchmod(fd, mode)
+        if gid >= 0 and os.geteuid() == 0:
+            os.fchown(fd, 0, gid)
+    finally:
+        os.close(fd)
+
+
+def _match_sidecars(path: Path) -> None:
+    """Give -wal/-shm the owner/group/mode of the database file (SQLite usually does)."""
+    try:
+        st = os.stat(path)
+    except OSError:
+        return
+    for suffix in ("-wal", "-shm"):
+        side = Path(f"{path}{suffix}")
+        try:
+            sst = os.lstat(side)
+        except OSError:
+            continue
+        if not stat.S_ISREG(sst.st_mode) or sst.st_uid != os.geteuid():
+            continue
+        if stat.S_IMODE(sst.st_mode) != stat.S_IMODE(st.st_mode):
+            os.chmod(side, stat.S_IMODE(st.st_mode))
+        if os.geteuid() == 0 and (sst.st_uid, sst.st_gid) != (st.st_uid, st.st_gid):
+            os.chown(side, st.st_uid, st.st_gid)
+
+
+def check_permissions(path: Path | str) -> list[str]:
+    """Problems that let a user other than root (or the owner running us) change
+    the database: writable by group/others, foreign owner, or a writable directory."""
+    path = Path(path)
+    me = os.geteuid()
+    problems: list[str] = []
+    for p in (path, Path(f"{path}-wal"), Path(f"{path}-shm")):
+        try:
+            st = os.lstat(p)
+        except FileNotFoundError:
+            continue
+        except OSError as exc:
+            problems.append(f"{p}: cannot stat: {exc.strerror}")
+            continue
+        if stat.S_ISLNK(st.st_mode):
+            problems.append(f"{p}: is a symbolic link")
+            continue
+        if st.st_uid not in (0, me):
+            problems.append(f"{p}: owned by uid {st.st_uid}, not root")
+        if st.st_mode & 0o022:
+            problems.append(f"{p}: writable by group or others (mode {stat.S_IMODE(st.st_mode):04o})")
+    d = path.resolve().parent if path.exists() else path.parent.absolute()
+    for parent in (d, *d.parents):
+        try:
+            st = os.stat(parent)
+        except OSError:
+            continue
+        if st.st_uid not in (0, me):
+            problems.append(f"{parent}: directory owned by uid {st.st_uid}, not root")
+        if st.st_mode & 0o022 and not st.st_mode & stat.S_ISVTX:
+            problems.append(
+                f"{parent}: directory writable by group or others (mode {stat.S_IMODE(st.st_mode):04o})"
+            )
+    return problems
+
+
+class Store:
+    """The event database. Implements the pipeline Sink protocol."""
+
+    def __init__(
+        self,
+        path: Path | str,
+        *,
+        readonly: bool = False,
+        group: str | None = None,
+        batch_size: int = 500,
+        flush_interval: float = 1.0,
+        retention: RetentionConfig | None = None,
+    ) -> None:
+        self.path = Path(path)
+        self.readonly = readonly
+        self.batch_size = max(1, batch_size)
+        self.flush_interval = flush_interval
+        self.retention = retention or RetentionConfig()
+        self.counters: Counter[str] = Counter()
+        self._lock = threading.RLock()
+        self._pending: list[tuple[Any, ...]] = []
+        self._last_flush_ts: float | None = None
+        self._closed = False
+        self._longest = 0.0
+        self._failing = False
+        if not readonly:
+            _create_file(self.path, group)
+        conn = _connect(self.path, readonly)
+        self.db = sqlite_utils.Database(conn)
+        if readonly:
+            if not self.db["events"].exists():
+                conn.close()
+                raise StoreError(f"{self.path}: not an egresswatch database (no events table)")
+            return
+        try:
+            if not self.db["events"].exists():
+                conn.execute("PRAGMA auto_vacuum=INCREMENTAL")
+            conn.execute("PRAGMA journal_mode=WAL")
+            conn.execute("PRAGMA synchronous=NORMAL")
+            conn.execute("PRAGMA cache_size=-32768")  # 32 MiB: index inserts stay in memory
+            conn.execute("PRAGMA wal_autocheckpoint=4000")  # fewer, larger checkpoints
+            MIGRATIONS.apply(self.db)
+        except sqlite3.DatabaseError as exc:
+            conn.close()
+            raise StoreError(f"{self.path}: cannot prepare database: {exc}") from None
+        _match_sidecars(self.path)
+
+    @property
+    def conn(self) -> sqlite3.Connection:
+        return self.db.conn
+
+    # -- writing -----------------------------------------------------------
+    def write(self, event: Event) -> None:
+        if self.readonly or self._closed:
+            raise StoreError(f"{self.path}: opened read-only" if self.readonly else f"{self.path}: closed")
+        row = event_row(event)
+        with self._lock:
+            self._pending.append(row)
+        ts = event.obs.ts
+        if self._last_flush_ts is None:
+            self._last_flush_ts = ts
+        if len(self._pending) >= self.batch_size or abs(ts - self._last_flush_ts) >= self.flush_interval:
+            self._last_flush_ts = ts
+            self.flush()
+
+    def write_many(self, events: Sequence[Event]) -> None:
+        for e in events:
+            self.write(e)
+
+    def flush(self) -> None:
+        """Write pending events in one transaction. Failures are logged and counted;
+        rows are kept for the next try up to 50,000, then dropped and counted."""
+        if self.readonly or self._closed:
+            return
+        with self._lock:
+            rows, self._pending = self._pending, []
+            if not rows:
+                return
+            try:
+                with self.db.atomic():
+                    self.conn.executemany(_INSERT_EVENT, rows)
+            except sqlite3.Error as exc:
+                self.counters["write_errors"] += 1
+                if not self._failing:  # once per failure streak, not once per batch
+                    log.error("cannot write %d events to %s: %s", len(rows), self.path, exc)
+                self._failing = True
+                if len(rows) + len(self._pending) <= 50_000:
+                    self._pending[:0] = rows
+                else:
+                    self.counters["events_dropped"] += len(rows)
+                return
+            self.counters["events_written"] += len(rows)
+            if self._failing:
+                self._failing = False
+                log.warning("writing to %s works again", self.path)
+
+    def close(self) -> None:
+        if self._closed:
+            return
+        self.flush()
+        with self._lock:
+            self._closed = True
+            self.conn.close()
+
+    def __enter__(self) -> Store:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    # -- reading (used by egresswatch.query) ---------------------------------
+    def execute(self, sql: str, params: Sequence[Any] = ()) -> list[sqlite3.Row]:
+        with self._lock:
+            try:
+                return self.conn.execute(sql, params).fetchall()
+            except (sqlite3.DatabaseError, sqlite3.ProgrammingError) as exc:
+                raise StoreError(f"{self.path}: query failed: {exc}") from None
+
+    def alert_log(self) -> AlertLog:
+        """A separate connection for the alert worker thread (call it in that thread)."""
+        if self.readonly:
+            raise StoreError(f"{self.path}: opened read-only")
+        return AlertLog(self.path)
+
+    # -- retention -----------------------------------------------------------
+    def size_bytes(self) -> int:
+        """Bytes in use by the database pages (the file minus its free pages)."""
+        with self._lock:
+            pc = self.conn.execute("PRAGMA page_count").fetchone()[0]
+            fl = self.conn.execute("PRAGMA freelist_count").fetchone()[0]
+            ps = self.conn.execute("PRAGMA page_size").fetchone()[0]
+        return int((pc - fl) * ps)
+
+    def prune(self, now_ts: float, *, chunk: int = 500, max_chunks: int = 2000) -> PruneResult:
+        """Delete events (and alerts) older than ``retention.max_age_days``, then the
+        oldest events while the data exceeds ``retention.max_size_mb``. Each chunk
+        is its own short transaction, so writers wait at most one chunk."""
+        if self.readonly:
+            raise StoreError(f"{self.path}: opened read-only")
+        start = time.monotonic()
+        self._longest = 0.0
+        cutoff = now_ts - self.retention.max_age_days * 86400.0
+        by_age = by_size = alerts = chunks = 0
+        while chunks < max_chunks:
+            n = self._delete_chunk("events", "ts < ?", (cutoff,), chunk)
+            chunks += 1
+            by_age += n
+            if n < chunk:
+                break
+        while chunks < max_chunks:
+            n = self._delete_chunk("alerts", "ts < ?", (cutoff,), chunk)
+            chunks += 1
+            alerts += n
+            if n < chunk:
+                break
+        limit = int(self.retention.max_size_mb * 1024 * 1024)
+        while chunks < max_chunks and limit > 0 and self.size_bytes() > limit:
+            n = self._delete_chunk("events", "1", (), chunk)
+            chunks += 1
+            by_size += n
+            if n == 0:
+                break
+        if by_age or by_size or alerts:
+            self._reclaim(max_chunks)
+        self.counters["pruned_age"] += by_age
+        self.counters["pruned_size"] += by_size
+        return PruneResult(
+            by_age, by_size, alerts, chunks, time.monotonic() - start, self.size_bytes(), self._longest
+        )
+
+    def _delete_chunk(self, table: str, where: str, params: tuple[Any, ...], n: int) -> int:
+        sql = f"DELETE FROM {table} WHERE id IN (SELECT id FROM {table} WHERE {where} ORDER BY id LIMIT {n})"
+        with self._lock, self.db.atomic():
+            t = time.monotonic()
+            n = self.conn.execute(sql, params).rowcount
+        self._longest = max(self._longest, time.monotonic() - t)
+        return n
+
+    def _reclaim(self, max_steps: int) -> None:
+        """Give free pages back to the file system (auto_vacuum=INCREMENTAL), in steps."""
+        for _ in range(max_steps):
+            with self._lock:
+                if self.conn.execute("PRAGMA auto_vacuum").fetchone()[0] != 2:
+                    return
+                if self.conn.execute("PRAGMA freelist_count").fetchone()[0] == 0:
+                    return
+                t = time.monotonic()
+                self.conn.executescript("PRAGMA incremental_vacuum(256);")  # steps to the end
+                self._longest = max(self._longest, time.monotonic() - t)
+
+
+class AlertLog:
+    """Alert rows, through a connection of its own (one per thread)."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+        self.conn = sqlite3.connect(str(path), isolation_level=None, timeout=5.0)
+        self.conn.execute("PRAGMA busy_timeout=5000")
+        self.conn.execute("PRAGMA synchronous=NORMAL")
+
+    def insert(self, row: dict[str, Any]) -> int | None:
+        cols = [f for f in ALERT_FIELDS if f in row]
+        sql = f"INSERT INTO alerts ({', '.join(cols)}) VALUES ({', '.join('?' * len(cols))})"
+        try:
+            return self.conn.execute(sql, [_alert_value(row[c]) for c in cols]).lastrowid
+        except sqlite3.Error as exc:
+            log.error("cannot record alert in %s: %s", self.path, exc)
+            return None
+
+    def insert_many(self, rows: Sequence[dict[str, Any]]) -> None:
+        """Several rows in one transaction (held-back and dropped alerts)."""
+        try:
+            self.conn.execute("BEGIN")
+            for row in rows:
+                cols = [f for f in ALERT_FIELDS if f in row]
+                sql = f"INSERT INTO alerts ({', '.join(cols)}) VALUES ({', '.join('?' * len(cols))})"
+                self.conn.execute(sql, [_alert_value(row[c]) for c in cols])
+            self.conn.execute("COMMIT")
+        except sqlite3.Error as exc:
+            if self.conn.in_transaction:
+                self.conn.rollback()
+            log.error("cannot record %d alerts in %s: %s", len(rows), self.path, exc)
+
+    def update(self, row_id: int, **fields: Any) -> None:
+        cols = [f for f in ALERT_FIELDS if f in fields]
+        sql = f"UPDATE alerts SET {', '.join(c + ' = ?' for c in cols)} WHERE id = ?"
+        try:
+            self.conn.execute(sql, [*(_alert_value(fields[c]) for c in cols), row_id])
+        except sqlite3.Error as exc:
+            log.error("cannot update alert in %s: %s", self.path, exc)
+
+    def close(self) -> None:
+        self.conn.close()
+
+
+def _alert_value(v: Any) -> Any:
+    if isinstance(v, list | tuple):
+        return json.dumps(list(v))
+    return v
