@@ -156,7 +156,7 @@ def replay(
     try:
         for path, pipeline in replay_files(list(files), config, sinks, procs):
             if stats:
-                counters = dict(sorted((pipeline.decoder.counters + pipeline.counters).items()))
+                counters = dict(sorted((dict(pipeline.decoder.counters) | dict(pipeline.counters)).items()))
                 click.echo(f"{safe(path)}: {json.dumps(counters)}", err=True)
     except EgresswatchError as exc:
         failed = str(exc)

@@ -1,5 +1,5 @@
 #!/usr/bin/env python3
-"""Write the link-layer golden-input captures into pcaps/ (see README-link.md).
+"""Write the link-layer golden-input captures into pcaps/ (see README.md).
 
 Deterministic: fixed addresses, MACs, ports, IP ids, sequence numbers and
 timestamps, no randomness, so re-running writes identical bytes.
