@@ -63,22 +63,53 @@ def main() -> None:
         truth = out / f"{name}.truth.jsonl"
         if not capture.exists():
             print(f"generating {capture} ...", flush=True)
-            subprocess.run([sys.executable, str(CORPUS_BENCH / "make_mixed.py"), str(capture),
-                            "--packets", str(args.packets), "--truth", str(truth)], check=True)
+            subprocess.run(
+                [
+                    sys.executable,
+                    str(CORPUS_BENCH / "make_mixed.py"),
+                    str(capture),
+                    "--packets",
+                    str(args.packets),
+                    "--truth",
+                    str(truth),
+                ],
+                check=True,
+            )
     packets = count_packets(capture)
-    ew = [str(Path(sys.executable).parent / "egresswatch"), "replay", "--format", "jsonl",
-          "--config", "/dev/null", str(capture)]
+    ew = [
+        str(Path(sys.executable).parent / "egresswatch"),
+        "replay",
+        "--format",
+        "jsonl",
+        "--config",
+        "/dev/null",
+        str(capture),
+    ]
     if not Path(ew[0]).exists():
         ew = [sys.executable, "-m", "egresswatch", *ew[1:]]
-    ts = ["tshark", "-n", "-r", str(capture), "-Y", "dns || tls.handshake.type == 1", "-T", "fields",
-          "-e", "dns.qry.name", "-e", "tls.handshake.extensions_server_name"]
+    ts = [
+        "tshark",
+        "-n",
+        "-r",
+        str(capture),
+        "-Y",
+        "dns || tls.handshake.type == 1",
+        "-T",
+        "fields",
+        "-e",
+        "dns.qry.name",
+        "-e",
+        "tls.handshake.extensions_server_name",
+    ]
     have_tshark = shutil.which("tshark") is not None
     results: dict[str, list[tuple[float, float, int]]] = {"egresswatch": [], "tshark": []}
     for i in range(args.runs):
         results["egresswatch"].append(timed(ew, out / "ew.jsonl"))
         if have_tshark:
             results["tshark"].append(timed(ts, out / "tshark.txt"))
-        print(f"run {i + 1}: " + ", ".join(f"{k} {v[-1][0]:.2f}s" for k, v in results.items() if v), flush=True)
+        print(
+            f"run {i + 1}: " + ", ".join(f"{k} {v[-1][0]:.2f}s" for k, v in results.items() if v), flush=True
+        )
 
     if truth is not None and truth.exists():
         want = set()
@@ -91,7 +122,9 @@ def main() -> None:
             e = json.loads(line)
             if e["kind"] in ("dns_query", "tls_sni", "quic_sni"):
                 got.add((e["kind"], e.get("qname") or e.get("sni")))
-        print(f"truth names: {len(want)}; found by egresswatch: {len(want & got)}; missing: {len(want - got)}")
+        print(
+            f"truth names: {len(want)}; found by egresswatch: {len(want & got)}; missing: {len(want - got)}"
+        )
 
     print(f"\ncapture: {capture} ({packets:,} packets, {capture.stat().st_size:,} bytes)")
     print("| tool | median wall s | median CPU s | packets/s (wall) | peak RSS MiB |")
@@ -105,7 +138,8 @@ def main() -> None:
         print(f"| {tool} | {wall:.2f} | {cpu:.2f} | {packets / wall:,.0f} | {rss:.0f} |")
     if results["tshark"]:
         ratio = statistics.median(r[0] for r in results["tshark"]) / statistics.median(
-            r[0] for r in results["egresswatch"])
+            r[0] for r in results["egresswatch"]
+        )
         print(f"\negresswatch is {ratio:.2f}x tshark's packets per second")
 
 

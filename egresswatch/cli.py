@@ -12,7 +12,6 @@ import click
 from egresswatch import __version__
 from egresswatch.errors import EgresswatchError
 
-
 # command name -> module defining it (each module has a COMMANDS list). Modules are
 # imported only when their command runs, so `replay` does not pay for sqlite-utils
 # or apprise, and `--help` stays quick.

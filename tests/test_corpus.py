@@ -21,9 +21,9 @@ from pathlib import Path
 
 import pytest
 
+from egresswatch.cli_replay import replay_files
 from egresswatch.config import Config
 from egresswatch.model import Event
-from egresswatch.cli_replay import replay_files
 from tests.corpus import CORPUS, corpus_dir
 
 Item = tuple[str, str | None]
@@ -118,7 +118,9 @@ def test_capture_agrees_with_tshark(capture: str) -> None:
     expected = _items_expected(corpus / "public" / "expected" / (capture.replace("/", "__") + ".jsonl"))
     ours = _items_ours(path)
     extra, missing, _why = DIFFERENCES.get(capture, (set(), set(), ""))
-    assert ours - expected == extra, f"egresswatch reports more than tshark: {sorted(map(str, ours - expected))}"
+    assert ours - expected == extra, (
+        f"egresswatch reports more than tshark: {sorted(map(str, ours - expected))}"
+    )
     assert expected - ours == missing, f"egresswatch misses: {sorted(map(str, expected - ours))}"
 
 

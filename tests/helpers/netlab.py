@@ -92,8 +92,17 @@ class Lab:
             self.nsrun("ip", "link", "set", self.veth_peer, "up")
             self.nsrun("ip", "link", "set", "lo", "up")
             if self.netem_delay_ms:
-                run("tc", "qdisc", "add", "dev", self.veth_host, "root", "netem", "delay",
-                    f"{self.netem_delay_ms}ms")
+                run(
+                    "tc",
+                    "qdisc",
+                    "add",
+                    "dev",
+                    self.veth_host,
+                    "root",
+                    "netem",
+                    "delay",
+                    f"{self.netem_delay_ms}ms",
+                )
             wait_for(self._reachable, 5, "veth link up")
         except Exception:
             self.close()
@@ -117,9 +126,11 @@ class Lab:
         shutil.rmtree(self.tmp, ignore_errors=True)
 
     def _reachable(self) -> bool:
-        return run("ping", "-c1", "-W1", self.peer4, check=False).returncode == 0 if shutil.which(
-            "ping"
-        ) else self.nsrun("ip", "link", "show", self.veth_peer).returncode == 0
+        return (
+            run("ping", "-c1", "-W1", self.peer4, check=False).returncode == 0
+            if shutil.which("ping")
+            else self.nsrun("ip", "link", "show", self.veth_peer).returncode == 0
+        )
 
     # -- running things --------------------------------------------------
     def nsrun(self, *cmd: str, check: bool = True) -> subprocess.CompletedProcess[str]:
@@ -130,11 +141,21 @@ class Lab:
         self.procs.append(p)
         return p
 
-    def start_dns(self, answer4: str | None = None, answer6: str | None = None, nx: str | None = None) -> None:
+    def start_dns(
+        self, answer4: str | None = None, answer6: str | None = None, nx: str | None = None
+    ) -> None:
         """A dnslib server on port 53 (UDP and TCP) of the namespace; every name
         resolves to ``answer4``/``answer6`` (default: the namespace itself)."""
-        args = [sys.executable, str(HERE / "dns_responder.py"), "--address", "::",
-                "--a", answer4 or self.peer4, "--aaaa", answer6 or self.peer6]
+        args = [
+            sys.executable,
+            str(HERE / "dns_responder.py"),
+            "--address",
+            "::",
+            "--a",
+            answer4 or self.peer4,
+            "--aaaa",
+            answer6 or self.peer6,
+        ]
         if nx:
             args += ["--nx", nx]
         p = self.spawn(*args, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL)
@@ -148,10 +169,36 @@ class Lab:
         """openssl s_server on ``port`` of the namespace with a throwaway certificate."""
         key, cert = self.tmp / "key.pem", self.tmp / "cert.pem"
         if not cert.exists():
-            run("openssl", "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "1",
-                "-subj", "/CN=egresswatch-test", "-keyout", str(key), "-out", str(cert))
-        self.spawn("openssl", "s_server", "-quiet", "-accept", str(port), "-cert", str(cert),
-                   "-key", str(key), "-www", stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+            run(
+                "openssl",
+                "req",
+                "-x509",
+                "-newkey",
+                "rsa:2048",
+                "-nodes",
+                "-days",
+                "1",
+                "-subj",
+                "/CN=egresswatch-test",
+                "-keyout",
+                str(key),
+                "-out",
+                str(cert),
+            )
+        self.spawn(
+            "openssl",
+            "s_server",
+            "-quiet",
+            "-accept",
+            str(port),
+            "-cert",
+            str(cert),
+            "-key",
+            str(key),
+            "-www",
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+        )
         wait_for(lambda: self._port_open(self.peer4, port), 5, f"tls server :{port}")
 
     def start_udp_sink(self, port: int = 443) -> None:
