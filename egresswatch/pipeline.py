@@ -76,12 +76,14 @@ class Pipeline:
         self.counters: Counter[str] = Counter()
 
     def feed(self, frame: Frame) -> list[Event]:
-        self.counters["frames"] += 1
+        """Decode one frame and handle what it completes (most frames: nothing)."""
         try:
             observations = self.decoder.feed(frame)
         except Exception:  # a decoder bug must never stop capture
             log.exception("decoder failed on frame %d", frame.index)
             self.counters["decode_errors"] += 1
+            return []
+        if not observations:
             return []
         return [self._handle(obs, frame) for obs in observations]
 

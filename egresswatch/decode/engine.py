@@ -22,6 +22,8 @@ tuple, one dict lookup and two byte compares.
 
 from __future__ import annotations
 
+import socket
+import struct
 from collections import Counter
 from typing import Any
 
@@ -58,6 +60,22 @@ _FIN, _SYN, _RST, _ACK = 0x01, 0x02, 0x04, 0x10
 _SWEEP = 1.0  # seconds of frame time between expiry sweeps
 
 FlowKey = tuple[str, int, str, int]
+
+
+def _raw_key(key: FlowKey) -> bytes | None:
+    """The flow key as its bytes sit in an IPv4 header + TCP ports; None for IPv6."""
+    src, sport, dst, dport = key
+    try:
+        return (
+            socket.inet_pton(socket.AF_INET, src)
+            + socket.inet_pton(socket.AF_INET, dst)
+            + _PORTS.pack(sport, dport)
+        )
+    except OSError:
+        return None
+
+
+_PORTS = struct.Struct("!HH")
 
 
 class _Flow:
@@ -117,6 +135,9 @@ class Engine:
         self._last_index = 0
         self._frames = 0
         self._flow_dict = self.flows._d  # hot path membership test (read only)
+        # raw IPv4 keys (src, dst, sport, dport as on the wire) of the flows still
+        # looked at; a superset between sweeps (stale keys only cost speed)
+        self._raw_active: set[bytes] = set()
 
     # -- public ---------------------------------------------------------------
 
@@ -127,7 +148,33 @@ class Engine:
 
     def feed(self, frame: Frame) -> list[Observation]:
         self._frames += 1
-        pkt = self._decode(frame.linktype, frame.data)
+        data = frame.data
+        if (
+            frame.linktype == 1
+            and data[12:14] == b"\x08\x00"
+            and len(data) >= 54
+            and data[23] == 6
+            and data[14] == 0x45
+            and not (data[20] & 0x3F or data[21])
+            and not data[47] & 7
+            and frame.ts < self._next_sweep
+        ):
+            # Fastest path, on the raw bytes of Ethernet/IPv4/TCP without options,
+            # before any decoding: bulk data of a flow not tracked (no SYN/FIN/RST,
+            # not port 53, payload not starting a TLS record) is dropped here.
+            p = 34 + ((data[46] >> 4) << 2)
+            end = 14 + ((data[16] << 8) | data[17])
+            if p >= end or p >= len(data):
+                return []  # no payload: a bare ACK
+            if (
+                data[p] != 0x16
+                and data[34:36] != b"\x00\x35"
+                and data[36:38] != b"\x00\x35"
+                and data[26:38] not in self._raw_active
+            ):
+                self._last_index = frame.index
+                return []
+        pkt = self._decode(frame.linktype, data)
         if type(pkt) is not IPPacket:
             if not isinstance(pkt, link.Fragment):
                 self.counters["non_ip"] += 1
@@ -270,6 +317,9 @@ class Engine:
         return fl
 
     def _put(self, key: FlowKey, fl: _Flow, ts: float, idx: int, out: list[Observation]) -> None:
+        raw = _raw_key(key)
+        if raw is not None:
+            self._raw_active.add(raw)
         for k, old in self.flows.put(key, fl, ts):
             self.counters["flows_evicted"] += 1
             self._close(
@@ -422,6 +472,8 @@ class Engine:
         for key, fl in self.flows.expire(ts):
             self.counters["flows_expired"] += 1
             self._close(key, fl, ts, idx, "no data for too long: ClientHello never completed", out)
+        active = (_raw_key(k) for k, (_, f) in self._flow_dict.items() if not f.done)
+        self._raw_active = {r for r in active if r is not None}
         self._sync_counters()
 
     def _sync_counters(self) -> None:
