@@ -60,7 +60,7 @@ class _Printer:
 def build_attributor(procs: Path | None, config: Config) -> Attributor:
     """Replay attribution: ptcpdump per-packet comments first, then a recorded
     procs file (``run --record-procs``), else unknown."""
-    from egresswatch.lineage import Matcher
+    from egresswatch.mcpmatch import Matcher
     from egresswatch.procfile import CompositeAttributor, PtcpdumpAttributor, RecordedAttributor
 
     # Offline, MCP roots are recognised by the launcher patterns only: the

@@ -35,7 +35,7 @@ from typing import Any, TextIO
 
 from egresswatch.attribution import norm_ip
 from egresswatch.errors import EgresswatchError
-from egresswatch.lineage import Matcher, classify_with
+from egresswatch.mcpmatch import Matcher, classify_with
 from egresswatch.model import UNKNOWN, Attribution, Frame, Observation, ProcessInfo
 from egresswatch.pipeline import Attributor
 

@@ -15,7 +15,8 @@ import pytest
 
 from egresswatch.attribution import LiveAttributor, norm_ip, parse_net_table, read_net_tables
 from egresswatch.discovery_formats import ServerDef
-from egresswatch.lineage import RUN, LineageTracker
+from egresswatch.lineage import LineageTracker
+from egresswatch.mcpmatch import RUN
 from egresswatch.model import Frame, Observation
 from tests.helpers.netlab import wait_for
 
@@ -193,7 +194,10 @@ def test_harvester_remembers_sockets_of_tree_processes(child_script: Path) -> No
             assert a.process is not None and a.process.pid == child.pid
             assert a.server == "h-srv" and a.reason == "remembered socket (process exited)"
             # a packet sent from that port after the child exited is someone else's: not the child
-            later = attributor.attribute(obs("udp", local, uport, "dns_query"), frame_now())
+            exited = tracker.exit_time(info.key)
+            assert exited is not None
+            after_exit = Frame(ts=exited + 0.05, data=b"", linktype=1)  # 50 ms after the exit
+            later = attributor.attribute(obs("udp", local, uport, "dns_query"), after_exit)
             assert later.process is None and attributor.counters["memory_stale"] == 1
             again = attributor.attribute(obs("udp", local, uport, "dns_answer"), sent)
             assert again.process is None  # the stale entry was dropped

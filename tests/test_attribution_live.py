@@ -35,7 +35,8 @@ from egresswatch.config import DEFAULT_LAUNCHER_PATTERNS
 from egresswatch.decode.engine import Engine
 from egresswatch.discovery import discover
 from egresswatch.discovery_formats import ServerDef
-from egresswatch.lineage import INSTALL, RUN, LineageTracker
+from egresswatch.lineage import LineageTracker
+from egresswatch.mcpmatch import INSTALL, RUN
 from egresswatch.model import Event, Frame
 from egresswatch.pipeline import Pipeline
 from tests.helpers.netlab import Lab, wait_for

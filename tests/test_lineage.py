@@ -13,7 +13,8 @@ import pytest
 
 from egresswatch.config import DEFAULT_LAUNCHER_PATTERNS
 from egresswatch.discovery_formats import ServerDef
-from egresswatch.lineage import INSTALL, RUN, LineageTracker, Matcher, classify, host_app, signature
+from egresswatch.lineage import LineageTracker
+from egresswatch.mcpmatch import INSTALL, RUN, Matcher, classify, host_app, signature
 from egresswatch.model import ProcessInfo
 from egresswatch.proc_events import EXEC, EXIT, FORK, decode_events, read_process
 from tests.helpers.netlab import wait_for

@@ -12,7 +12,7 @@ import pytest
 from egresswatch.capture.pcapfile import read_frames
 from egresswatch.decode.engine import Engine
 from egresswatch.discovery_formats import ServerDef
-from egresswatch.lineage import RUN, Matcher
+from egresswatch.mcpmatch import RUN, Matcher
 from egresswatch.model import Attribution, Frame, Observation, ProcessInfo
 from egresswatch.pipeline import Pipeline
 from egresswatch.procfile import (
