@@ -10,6 +10,9 @@ APT_PACKAGES=(
   tshark            # the independent oracle in conformance tests and benchmarks
   iproute2          # ip netns / veth / tc for live tests
   openssl           # TLS server and clients in live tests
+  ethtool           # offload switches in the daemon benchmark
+  systemd           # systemd-analyze verify of the unit files
+  build-essential python3-dev  # compile dbus-python
   dbus dunst xvfb libnotify-bin  # desktop-notification tests
   libdbus-1-dev libglib2.0-dev pkg-config  # build dbus-python for apprise's dbus:// scheme
   python3-venv

@@ -1,0 +1,297 @@
+"""Daemon commands: ``run``, ``status``, ``doctor``, ``notifier``, ``install-service``."""
+
+from __future__ import annotations
+
+import json
+import os
+import plistlib
+import shutil
+import signal
+import socket
+import sys
+import time
+from collections.abc import Callable
+from pathlib import Path
+from urllib.parse import urlsplit
+
+import click
+
+from egresswatch.config import Config, load_config
+from egresswatch.errors import EgresswatchError
+from egresswatch.service import DEFAULT_STATUS_PATH, RunOptions, read_status, trusted_file_problems
+from egresswatch.textsafe import safe
+
+REPO = Path(__file__).resolve().parent.parent
+CAP_NET_ADMIN, CAP_NET_RAW = 12, 13
+
+config_option = click.option(
+    "--config", "config_path", type=click.Path(dir_okay=False, path_type=Path), default=None,
+    help="Config file (default: /etc/egresswatch/config.toml if present).",
+)  # fmt: skip
+status_option = click.option(
+    "--status-file", type=click.Path(dir_okay=False, path_type=Path), default=DEFAULT_STATUS_PATH,
+    show_default=True, help="Where the daemon writes its counters.",
+)  # fmt: skip
+
+
+def _fail(msg: str) -> None:
+    click.echo(f"egresswatch: error: {safe(msg)}", err=True)
+    sys.exit(1)
+
+
+@click.command()
+@config_option
+@click.option("--db", type=click.Path(dir_okay=False, path_type=Path), default=None,
+              help="Event database (default: daemon.database from the config).")  # fmt: skip
+@click.option("--record-procs", type=click.Path(dir_okay=False, path_type=Path), default=None,
+              help="Also record every process lookup to FILE for `replay --procs`.")  # fmt: skip
+@click.option("--iface", "ifaces", multiple=True, metavar="NAME",
+              help="Capture only on this interface (repeatable; default: all, new ones included).")  # fmt: skip
+@status_option
+def run(config_path: Path | None, db: Path | None, record_procs: Path | None, ifaces: tuple[str, ...],
+        status_file: Path) -> None:  # fmt: skip
+    """Run the capture daemon in the foreground (needs root or CAP_NET_RAW/CAP_NET_ADMIN).
+
+    Logs to stderr. Under systemd (Type=notify) it reports READY=1 once
+    capturing and pings the watchdog. SIGHUP reloads the config and
+    allowlists; SIGTERM or SIGINT flushes the database and exits 0.
+    """
+    from egresswatch.service import run as run_daemon
+
+    opts = RunOptions(config_path=config_path, db_path=db, record_procs=record_procs,
+                      interfaces=ifaces, status_path=status_file)  # fmt: skip
+    try:
+        code = run_daemon(opts)
+    except EgresswatchError as exc:
+        _fail(str(exc))
+    sys.exit(code)
+
+
+def _pid_alive(pid: object) -> bool:
+    if not isinstance(pid, int) or pid <= 0:
+        return False
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+@click.command()
+@status_option
+@click.option("--json", "as_json", is_flag=True, help="Print the status file as JSON.")
+def status(status_file: Path, as_json: bool) -> None:
+    """Show the daemon's counters and whether it is healthy (exit 1 if not).
+
+    Healthy means: the status file names a live process and was updated
+    within the last few housekeeping intervals.
+    """
+    data = read_status(status_file)
+    if data is None:
+        _fail(f"{status_file}: no status (is the daemon running?)")
+        return
+    age = time.time() - float(data.get("updated", 0))
+    alive = _pid_alive(data.get("pid"))
+    fresh = age <= 3 * float(data.get("interval", 1.0)) + 5
+    healthy = alive and fresh and data.get("state") == "running"
+    if as_json:
+        click.echo(json.dumps({**data, "age": age, "alive": alive, "healthy": healthy}, indent=1))
+    else:
+        state = "healthy" if healthy else "NOT HEALTHY"
+        click.echo(f"egresswatch: {state} (pid {data.get('pid')} {'alive' if alive else 'not running'},"
+                   f" state {safe(data.get('state'))}, updated {age:.1f}s ago)")  # fmt: skip
+        click.echo(f"database: {safe(data.get('database'))}")
+        for key, value in sorted((data.get("counters") or {}).items()):
+            click.echo(f"  {safe(key)}: {safe(value)}")
+    sys.exit(0 if healthy else 1)
+
+
+# -- doctor --------------------------------------------------------------------------
+Check = tuple[bool, str]
+
+
+def _capabilities() -> Check:
+    if os.geteuid() == 0:
+        return True, "running as root"
+    try:
+        for line in Path("/proc/self/status").read_text().splitlines():
+            if line.startswith("CapEff:"):
+                eff = int(line.split()[1], 16)
+                have = [n for n, b in (("CAP_NET_RAW", CAP_NET_RAW), ("CAP_NET_ADMIN", CAP_NET_ADMIN))
+                        if eff >> b & 1]  # fmt: skip
+                if len(have) == 2:
+                    return True, "CAP_NET_RAW and CAP_NET_ADMIN"
+                return False, f"needs root or CAP_NET_RAW/CAP_NET_ADMIN (have: {', '.join(have) or 'none'})"
+    except OSError:
+        pass
+    return False, "needs root or CAP_NET_RAW/CAP_NET_ADMIN"
+
+
+def _capture() -> Check:
+    from egresswatch.capture.live import can_capture
+
+    return can_capture()
+
+
+def _connector() -> Check:
+    from egresswatch.proc_events import ProcConnector
+
+    conn = ProcConnector(rcvbuf=1 << 16)
+    try:
+        conn.open()
+    except OSError as exc:
+        return False, f"proc connector unavailable ({exc}); lineage falls back to polling"
+    conn.close()
+    return True, "proc connector subscribed"
+
+
+def _config(cfg: Config) -> Check:
+    if cfg.source is None:
+        return True, "no config file; built-in defaults"
+    problems = trusted_file_problems(cfg.source)
+    return (False, problems[0]) if problems else (True, f"{cfg.source} parsed; only root can change it")
+
+
+def _database(path: Path) -> Check:
+    problems = trusted_file_problems(path)
+    if problems:
+        return False, problems[0]
+    if not path.exists():
+        return True, f"{path} will be created"
+    from egresswatch.store import Store
+
+    try:
+        Store(path, readonly=True).close()
+    except EgresswatchError as exc:
+        return False, str(exc)
+    return True, f"{path} readable, only root can change it"
+
+
+def _target(url: str) -> Check:
+    import apprise
+
+    ap = apprise.Apprise()
+    if not ap.add(url):
+        return False, "not a usable apprise URL (unknown scheme or missing plugin)"
+    shown = safe(next(iter(ap)).url(privacy=True))
+    parts = urlsplit(url)
+    if parts.scheme in ("json", "jsons", "xml", "xmls", "form", "forms", "http", "https") and parts.hostname:
+        port = parts.port or (443 if parts.scheme.endswith("s") else 80)
+        try:
+            with socket.create_connection((parts.hostname, port), timeout=3):
+                pass
+        except OSError as exc:
+            return False, f"{shown}: cannot connect to {parts.hostname}:{port}: {exc.strerror or exc}"
+        return True, f"{shown}: {parts.hostname}:{port} reachable"
+    return True, f"{shown}: parsed (delivery not tested)"
+
+
+@click.command()
+@config_option
+@click.option("--db", type=click.Path(dir_okay=False, path_type=Path), default=None,
+              help="Event database to check (default: daemon.database from the config).")  # fmt: skip
+def doctor(config_path: Path | None, db: Path | None) -> None:
+    """Check privileges, capture, BPF filter, proc connector, file permissions
+    and alert targets; one line per check, exit 1 if any FAILs."""
+    checks: list[tuple[str, Callable[[], Check]]] = [
+        ("privileges", _capabilities),
+        ("capture", _capture),
+        ("proc connector", _connector),
+    ]
+    cfg: Config | None
+    try:
+        cfg = load_config(config_path)
+    except EgresswatchError as exc:
+        message = str(exc)
+        checks.append(("config", lambda: (False, message)))
+        cfg = None
+    if cfg is not None:
+        checks.append(("config", lambda: _config(cfg)))
+        checks.append(("database", lambda: _database(db or cfg.daemon.database)))
+        for i, url in enumerate(cfg.alerts.urls, 1):
+            checks.append((f"alert target {i}", lambda u=url: _target(u)))  # type: ignore[misc]
+    failed = 0
+    for name, fn in checks:
+        try:
+            ok, detail = fn()
+        except Exception as exc:  # a check must never crash the doctor
+            ok, detail = False, f"{type(exc).__name__}: {exc}"
+        failed += not ok
+        click.echo(f"{'ok  ' if ok else 'FAIL'} {name}: {safe(detail)}")
+    sys.exit(1 if failed else 0)
+
+
+@click.command()
+@config_option
+@click.option("--db", type=click.Path(dir_okay=False, path_type=Path), default=None,
+              help="The daemon's database (read-only; default: daemon.database from the config).")  # fmt: skip
+@click.option(
+    "--url", default=None, help="apprise URL to notify (default: dbus:// on Linux, macosx:// on macOS)."
+)
+@click.option(
+    "--interval", type=float, default=1.0, show_default=True, help="Seconds between database polls."
+)
+def notifier(config_path: Path | None, db: Path | None, url: str | None, interval: float) -> None:
+    """Show the daemon's alerts as desktop notifications (run in the user's session).
+
+    Follows the daemon's database read-only (the user must be in the
+    database's group, daemon.db_group) and shows each new alert and digest.
+    """
+    from egresswatch.notifier import DEFAULT_URL, apprise_sender, follow
+
+    try:
+        cfg = load_config(config_path)
+        send = apprise_sender(url or ("macosx://" if sys.platform == "darwin" else DEFAULT_URL))
+    except EgresswatchError as exc:
+        _fail(str(exc))
+        return
+    stop = {"flag": False}
+
+    def _stop(signum: int, _f: object) -> None:
+        stop["flag"] = True
+
+    signal.signal(signal.SIGTERM, _stop)
+    signal.signal(signal.SIGINT, _stop)
+    follow(db or cfg.daemon.database, send, interval=interval, should_stop=lambda: stop["flag"])
+
+
+@click.command("install-service")
+@click.option("--prefix", type=click.Path(file_okay=False, path_type=Path), default=Path("/"), show_default=True,
+              help="Install under this root (for packaging or a test).")  # fmt: skip
+@click.option("--launchd", "use_launchd", is_flag=True, default=sys.platform == "darwin",
+              help="Install the launchd plists instead of the systemd units (default on macOS).")  # fmt: skip
+def install_service(prefix: Path, use_launchd: bool) -> None:
+    """Install the daemon's service file and the desktop notifier's user unit.
+
+    systemd: PREFIX/etc/systemd/system/egresswatch.service and
+    PREFIX/etc/systemd/user/egresswatch-notifier.service; launchd:
+    PREFIX/Library/LaunchDaemons and PREFIX/Library/LaunchAgents. The
+    egresswatch path in them is replaced by the one running this command.
+    Then: `systemctl daemon-reload && systemctl enable --now egresswatch`.
+    """
+    found = shutil.which("egresswatch")
+    exe = found if found else f"{sys.executable} -m egresswatch"
+    if use_launchd:
+        pairs = [(REPO / "launchd/org.egresswatch.daemon.plist", "Library/LaunchDaemons"),
+                 (REPO / "launchd/org.egresswatch.notifier.plist", "Library/LaunchAgents")]  # fmt: skip
+    else:
+        pairs = [(REPO / "systemd/egresswatch.service", "etc/systemd/system"),
+                 (REPO / "systemd/egresswatch-notifier.service", "etc/systemd/user")]  # fmt: skip
+    for src, rel in pairs:
+        if not src.exists():
+            _fail(f"{src}: not found (install-service runs from a source checkout)")
+        dest = prefix / rel / src.name
+        dest.parent.mkdir(parents=True, exist_ok=True)
+        if src.suffix == ".plist":
+            plist = plistlib.loads(src.read_bytes())
+            plist["ProgramArguments"][:1] = [found] if found else [sys.executable, "-m", "egresswatch"]
+            dest.write_bytes(plistlib.dumps(plist))
+        else:
+            dest.write_text(src.read_text().replace("/usr/local/bin/egresswatch", exe))
+        os.chmod(dest, 0o644)
+        click.echo(f"installed {dest}")
+
+
+COMMANDS = [run, status, doctor, notifier, install_service]

@@ -1,0 +1,150 @@
+"""User-session desktop notifier: ``egresswatch notifier``.
+
+A root daemon cannot reach a user's desktop (the session bus belongs to the
+user and is not even visible in the daemon's mount namespace), so desktop
+notifications come from a small process in the user's session (a systemd user
+unit or a LaunchAgent). It follows the daemon's database **read-only** (the
+database is mode 0640, group ``daemon.db_group``; the user must be in that
+group) and shows every new row of the ``alerts`` table — the same de-duplicated
+alerts and digests the daemon sends to apprise targets, including when no
+target is configured — through apprise's ``dbus://`` scheme (or any other
+apprise URL given with ``--url``, e.g. ``macosx://`` on macOS).
+
+It starts at the newest alert, so a restart does not replay history. Titles
+and bodies are escaped again with :func:`egresswatch.textsafe.safe`, line by
+line, before they reach the notification server.
+"""
+
+from __future__ import annotations
+
+import logging
+import sqlite3
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from urllib.parse import quote
+
+from egresswatch.errors import StoreError
+from egresswatch.textsafe import safe
+
+log = logging.getLogger(__name__)
+
+DEFAULT_URL = "dbus://?image=no"
+SHOWN_RESULTS = ("sent", "failed", "no_targets")  # not 'held' or 'dropped'
+MAX_BODY = 4000
+
+
+@dataclass(frozen=True, slots=True)
+class DesktopAlert:
+    id: int
+    kind: str
+    severity: str
+    title: str
+    body: str
+
+
+def clean(text: str | None, limit: int = MAX_BODY) -> str:
+    lines = (safe(line) for line in (text or "").splitlines())
+    out = "\n".join(lines)
+    return out if len(out) <= limit else out[: limit - 3] + "..."
+
+
+class AlertFollower:
+    """Reads new alert rows from the daemon's database without writing to it."""
+
+    def __init__(self, db: Path) -> None:
+        self.db = db
+        self._conn: sqlite3.Connection | None = None
+        self.last_id: int | None = None
+
+    def _connect(self) -> sqlite3.Connection:
+        if self._conn is None:
+            uri = f"file:{quote(str(self.db.absolute()))}?mode=ro"
+            try:
+                conn = sqlite3.connect(uri, uri=True, timeout=5, check_same_thread=False)
+                conn.execute("PRAGMA query_only=1")
+                conn.execute("SELECT 1 FROM alerts LIMIT 1")
+            except sqlite3.Error as exc:
+                raise StoreError(f"{self.db}: cannot read alerts: {exc}") from None
+            self._conn = conn
+        return self._conn
+
+    def start_at_end(self) -> None:
+        row = self._connect().execute("SELECT COALESCE(MAX(id), 0) FROM alerts").fetchone()
+        self.last_id = int(row[0])
+
+    def poll(self) -> list[DesktopAlert]:
+        conn = self._connect()
+        if self.last_id is None:
+            self.start_at_end()
+        marks = ",".join("?" * len(SHOWN_RESULTS))
+        try:
+            rows = conn.execute(
+                f"SELECT id, kind, severity, title, body FROM alerts WHERE id > ? AND result IN ({marks})"
+                " ORDER BY id LIMIT 100",
+                (self.last_id, *SHOWN_RESULTS),
+            ).fetchall()
+            top = conn.execute("SELECT COALESCE(MAX(id), 0) FROM alerts").fetchone()[0]
+        except sqlite3.Error as exc:
+            log.warning("reading alerts failed: %s", exc)
+            self.close()
+            return []
+        out = [
+            DesktopAlert(int(r[0]), str(r[1]), str(r[2] or ""), clean(r[3], 300), clean(r[4])) for r in rows
+        ]
+        if out:
+            self.last_id = out[-1].id
+        elif top > (self.last_id or 0):
+            self.last_id = int(top)  # only held/dropped rows in between
+        return out
+
+    def close(self) -> None:
+        if self._conn is not None:
+            self._conn.close()
+            self._conn = None
+
+
+def apprise_sender(url: str) -> Callable[[DesktopAlert], bool]:
+    import apprise
+
+    ap = apprise.Apprise()
+    if not ap.add(url):
+        raise StoreError(f"notifier: {url!r} is not a usable apprise URL on this system")
+    types = {"high": apprise.NotifyType.FAILURE, "medium": apprise.NotifyType.WARNING}
+
+    def send(alert: DesktopAlert) -> bool:
+        kind = types.get(alert.severity, apprise.NotifyType.INFO)
+        return bool(ap.notify(title=alert.title, body=alert.body, notify_type=kind))
+
+    return send
+
+
+def follow(
+    db: Path,
+    send: Callable[[DesktopAlert], bool],
+    interval: float = 1.0,
+    should_stop: Callable[[], bool] = lambda: False,
+) -> int:
+    """Show new alerts until ``should_stop()``; returns how many were shown."""
+    follower = AlertFollower(db)
+    shown = 0
+    while not should_stop():
+        try:
+            alerts = follower.poll()
+        except StoreError as exc:  # database not there yet or not readable
+            log.warning("%s", exc)
+            alerts = []
+        for alert in alerts:
+            try:
+                ok = send(alert)
+            except Exception:
+                log.exception("desktop notification failed")
+                ok = False
+            if ok:
+                shown += 1
+            else:
+                log.warning("desktop notification %d was not delivered", alert.id)
+        time.sleep(interval)
+    follower.close()
+    return shown

@@ -1,0 +1,112 @@
+"""Daemon start-up refusals, the status file and `status`/`doctor` output."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+from click.testing import CliRunner
+
+from egresswatch.cli import cli
+from egresswatch.service import read_status, write_status
+from tests.helpers.netlab import require_live
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def ew(*args: str, timeout: float = 60) -> subprocess.CompletedProcess[str]:
+    return subprocess.run([sys.executable, "-m", "egresswatch", *args], capture_output=True, text=True,
+                          cwd=REPO, timeout=timeout)  # fmt: skip
+
+
+@pytest.fixture
+def private(tmp_path: Path) -> Path:
+    d = tmp_path / "ew"
+    d.mkdir(mode=0o700)
+    os.chmod(tmp_path, 0o700)
+    return d
+
+
+def test_status_file_is_replaced_atomically(private: Path) -> None:
+    path = private / "run" / "status.json"
+    write_status(path, {"pid": 1, "counters": {"captured": 3}})
+    write_status(path, {"pid": 2, "counters": {"captured": 4}})
+    assert read_status(path) == {"pid": 2, "counters": {"captured": 4}}
+    assert [p.name for p in path.parent.iterdir()] == ["status.json"]  # no temp files left
+    path.write_text("{not json")
+    assert read_status(path) is None
+
+
+def test_status_command(private: Path) -> None:
+    path = private / "status.json"
+    runner = CliRunner()
+    missing = runner.invoke(cli, ["status", "--status-file", str(path)])
+    assert missing.exit_code == 1 and "no status" in missing.output
+    data = {"pid": os.getpid(), "updated": time.time(), "state": "running", "interval": 1.0,
+            "database": "/x.db", "counters": {"captured": 7, "kernel_drops": 0}}  # fmt: skip
+    write_status(path, data)
+    ok = runner.invoke(cli, ["status", "--status-file", str(path)])
+    assert ok.exit_code == 0 and "healthy" in ok.output and "captured: 7" in ok.output
+    write_status(path, {**data, "updated": time.time() - 120})
+    stale = runner.invoke(cli, ["status", "--status-file", str(path), "--json"])
+    assert stale.exit_code == 1 and json.loads(stale.output)["healthy"] is False
+    write_status(path, {**data, "pid": 2**22 + 12345})
+    dead = runner.invoke(cli, ["status", "--status-file", str(path)])
+    assert dead.exit_code == 1 and "not running" in dead.output
+
+
+def test_bad_config_is_one_line_and_exit_1(private: Path) -> None:
+    cfg = private / "config.toml"
+    cfg.write_text("[daemon]\nnonsense = 1\n")
+    os.chmod(cfg, 0o600)
+    out = ew("run", "--config", str(cfg), "--db", str(private / "e.db"))
+    assert out.returncode == 1
+    assert out.stderr.strip().splitlines() == ["egresswatch: error: daemon.nonsense: unknown key"]
+
+
+def test_refuses_config_writable_by_others(private: Path) -> None:
+    cfg = private / "config.toml"
+    cfg.write_text("")
+    os.chmod(cfg, 0o666)
+    out = ew("run", "--config", str(cfg), "--db", str(private / "e.db"))
+    assert out.returncode == 1
+    assert "refusing to use config" in out.stderr and "writable by group or others" in out.stderr
+    assert len(out.stderr.strip().splitlines()) == 1
+
+
+def test_refuses_database_in_a_world_writable_directory(private: Path) -> None:
+    cfg = private / "config.toml"
+    cfg.write_text("")
+    os.chmod(cfg, 0o600)
+    shared = private / "shared"
+    shared.mkdir()
+    os.chmod(shared, 0o777)
+    out = ew("run", "--config", str(cfg), "--db", str(shared / "e.db"))
+    assert out.returncode == 1 and "refusing to use database" in out.stderr, out.stderr
+
+
+def test_doctor_reports_each_check(private: Path) -> None:
+    require_live()
+    import socket
+
+    with socket.socket() as s:  # a port with nobody listening
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    cfg = private / "config.toml"
+    cfg.write_text(f'[alerts]\nurls = ["json://127.0.0.1:{port}/", "nosuchscheme://x"]\n')
+    os.chmod(cfg, 0o600)
+    out = ew("doctor", "--config", str(cfg), "--db", str(private / "e.db"))
+    lines = out.stdout.strip().splitlines()
+    status = {line[5:].split(":")[0]: line[:4].strip() for line in lines}
+    assert status["privileges"] == "ok" and status["capture"] == "ok" and status["proc connector"] == "ok"
+    assert status["config"] == "ok" and status["database"] == "ok"
+    assert status["alert target 1"] == "FAIL" and "cannot connect" in lines[5]
+    assert status["alert target 2"] == "FAIL"
+    assert out.returncode == 1
+    cfg.write_text("")
+    assert ew("doctor", "--config", str(cfg), "--db", str(private / "e.db")).returncode == 0
