@@ -342,15 +342,18 @@ class LiveAttributor:
                 now = time.monotonic()
                 self._watch = {p: t for p, t in self._watch.items() if t > now}
                 watched = list(self._watch)
+            busy = True
             try:
                 if now - last_full >= self.harvest_interval:
                     last_full = now
-                    self.harvest()
+                    busy = self.harvest() > 0 or bool(self._fds)
                 elif watched:
                     self.harvest(watched, prune=False)
             except Exception:
                 log.exception("socket harvest failed")
-            self._wake.wait(self.newborn_interval if watched else self.harvest_interval)
+            # With no MCP tree process alive there is nothing to poll: sleep until
+            # the tracker reports a newborn tree process (it sets _wake), or 1 s.
+            self._wake.wait(self.newborn_interval if watched else self.harvest_interval if busy else 1.0)
             self._wake.clear()
 
     def harvest(self, pids: list[int] | None = None, prune: bool = True) -> int:

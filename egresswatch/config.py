@@ -47,6 +47,8 @@ class DaemonConfig:
     record_procs: Path | None = None
     jsonl_path: Path | None = None  # events as JSON lines for Vector / Fluent Bit
     proc_poll_interval: float = 0.5  # seconds, psutil fallback when no proc connector
+    # kernel capture ring (MiB): holds bursts, a DNS flood, while the pipeline catches up
+    capture_buffer_mb: float = 64.0
 
 
 @dataclass(frozen=True, slots=True)

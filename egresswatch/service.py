@@ -131,7 +131,9 @@ class Daemon:
         if problems:
             raise PermissionProblem(f"refusing to use database {db}: {problems[0]}")
         ifaces = self.opts.interfaces or self.config.daemon.interfaces
-        self.source = LiveSource(interfaces=ifaces).open()
+        self.source = LiveSource(
+            interfaces=ifaces, rcvbuf=int(self.config.daemon.capture_buffer_mb * (1 << 20))
+        ).open()
         try:
             self._build(db)
         except BaseException:
