@@ -11,6 +11,7 @@ from __future__ import annotations
 import ipaddress
 from collections import OrderedDict
 from dataclasses import dataclass
+from functools import lru_cache
 
 from egresswatch.model import DNS_ANSWER, DNS_QUERY, Attribution, Observation
 
@@ -42,6 +43,7 @@ def owner_key(obs: Observation, attr: Attribution) -> Owner:
     return ("host", _norm_ip(obs.local()[0]))
 
 
+@lru_cache(maxsize=4096)
 def _norm_ip(ip: str) -> str:
     if ":" not in ip:
         return ip

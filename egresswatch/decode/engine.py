@@ -81,7 +81,7 @@ _PORTS = struct.Struct("!HH")
 class _Flow:
     """State of one tracked TCP direction: a DNS framer or a hello scanner."""
 
-    __slots__ = ("isn", "stream", "framer", "scanner", "held", "done")
+    __slots__ = ("isn", "stream", "framer", "scanner", "held", "done", "raw")
 
     def __init__(self, dns: bool, isn: int | None, next_seq: int) -> None:
         self.isn = isn  # SYN sequence number when the SYN was seen
@@ -91,6 +91,7 @@ class _Flow:
         self.scanner: HelloScanner | None = None if dns else HelloScanner()
         self.held = 0  # bytes buffered, as last accounted in Engine._held
         self.done = False  # nothing more to look for: kept as a tombstone
+        self.raw: bytes | None = None  # the IPv4 raw key (see Engine.feed), None for IPv6
 
     @property
     def dns(self) -> bool:
@@ -317,7 +318,7 @@ class Engine:
         return fl
 
     def _put(self, key: FlowKey, fl: _Flow, ts: float, idx: int, out: list[Observation]) -> None:
-        raw = _raw_key(key)
+        raw = fl.raw = _raw_key(key)
         if raw is not None:
             self._raw_active.add(raw)
         for k, old in self.flows.put(key, fl, ts):
@@ -472,8 +473,7 @@ class Engine:
         for key, fl in self.flows.expire(ts):
             self.counters["flows_expired"] += 1
             self._close(key, fl, ts, idx, "no data for too long: ClientHello never completed", out)
-        active = (_raw_key(k) for k, (_, f) in self._flow_dict.items() if not f.done)
-        self._raw_active = {r for r in active if r is not None}
+        self._raw_active = {f.raw for _, f in self._flow_dict.values() if f.raw is not None and not f.done}
         self._sync_counters()
 
     def _sync_counters(self) -> None:
