@@ -499,3 +499,26 @@ def test_hello_in_one_byte_records_and_tiny_segments() -> None:
     ]
     obs = run(pkts)
     assert kinds(obs) == [(1, "connect", None), (len(pkts), "tls_sni", "tiny.example")]
+
+
+def test_raw_fast_path_drops_only_what_decoding_would_drop() -> None:
+    """Engine.feed drops bulk TCP on raw bytes; the events must be exactly those
+    of decoding every frame (link.decode + feed_packet) on a large mixed capture."""
+    from tests.corpus import corpus_dir
+
+    capture = corpus_dir() / "bench" / "mixed-100k.pcap"
+    from egresswatch.capture.pcapfile import read_frames
+    from egresswatch.decode import link
+    from egresswatch.model import IPPacket
+
+    fast, slow = Engine(), Engine()
+    got, want = [], []
+    for frame in read_frames(capture):
+        got += fast.feed(frame)
+        pkt = link.decode(frame.linktype, frame.data)
+        if isinstance(pkt, IPPacket):
+            want += slow.feed_packet(frame.ts, frame.index, pkt)
+    got += fast.finish()
+    want += slow.finish()
+    assert len(got) > 8000
+    assert got == want

@@ -63,14 +63,12 @@ FlowKey = tuple[str, int, str, int]
 
 
 def _raw_key(key: FlowKey) -> bytes | None:
-    """The flow key as its bytes sit in an IPv4 header + TCP ports; None for IPv6."""
+    """The flow key as its bytes sit in the IP header (source, destination)
+    followed by the TCP ports: what Engine.feed's fastest path compares."""
     src, sport, dst, dport = key
+    family = socket.AF_INET6 if ":" in src else socket.AF_INET
     try:
-        return (
-            socket.inet_pton(socket.AF_INET, src)
-            + socket.inet_pton(socket.AF_INET, dst)
-            + _PORTS.pack(sport, dport)
-        )
+        return socket.inet_pton(family, src) + socket.inet_pton(family, dst) + _PORTS.pack(sport, dport)
     except OSError:
         return None
 
@@ -91,7 +89,7 @@ class _Flow:
         self.scanner: HelloScanner | None = None if dns else HelloScanner()
         self.held = 0  # bytes buffered, as last accounted in Engine._held
         self.done = False  # nothing more to look for: kept as a tombstone
-        self.raw: bytes | None = None  # the IPv4 raw key (see Engine.feed), None for IPv6
+        self.raw: bytes | None = None  # the raw key (see Engine.feed)
 
     @property
     def dns(self) -> bool:
@@ -136,7 +134,7 @@ class Engine:
         self._last_index = 0
         self._frames = 0
         self._flow_dict = self.flows._d  # hot path membership test (read only)
-        # raw IPv4 keys (src, dst, sport, dport as on the wire) of the flows still
+        # raw keys (src, dst, sport, dport as on the wire) of the flows still
         # looked at; a superset between sweeps (stale keys only cost speed)
         self._raw_active: set[bytes] = set()
 
@@ -150,31 +148,37 @@ class Engine:
     def feed(self, frame: Frame) -> list[Observation]:
         self._frames += 1
         data = frame.data
-        if (
-            frame.linktype == 1
-            and data[12:14] == b"\x08\x00"
-            and len(data) >= 54
-            and data[23] == 6
-            and data[14] == 0x45
-            and not (data[20] & 0x3F or data[21])
-            and not data[47] & 7
-            and frame.ts < self._next_sweep
-        ):
-            # Fastest path, on the raw bytes of Ethernet/IPv4/TCP without options,
-            # before any decoding: bulk data of a flow not tracked (no SYN/FIN/RST,
-            # not port 53, payload not starting a TLS record) is dropped here.
-            p = 34 + ((data[46] >> 4) << 2)
-            end = 14 + ((data[16] << 8) | data[17])
-            if p >= end or p >= len(data):
-                return []  # no payload: a bare ACK
-            if (
-                data[p] != 0x16
-                and data[34:36] != b"\x00\x35"
-                and data[36:38] != b"\x00\x35"
-                and data[26:38] not in self._raw_active
-            ):
-                self._last_index = frame.index
-                return []
+        if frame.linktype == 1 and len(data) >= 54 and frame.ts < self._next_sweep:
+            # Fastest path, on the raw bytes of Ethernet + IPv4 (no options) or
+            # IPv6 (no extension headers) + TCP, before any decoding: bulk data of
+            # a flow not tracked (no SYN/FIN/RST, not port 53, payload not
+            # starting a TLS record) is dropped here.
+            if data[12] == 0x08 and data[13] == 0 and data[14] == 0x45 and data[23] == 6:
+                if not (data[20] & 0x3F or data[21] or data[47] & 7):
+                    p = 34 + ((data[46] >> 4) << 2)
+                    if p >= 14 + ((data[16] << 8) | data[17]) or p >= len(data):
+                        return []  # no payload: a bare ACK
+                    if (
+                        data[p] != 0x16
+                        and (data[34] or data[35] != 53)
+                        and (data[36] or data[37] != 53)
+                        and data[26:38] not in self._raw_active
+                    ):
+                        self._last_index = frame.index
+                        return []
+            elif data[12] == 0x86 and data[13] == 0xDD and data[20] == 6 and len(data) >= 74:
+                if not data[67] & 7:
+                    p = 54 + ((data[66] >> 4) << 2)
+                    if p >= 54 + ((data[18] << 8) | data[19]) or p >= len(data):
+                        return []  # no payload: a bare ACK
+                    if (
+                        data[p] != 0x16
+                        and (data[54] or data[55] != 53)
+                        and (data[56] or data[57] != 53)
+                        and data[22:58] not in self._raw_active
+                    ):
+                        self._last_index = frame.index
+                        return []
         pkt = self._decode(frame.linktype, data)
         if type(pkt) is not IPPacket:
             if not isinstance(pkt, link.Fragment):
