@@ -20,10 +20,12 @@ from egresswatch.pipeline import Attributor, Pipeline, Sink
 from egresswatch.policy import Policy
 from egresswatch.textsafe import safe
 
+_ENCODER = json.JSONEncoder(ensure_ascii=True, separators=(", ", ": "))
+
 
 def event_json(event: Event) -> str:
     """One event as a JSON line; key order fixed, so output is byte-identical run to run."""
-    return json.dumps(event.to_dict(), ensure_ascii=True, separators=(", ", ": "))
+    return _ENCODER.encode(event.to_dict())
 
 
 def event_row(event: Event) -> str:

@@ -135,7 +135,7 @@ class Engine:
         self._frames = 0
         self._flow_dict = self.flows._d  # hot path membership test (read only)
         # raw keys (src, dst, sport, dport as on the wire) of the flows still
-        # looked at; a superset between sweeps (stale keys only cost speed)
+        # looked at (a flow leaves it when it is finished, see _finished)
         self._raw_active: set[bytes] = set()
 
     # -- public ---------------------------------------------------------------
@@ -355,7 +355,13 @@ class Engine:
             self.counters["dns_tcp_incomplete"] += 1
         self._held -= fl.held
         fl.held = 0
+        self._finished(fl)
+
+    def _finished(self, fl: _Flow) -> None:
+        """Nothing more to look for in this flow: its bulk data may take the fast path."""
         fl.finish_state()
+        if fl.raw is not None:
+            self._raw_active.discard(fl.raw)
 
     def _shed(self, ts: float, idx: int, out: list[Observation]) -> None:
         """Over the memory budget: close the least recently used flows."""
@@ -381,7 +387,7 @@ class Engine:
         if scanner.malformed != before:
             self.counters["tls_malformed_hello"] += scanner.malformed - before
         if scanner.done:
-            fl.finish_state()
+            self._finished(fl)
 
     def _hello_obs(
         self,
@@ -477,7 +483,6 @@ class Engine:
         for key, fl in self.flows.expire(ts):
             self.counters["flows_expired"] += 1
             self._close(key, fl, ts, idx, "no data for too long: ClientHello never completed", out)
-        self._raw_active = {f.raw for _, f in self._flow_dict.values() if f.raw is not None and not f.done}
         self._sync_counters()
 
     def _sync_counters(self) -> None:
