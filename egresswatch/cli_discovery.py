@@ -115,10 +115,34 @@ _format = click.option(
 
 
 def _discover(homes: tuple[Path, ...], files: tuple[Path, ...], projects: tuple[Path, ...]) -> Discovery:
+    if not projects:
+        from egresswatch.lineage import host_project_dirs
+
+        # where MCP hosts run now: their project-scope configs
+        projects = tuple(host_project_dirs())
     d = discover(homes or None, files, projects)
     for w in d.warnings:
         click.echo(f"egresswatch: warning: {safe(w)}", err=True)
     return d
+
+
+def live_trees(d: Discovery) -> dict[ServerDef, str]:
+    """The process trees running now from each discovered server (a psutil
+    snapshot through the lineage matcher; needs root to see other users)."""
+    from egresswatch.config import DEFAULT_LAUNCHER_PATTERNS
+    from egresswatch.lineage import LineageTracker, render_tree
+
+    tracker = LineageTracker(d.servers, DEFAULT_LAUNCHER_PATTERNS)
+    tracker.seed()
+    by_name: dict[tuple[str | None, str], list[str]] = {}
+    for tree in tracker.trees():
+        by_name.setdefault((tree.host, tree.server), []).append(render_tree(tree))
+    out: dict[ServerDef, str] = {}
+    for s in d.servers:
+        texts = by_name.get((s.host, s.name))
+        if texts:
+            out[s] = "\n".join(texts)
+    return out
 
 
 @click.command("servers")
@@ -126,15 +150,25 @@ def _discover(homes: tuple[Path, ...], files: tuple[Path, ...], projects: tuple[
 @_file
 @_project
 @_format
+@click.option("--live/--no-live", default=True, show_default=True,
+              help="Show the process trees running now from each server.")  # fmt: skip
 def servers_cmd(
-    homes: tuple[Path, ...], files: tuple[Path, ...], projects: tuple[Path, ...], fmt: str
+    homes: tuple[Path, ...], files: tuple[Path, ...], projects: tuple[Path, ...], fmt: str, live: bool
 ) -> None:
-    """List the MCP servers that hosts on this machine are configured to run."""
+    """List the MCP servers that hosts on this machine are configured to run,
+    and the process trees running from each now (pid, command, phase)."""
     d = _discover(homes, files, projects)
+    trees = live_trees(d) if live else {}
     if fmt == "json":
-        click.echo(json.dumps([server_dict(s) for s in d.servers], indent=2, ensure_ascii=True))
+        rows = []
+        for s in d.servers:
+            row = server_dict(s)
+            if live:
+                row["processes"] = trees.get(s, "")
+            rows.append(row)
+        click.echo(json.dumps(rows, indent=2, ensure_ascii=True))
     else:
-        click.echo(render_servers(d))
+        click.echo(render_servers(d, trees))
 
 
 @click.command("audit")

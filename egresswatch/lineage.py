@@ -36,6 +36,7 @@ import time
 from collections import Counter, OrderedDict
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, replace
+from pathlib import Path
 
 import psutil
 
@@ -46,6 +47,7 @@ from egresswatch.mcpmatch import (
     Matcher,
     ServerLike,
     classify_with,
+    host_app,
 )
 from egresswatch.model import ProcessInfo
 from egresswatch.proc_events import (
@@ -430,3 +432,43 @@ def _read_any(pid: int) -> ProcessInfo | None:
             )
     except (psutil.Error, OSError):
         return None
+
+
+def host_project_dirs() -> list[Path]:
+    """Working directories of running MCP host processes (Claude Code, Cursor,
+    VS Code, Zed ...): where project-scope configs (.mcp.json, .cursor/mcp.json,
+    .vscode/mcp.json ...) are found. The filesystem root and home folders are
+    left out (a home is scanned as a home already)."""
+    found: set[Path] = set()
+    for proc in psutil.process_iter(["name", "cmdline", "cwd"]):
+        try:
+            info = ProcessInfo(pid=proc.pid, create_time=0.0, name=proc.info["name"],
+                               cmdline=tuple(proc.info["cmdline"] or ()))  # fmt: skip
+            cwd = proc.info["cwd"]
+        except (psutil.Error, TypeError):
+            continue
+        if not cwd or host_app(info) is None:
+            continue
+        path = Path(cwd)
+        if path == Path("/") or path.parent in (Path("/home"), Path("/Users")) or path == Path("/root"):
+            continue
+        found.add(path)
+    return sorted(found)
+
+
+def render_tree(tree: ServerTree) -> str:
+    """A server's live process tree as indented text (pid, name, phase; exited
+    processes marked), for `egresswatch servers`."""
+    lines: list[str] = []
+
+    def walk(node: TreeNode, depth: int) -> None:
+        p = node.process
+        cmd = " ".join(p.cmdline)[:100] or (p.name or "?")
+        state = "" if node.alive else " (exited)"
+        phase = f" [{node.phase}]" if node.phase else ""
+        lines.append(f"{'  ' * depth}{'└─ ' if depth else ''}{p.pid} {cmd}{phase}{state}")
+        for child in node.children:
+            walk(child, depth + 1)
+
+    walk(tree.root, 0)
+    return "\n".join(lines)

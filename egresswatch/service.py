@@ -146,14 +146,16 @@ class Daemon:
         from egresswatch.attribution import LiveAttributor
         from egresswatch.decode.engine import Engine
         from egresswatch.discovery import all_homes, discover
-        from egresswatch.lineage import LineageTracker
+        from egresswatch.lineage import LineageTracker, host_project_dirs
         from egresswatch.names import NameMemory
         from egresswatch.policy import Policy
         from egresswatch.store import Store
 
         cfg = self.config
         found = discover(
-            homes=[*all_homes(), *cfg.discovery.extra_homes], extra_files=cfg.discovery.extra_files
+            homes=[*all_homes(), *cfg.discovery.extra_homes],
+            extra_files=cfg.discovery.extra_files,
+            project_dirs=host_project_dirs(),
         )
         for warning in found.warnings:
             log.warning("discovery: %s", warning)
@@ -280,12 +282,14 @@ class Daemon:
     def _rediscover(self) -> None:
         """New MCP server definitions apply to servers launched from now on."""
         from egresswatch.discovery import all_homes, discover
-        from egresswatch.lineage import Matcher
+        from egresswatch.lineage import Matcher, host_project_dirs
 
         cfg = self.config
         try:
             found = discover(
-                homes=[*all_homes(), *cfg.discovery.extra_homes], extra_files=cfg.discovery.extra_files
+                homes=[*all_homes(), *cfg.discovery.extra_homes],
+                extra_files=cfg.discovery.extra_files,
+                project_dirs=host_project_dirs(),
             )
             self.lineage.matcher = Matcher(found.servers, cfg.discovery.launcher_patterns)
         except Exception:  # discovery must never take the daemon down
