@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import logging
 import os
 import plistlib
 import shutil
@@ -58,6 +59,9 @@ def run(config_path: Path | None, db: Path | None, record_procs: Path | None, if
     """
     from egresswatch.service import run as run_daemon
 
+    root = logging.getLogger()
+    if root.level > logging.INFO:  # a daemon says what it does (journald keeps it); -v for debug
+        root.setLevel(logging.INFO)
     opts = RunOptions(config_path=config_path, db_path=db, record_procs=record_procs,
                       interfaces=ifaces, status_path=status_file)  # fmt: skip
     try:

@@ -216,7 +216,14 @@ class Daemon:
     def run(self) -> int:
         assert self.source is not None and self.pipeline is not None
         sdnotify.ready(f"capturing; {self.db_path()}")
-        log.info("capturing on %s", ", ".join(self.source.interfaces) or "all interfaces")
+        log.info(
+            "capturing on %s; events to %s; config %s (%d server allowlists, %d alert targets)",
+            ", ".join(self.source.interfaces) or "all interfaces",
+            self.db_path(),
+            self.config.source or "built-in defaults",
+            len(self.config.servers),
+            len(self.config.alerts.urls),
+        )
         watchdog = self._watchdog = sdnotify.watchdog_period()
         tick = min(HOUSEKEEP, watchdog / 2) if watchdog else HOUSEKEEP
         next_prune = time.monotonic() + 60.0
