@@ -25,7 +25,9 @@ IPv6 or IPv4 non-first UDP fragment passes so fragmented DNS answers survive):
 4. **ClientHello continuations.** A 1.6-2 KB post-quantum hello spans two
    segments when segmentation offload is off, and its SNI is often in the
    second, which starts with arbitrary bytes. Classic BPF is stateless, so the
-   rule is a shape: a TCP segment with PSH set and 1..``CONT_MAX`` payload
+   rule is a shape: a TCP segment that this host sends (``PACKET_OUTGOING``,
+   which includes forwarded container and VM traffic on the egress interface;
+   on loopback the kept host copy) with PSH set and 1..``CONT_MAX`` payload
    bytes (the tail of a hello is the last segment of the client's write, so it
    carries PSH), except segments that start like another TLS record
    (``0x14``/``0x15``/``0x17`` then ``0x03``: application data, alerts) and SSH
@@ -226,6 +228,16 @@ def _transport(a: _Asm, o: int, set_x: Callable[[], None], l3len: Callable[[], N
     a.jmp(JSET, 0x08, psh, None)
     a.ret(0)
     a.label(psh)
+    # only segments this host sends (PACKET_OUTGOING; forwarded container and VM
+    # traffic is outgoing on the egress interface too): the PSH tails of every
+    # download are not hello continuations. Loopback keeps its host copy.
+    a.op(LD | W | ABS, SKF_AD_OFF + SKF_AD_PKTTYPE)
+    sent = a.fresh("sent")
+    a.jmp(JEQ, PACKET_OUTGOING, sent, None)
+    a.op(LD | W | ABS, SKF_AD_OFF + SKF_AD_HATYPE)
+    a.jmp(JEQ, ARPHRD_LOOPBACK, sent, None)
+    a.ret(0)
+    a.label(sent)
     a.op(LD | MEM, 1)
     a.drop_if(JGT, CONT_MAX)
     a.op(LD | B | IND, o + 1)
