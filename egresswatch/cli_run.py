@@ -62,6 +62,8 @@ def run(config_path: Path | None, db: Path | None, record_procs: Path | None, if
     root = logging.getLogger()
     if root.level > logging.INFO:  # a daemon says what it does (journald keeps it); -v for debug
         root.setLevel(logging.INFO)
+        # apprise logs every delivery at INFO; ours records each in the alerts table
+        logging.getLogger("apprise").setLevel(logging.WARNING)
     opts = RunOptions(config_path=config_path, db_path=db, record_procs=record_procs,
                       interfaces=ifaces, status_path=status_file)  # fmt: skip
     try:

@@ -265,7 +265,11 @@ class Daemon:
     def _prune(self) -> None:
         try:
             result = self.store.prune(time.time(), max_chunks=20)
-            log.info("retention: %s", result)
+            deleted = result.deleted_by_age + result.deleted_by_size
+            (log.info if deleted else log.debug)(
+                "retention: %d events deleted (%d by age, %d by size) in %.3fs; database %.1f MB",
+                deleted, result.deleted_by_age, result.deleted_by_size, result.seconds, result.size_bytes / 1e6,
+            )  # fmt: skip
         except Exception:
             log.exception("pruning the database failed")
 
