@@ -33,11 +33,11 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any, TextIO
 
-from egresswatch.attribution import norm_ip
 from egresswatch.errors import EgresswatchError
 from egresswatch.mcpmatch import Matcher, classify_with
 from egresswatch.model import UNKNOWN, Attribution, Frame, Observation, ProcessInfo
 from egresswatch.pipeline import Attributor
+from egresswatch.sockets import norm_ip
 
 MAX_COMMENT = 65536
 MAX_LINE = 1 << 20  # a procs record line longer than this is skipped
