@@ -109,6 +109,31 @@ def format_alert(event: Event) -> tuple[str, str]:
     return title, "\n".join(lines)
 
 
+def apprise_target(url: str) -> str | None:
+    """``url`` as apprise will use it, secrets hidden; None when apprise cannot
+    use it (unknown scheme, missing plugin). For `doctor`."""
+    ap = apprise.Apprise()
+    if not ap.add(url):
+        return None
+    return str(next(iter(ap)).url(privacy=True))
+
+
+def apprise_sender(url: str) -> Callable[[str, str, str], bool] | None:
+    """A function sending ``(title, body, severity)`` to one apprise URL and
+    returning whether it was delivered; None when apprise cannot use the URL.
+    For the user-session desktop notifier."""
+    ap = apprise.Apprise()
+    if not ap.add(url):
+        return None
+    types = {"high": apprise.NotifyType.FAILURE, "medium": apprise.NotifyType.WARNING}
+
+    def send(title: str, body: str, severity: str) -> bool:
+        kind = types.get(severity, apprise.NotifyType.INFO)
+        return bool(ap.notify(title=title, body=body, notify_type=kind))
+
+    return send
+
+
 class Alerter:
     """Pipeline sink turning flagged events into alerts.
 

@@ -176,12 +176,12 @@ def _database(path: Path) -> Check:
 
 
 def _target(url: str) -> Check:
-    import apprise
+    from egresswatch.alerts import apprise_target
 
-    ap = apprise.Apprise()
-    if not ap.add(url):
+    target = apprise_target(url)
+    if target is None:
         return False, "not a usable apprise URL (unknown scheme or missing plugin)"
-    shown = safe(next(iter(ap)).url(privacy=True))
+    shown = safe(target)
     parts = urlsplit(url)
     if parts.scheme in ("json", "jsons", "xml", "xmls", "form", "forms", "http", "https") and parts.hostname:
         port = parts.port or (443 if parts.scheme.endswith("s") else 80)

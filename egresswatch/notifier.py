@@ -106,16 +106,14 @@ class AlertFollower:
 
 
 def apprise_sender(url: str) -> Callable[[DesktopAlert], bool]:
-    import apprise
+    from egresswatch.alerts import apprise_sender as sender_for
 
-    ap = apprise.Apprise()
-    if not ap.add(url):
+    send_one = sender_for(url)
+    if send_one is None:
         raise StoreError(f"notifier: {url!r} is not a usable apprise URL on this system")
-    types = {"high": apprise.NotifyType.FAILURE, "medium": apprise.NotifyType.WARNING}
 
     def send(alert: DesktopAlert) -> bool:
-        kind = types.get(alert.severity, apprise.NotifyType.INFO)
-        return bool(ap.notify(title=alert.title, body=alert.body, notify_type=kind))
+        return send_one(alert.title, alert.body, alert.severity)
 
     return send
 
