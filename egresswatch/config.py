@@ -77,6 +77,9 @@ class ExfilConfig:
 @dataclass(frozen=True, slots=True)
 class PolicyConfig:
     learning: bool = True  # first_seen detector
+    # hours after a server is first seen during which new destinations are learned
+    # quietly (first_seen, low); later a new destination is new_destination (medium)
+    learning_hours: float = 24.0
     global_allow: tuple[str, ...] = ("localhost", "127.0.0.0/8", "::1")
     install_allow: tuple[str, ...] = DEFAULT_INSTALL_ALLOW
     doh_allow: tuple[str, ...] = ()  # DoH/DoT resolvers servers may use

@@ -8,7 +8,8 @@ Order of checks (first that decides wins), documented in docs/policy.md:
 4. DNS exfiltration shape (queries)    -> flagged / dns_exfil (high)
 5. allowlist entry matches             -> allowed / allowlist
 6. connection to a never-resolved IP   -> flagged / direct_ip (high)
-7. learning mode: first contact        -> flagged / first_seen (low); later -> allowed / learned
+7. learning mode: first contact        -> flagged / first_seen (low) within the server's
+   learning window, new_destination (medium) after it; later contacts -> allowed / learned
 8. otherwise                           -> flagged / not_allowlisted (medium)
 """
 
@@ -42,6 +43,7 @@ REASONS: dict[str, tuple[str, str]] = {
     "allowlist": (ALLOWED, "info"),
     "learned": (ALLOWED, "info"),
     "first_seen": (FLAGGED, "low"),
+    "new_destination": (FLAGGED, "medium"),
     "not_allowlisted": (FLAGGED, "medium"),
     "direct_ip": (FLAGGED, "high"),
     "dns_exfil": (FLAGGED, "high"),
@@ -212,6 +214,7 @@ class Policy:
         self._resolved = resolved
         self.max_learned = max(1, max_learned)
         self._learned: OrderedDict[tuple[str, str], None] = OrderedDict()
+        self._since: dict[str, float] = {}  # server -> frame time its learning began
         self.exfil = detectors.DnsExfilDetector(config.policy.exfil)
         self.reload(config)
 
@@ -224,9 +227,12 @@ class Policy:
         self._matchers: dict[tuple[str, bool], Matcher] = {}
         self.exfil.configure(config.policy.exfil)
 
-    def remember(self, server: str, destination: str) -> None:
-        """Seed the learning baseline (e.g. from stored events at start-up)."""
+    def remember(self, server: str, destination: str, ts: float | None = None) -> None:
+        """Seed the learning baseline (e.g. from stored events at start-up);
+        ``ts``: when the server was seen then, which starts its learning window."""
         self._learn((server, destination.rstrip(".").lower()))
+        if ts is not None:
+            self._since[server] = min(ts, self._since.get(server, ts))
 
     def learning(self, server: str) -> bool:
         """Learning applies to a server without an allowlist, unless overridden."""
@@ -284,6 +290,9 @@ class Policy:
         dest = (name or ip or "").rstrip(".").lower()
         if self.learning(server) and dest:
             if self._learn((server, dest)):
+                since = self._since.setdefault(server, obs.ts)
+                if obs.ts - since > self.config.policy.learning_hours * 3600:
+                    return verdict("new_destination", dest + ech)  # after its learning window
                 return verdict("first_seen", dest + ech)
             return verdict("learned", dest + ech)
         return verdict("not_allowlisted", (dest + ech) if dest else None)

@@ -188,15 +188,16 @@ class Daemon:
     def _seed_learning(self) -> None:
         try:
             rows = self.store.execute(
-                "SELECT DISTINCT server, dst_name FROM events WHERE server IS NOT NULL"
-                " AND dst_name IS NOT NULL AND verdict != 'unwatched' ORDER BY id DESC LIMIT ?",
+                "SELECT server, dst_name, MIN(ts) FROM events WHERE server IS NOT NULL"
+                " AND dst_name IS NOT NULL AND verdict != 'unwatched'"
+                " GROUP BY server, dst_name ORDER BY MAX(id) DESC LIMIT ?",
                 (SEED_LIMIT,),
             )
         except EgresswatchError as exc:
             log.warning("cannot read the learning baseline: %s", exc)
             return
         for row in rows:
-            self.policy.remember(row[0], row[1])
+            self.policy.remember(row[0], row[1], row[2])
 
     def _install_signals(self) -> None:
         faulthandler.register(signal.SIGUSR1, all_threads=True)  # `kill -USR1`: stacks to the log

@@ -306,7 +306,7 @@ def test_invalid_entry_in_config_is_reported_and_reload_keeps_old_config() -> No
 def test_reason_table_is_complete() -> None:
     assert set(REASONS) == {
         "outside_mcp", "dns_answer", "allowlist", "learned", "first_seen",
-        "not_allowlisted", "direct_ip", "dns_exfil", "doh_dot",
+        "new_destination", "not_allowlisted", "direct_ip", "dns_exfil", "doh_dot",
     }  # fmt: skip
 
 
@@ -446,4 +446,26 @@ def test_pipeline_flags_a_real_dns_tunnel_and_not_plain_dns() -> None:
     assert queries and all(e.verdict.reason == "dns_exfil" for e in queries[2:])
     assert all(e.verdict.reason == "dns_answer" for e in tunnel if e.obs.kind == DNS_ANSWER)
     plain = _pipeline_events("zeek/dns-edns-ecs.pcap", Config())
-    assert {e.verdict.reason for e in plain} <= {"first_seen", "learned", "dns_answer"}
+    # the capture spans days: past the learning window new names are new_destination,
+    # but no detector fires on plain DNS
+    assert {e.verdict.reason for e in plain} <= {"first_seen", "learned", "new_destination", "dns_answer"}
+
+
+def test_learning_window_then_new_destinations_alert() -> None:
+    """A server learns quietly for policy.learning_hours of packet time; a
+    destination it first contacts after that is new_destination (medium)."""
+    rig = Rig(cfg(allow=(), learning=True, learning_hours=1.0))
+    day0 = 1_700_000_000.0
+    assert rig(query("api.vendor.example", ts=day0))[1:] == ("first_seen", "api.vendor.example", "low")
+    assert rig(query("cdn.vendor.example", ts=day0 + 3599))[1] == "first_seen"
+    assert rig(query("api.vendor.example", ts=day0 + 7200))[1] == "learned"
+    assert rig(query("telemetry.evil.example", ts=day0 + 7200))[1:] == (
+        "new_destination",
+        "telemetry.evil.example",
+        "medium",
+    )
+    # the window starts with each server's own first event
+    late = Rig(cfg(allow=(), learning=True, learning_hours=1.0))
+    late.policy.remember("gh", "api.vendor.example", ts=day0)
+    assert late(query("other.example", ts=day0 + 10))[1] == "first_seen"
+    assert late(query("third.example", ts=day0 + 4000))[1] == "new_destination"
