@@ -10,116 +10,15 @@ import re
 import shlex
 from dataclasses import dataclass, replace
 
+from egresswatch.launchers import VALUE_OPTS
+
 PKG_RUNNERS = ("npx", "bunx", "pnpm dlx", "yarn dlx", "npm exec", "uvx", "pipx run")
 CONTAINER_RUNNERS = ("docker run", "podman run")
 SANDBOXES = frozenset({"bwrap", "firejail", "nsjail", "sandbox-exec", "minijail0", "flatpak-spawn"})
 SHELLS = frozenset({"sh", "bash", "zsh", "dash", "ksh", "fish", "ash"})
 
 # Options that take a separate value, per runner (``--opt=value`` is always one word).
-_VALUE_OPTS = {
-    "npm": {
-        "-p",
-        "--package",
-        "-c",
-        "--call",
-        "--registry",
-        "--cache",
-        "--userconfig",
-        "--prefix",
-        "-w",
-        "--workspace",
-    },
-    "uvx": {
-        "--from",
-        "--with",
-        "--with-editable",
-        "--with-requirements",
-        "--python",
-        "-p",
-        "--index-url",
-        "-i",
-        "--extra-index-url",
-        "--index",
-        "--default-index",
-        "--directory",
-        "--env-file",
-        "--find-links",
-        "-f",
-        "--constraints",
-        "--overrides",
-        "--build-constraints",
-        "--cache-dir",
-        "--config-file",
-        "--project",
-    },
-    "pipx": {"--spec", "--python", "--index-url", "-i", "--pip-args", "--backend"},
-    "docker": {
-        "-e",
-        "--env",
-        "--env-file",
-        "-v",
-        "--volume",
-        "--mount",
-        "--network",
-        "--net",
-        "--name",
-        "-p",
-        "--publish",
-        "-w",
-        "--workdir",
-        "--entrypoint",
-        "-u",
-        "--user",
-        "-l",
-        "--label",
-        "--cap-add",
-        "--cap-drop",
-        "--security-opt",
-        "--add-host",
-        "--device",
-        "--platform",
-        "--pull",
-        "-m",
-        "--memory",
-        "--cpus",
-        "-h",
-        "--hostname",
-        "--pid",
-        "--ipc",
-        "--userns",
-        "--restart",
-        "--runtime",
-        "--tmpfs",
-        "--ulimit",
-        "--dns",
-        "--log-driver",
-        "--log-opt",
-        "--group-add",
-        "--cgroupns",
-        "--uts",
-        "--expose",
-        "--health-cmd",
-        "--stop-signal",
-        "--shm-size",
-        "--volumes-from",
-        "--label-file",
-        "--cidfile",
-        "--cpuset-cpus",
-        "--memory-swap",
-        "--network-alias",
-        "--ip",
-        "--ip6",
-        "--mac-address",
-        "--gpus",
-        "--attach",
-        "-a",
-        "--sysctl",
-        "--storage-opt",
-        "--annotation",
-        "--detach-keys",
-        "--hostuser",
-    },
-}
+
 _EXACT_SEMVER = re.compile(r"^v?\d+\.\d+\.\d+(?:-[0-9A-Za-z.\-]+)?(?:\+[0-9A-Za-z.\-]+)?$")
 _COMMIT = re.compile(r"[0-9a-f]{40}")
 
@@ -146,7 +45,7 @@ def base(cmd: str) -> str:
     return re.sub(r"\.(exe|cmd|bat|ps1)$", "", b)
 
 
-def _positional(args: list[str], value_opts: set[str]) -> tuple[int, dict[str, list[str]], list[str]]:
+def _positional(args: list[str], value_opts: frozenset[str]) -> tuple[int, dict[str, list[str]], list[str]]:
     """Index of the first positional argument, option values, options seen."""
     opts: dict[str, list[str]] = {}
     seen: list[str] = []
@@ -248,7 +147,7 @@ def parse_launch(command: str | None, args: tuple[str, ...], depth: int = 0) -> 
         if i < len(argv) and depth < 3:
             return parse_launch(argv[i], tuple(argv[i + 1 :]), depth + 1)
     if b in SANDBOXES:
-        i, _, _ = _positional(argv[1:], set())
+        i, _, _ = _positional(argv[1:], frozenset())
         if 1 + i < len(argv) and depth < 3:
             inner = parse_launch(argv[1 + i], tuple(argv[2 + i :]), depth + 1)
             return _sandboxed(inner, b)
@@ -303,7 +202,7 @@ def _runner(argv: tuple[str, ...], b: str) -> Launch:
     if runner is None:
         return Launch(argv)
     rest = a[rest_at:]
-    i, opts, seen = _positional(rest, _VALUE_OPTS[family])
+    i, opts, seen = _positional(rest, VALUE_OPTS[family])
     spec_index = rest_at + i if i < len(rest) else -1
     positional = rest[i] if i < len(rest) else None
     if family == "npm":

@@ -20,6 +20,7 @@ from dataclasses import dataclass
 from functools import lru_cache
 from typing import Protocol
 
+from egresswatch.launchers import VALUE_OPTS
 from egresswatch.model import ProcessInfo
 
 log = logging.getLogger(__name__)
@@ -32,71 +33,6 @@ _INTERP_RE = re.compile(r"^(node|nodejs|bun|deno|ruby|perl|pypy3?|python(\d+(\.\
 _NODE_SCRIPTS = {"npx-cli.js": "npx", "npm-cli.js": "npm"}
 _NPM_RUNNERS = frozenset({"npx", "bunx", "pnpx"})
 # Options that take a value, per wrapper (the rest are flags).
-_NPX_VALUE_OPTS = frozenset({"-p", "--package", "-c", "--call", "--cache", "--registry", "--userconfig"})
-_UV_VALUE_OPTS = frozenset(
-    {
-        "--from",
-        "--with",
-        "--with-editable",
-        "--with-requirements",
-        "--python",
-        "-p",
-        "--directory",
-        "--project",
-        "--env-file",
-        "--index",
-        "--index-url",
-        "--extra-index-url",
-        "--cache-dir",
-        "--spec",
-    }
-)
-_DOCKER_VALUE_OPTS = frozenset(
-    {
-        "-e",
-        "--env",
-        "-v",
-        "--volume",
-        "--name",
-        "--network",
-        "--net",
-        "-p",
-        "--publish",
-        "--env-file",
-        "-w",
-        "--workdir",
-        "--entrypoint",
-        "-u",
-        "--user",
-        "--mount",
-        "--add-host",
-        "--label",
-        "-l",
-        "--platform",
-        "--pull",
-        "-m",
-        "--memory",
-        "--cpus",
-        "--cap-add",
-        "--cap-drop",
-        "--security-opt",
-        "--device",
-        "-h",
-        "--hostname",
-        "--dns",
-        "--tmpfs",
-        "--ulimit",
-        "--shm-size",
-        "--ipc",
-        "--pid",
-        "--runtime",
-        "--log-driver",
-        "--log-opt",
-        "--restart",
-        "--stop-signal",
-        "--gpus",
-    }
-)
 _NODE_VALUE_OPTS = frozenset(
     {"-r", "--require", "--import", "--loader", "--experimental-loader", "--env-file"}
 )
@@ -306,7 +242,7 @@ def signature(argv: Sequence[str]) -> Signature | None:  # noqa: C901 - one tabl
             or (a0 in ("pnpm", "yarn") and sub in ("dlx", "exec"))
         ):
             start = 1 if a0 in _NPM_RUNNERS else 2
-            i, pkg = _skip_opts(args, start, _NPX_VALUE_OPTS)
+            i, pkg = _skip_opts(args, start, VALUE_OPTS["npm"])
             if i >= len(args) and not pkg:
                 return None
             name = pkg or args[i]
@@ -317,14 +253,14 @@ def signature(argv: Sequence[str]) -> Signature | None:  # noqa: C901 - one tabl
             or (a0 == "pipx" and sub == "run")
         ):
             start = 1 if a0 == "uvx" else (3 if a0 == "uv" else 2)
-            i, pkg = _skip_opts(args, start, _UV_VALUE_OPTS)
+            i, pkg = _skip_opts(args, start, VALUE_OPTS["uvx"])
             if i >= len(args):
                 return None
             return Signature("py", _strip_py_version(pkg or args[i]), tuple(args[i + 1 :]), runner=True)
         if a0 == "uv" or a0 in ("poetry", "pipenv", "hatch", "pdm", "rye"):
-            i, _ = _skip_opts(args, 1, _UV_VALUE_OPTS)
+            i, _ = _skip_opts(args, 1, VALUE_OPTS["uvx"])
             if i < len(args) and args[i] == "run":
-                i, _ = _skip_opts(args, i + 1, _UV_VALUE_OPTS)
+                i, _ = _skip_opts(args, i + 1, VALUE_OPTS["uvx"])
                 args = args[i:]
                 runner_seen = True
                 continue
@@ -334,7 +270,7 @@ def signature(argv: Sequence[str]) -> Signature | None:  # noqa: C901 - one tabl
             if sub == "container" and len(args) > 2:
                 j = 2
             if j < len(args) and args[j] == "run":
-                i, _ = _skip_opts(args, j + 1, _DOCKER_VALUE_OPTS)
+                i, _ = _skip_opts(args, j + 1, VALUE_OPTS["docker"])
                 if i >= len(args):
                     return None
                 image = args[i].removesuffix(":latest")

@@ -389,3 +389,15 @@ def test_read_cmdline_of_a_node_process_title() -> None:
     finally:
         p.kill()
         p.wait()
+
+
+def test_docker_options_with_values_are_skipped_like_the_audit_does() -> None:
+    """The lineage matcher and the audit read launch lines with one option table
+    (egresswatch.launchers): a value like ``--network-alias db`` is not the image."""
+    from egresswatch.audit_rules import parse_launch
+
+    argv = ["docker", "run", "-i", "--rm", "--network-alias", "db", "--cidfile", "/tmp/c", "mcp/postgres:1.2"]
+    sig = signature(argv)
+    assert sig is not None and "mcp/postgres" in repr(sig) and "'db'" not in repr(sig)
+    launch = parse_launch(argv[0], tuple(argv[1:]))
+    assert "mcp/postgres" in repr(launch)
