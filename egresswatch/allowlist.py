@@ -20,7 +20,10 @@ from egresswatch.policy import parse_entry
 #: at least this many distinct subdomains of one registrable domain collapse to ``*.domain``
 COLLAPSE_AT = 3
 #: events with these reasons are never suggested: they are attacks, not baseline
-NEVER_SUGGEST = frozenset({"dns_exfil", "doh_dot"})
+# High-severity findings are never proposed for an allowlist: a DNS tunnel, a
+# private resolver, a connection to an IP the server never resolved. A user who
+# trusts such a destination adds it by hand.
+NEVER_SUGGEST = frozenset({"dns_exfil", "doh_dot", "direct_ip"})
 
 Notes = dict[str, list[str]]
 
@@ -86,7 +89,7 @@ def suggest(
 ) -> dict[str, list[str]]:
     """Per MCP server, a minimal allowlist covering the destinations in
     ``events`` (Event.to_dict() / stored rows). Only events of ``server`` when
-    given; never events outside MCP trees or flagged dns_exfil/doh_dot; never
+    given; never events outside MCP trees or flagged dns_exfil/doh_dot/direct_ip; never
     destinations for which ``skip(dest, event)`` is true (e.g. already in
     policy.global_allow). Unusable names (bytes outside host-name syntax) are
     left out and counted in ``notes``."""

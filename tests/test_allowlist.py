@@ -298,3 +298,25 @@ def test_cli_suggest_reads_the_event_database(tmp_path: Path) -> None:
         cli, ["allowlist", "suggest", "--db", str(tmp_path / "missing.db"), "--config", str(cfg)]
     )
     assert res.exit_code == 1
+
+
+def test_suggest_never_proposes_high_severity_findings() -> None:
+    events = [
+        {
+            "server": "gh",
+            "kind": "tls_sni",
+            "sni": "api.github.com",
+            "dst": "140.82.112.3",
+            "reason": "first_seen",
+        },
+        {"server": "gh", "kind": "connect", "dst": "203.0.113.66", "dst_name": None, "reason": "direct_ip"},
+        {"server": "gh", "kind": "dns_query", "qname": "a1b2c3.x.evil.example", "reason": "dns_exfil"},
+        {"server": "gh", "kind": "tls_sni", "sni": "dns.google", "dst": "8.8.8.8", "reason": "doh_dot"},
+    ]
+    notes: dict[str, list[str]] = {}
+    assert suggest(events, notes=notes) == {"gh": ["api.github.com"]}
+    assert notes["gh"] == [
+        "left out 1 event(s): flagged direct_ip",
+        "left out 1 event(s): flagged dns_exfil",
+        "left out 1 event(s): flagged doh_dot",
+    ]
