@@ -522,3 +522,21 @@ def test_raw_fast_path_drops_only_what_decoding_would_drop() -> None:
     want += slow.finish()
     assert len(got) > 8000
     assert got == want
+
+
+def test_reader_skip_gives_the_same_events_as_feeding_every_frame() -> None:
+    """replay hands Engine.skip_raw to the reader (no Frame for bulk data): the
+    events and the frame numbers must not change."""
+    from egresswatch.capture.pcapfile import read_frames
+    from tests.corpus import corpus_dir
+
+    for capture in (
+        corpus_dir() / "bench" / "mixed-100k.pcap",
+        corpus_dir() / "public" / "ndpi" / "sites.pcapng",
+    ):
+        every, skipping = Engine(), Engine()
+        want = [o for f in read_frames(capture) for o in every.feed(f)] + every.finish()
+        got = [o for f in read_frames(capture, skip=skipping.skip_raw) for o in skipping.feed(f)]
+        got += skipping.finish()
+        assert got == want and len(got) > 50
+        assert skipping.counters["frames"] == every.counters["frames"]

@@ -31,7 +31,7 @@ import mmap
 import os
 import stat
 import struct
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import fields
 from pathlib import Path
 from typing import Any, BinaryIO
@@ -107,8 +107,18 @@ def detect_format(head: bytes) -> str | None:
     return None
 
 
-def read_frames(path: str | Path) -> Iterator[Frame]:
-    """Yield every frame of a pcap or pcapng file (see the module docstring)."""
+# skip(linktype, buffer, start, end, ts, index) -> True to not yield that frame
+Skip = Callable[[int, Any, int, int, float, int], bool]
+
+
+def read_frames(path: str | Path, skip: Skip | None = None) -> Iterator[Frame]:
+    """Yield every frame of a pcap or pcapng file (see the module docstring).
+
+    ``skip`` plays the part the kernel filter plays for live capture: it sees
+    each packet record's bytes (``buffer[start:end]``) before a Frame is built
+    and returns True for records the decoder has no use for (decode.Engine's
+    ``skip_raw``: bulk TCP data of flows it does not track). Frame numbers
+    still count skipped records."""
     name = str(path)
     try:
         with open(path, "rb") as fh:
@@ -129,9 +139,9 @@ def read_frames(path: str | Path) -> Iterator[Frame]:
             raise CaptureFileError(f"{name}: empty file, not a pcap or pcapng file")
         kind = detect_format(bytes(buf[:4]))
         if kind == "pcap":
-            yield from _read_pcap(name, buf)
+            yield from _read_pcap(name, buf, skip)
         elif kind == "pcapng":
-            yield from _read_pcapng(name, buf)
+            yield from _read_pcapng(name, buf, skip)
         else:
             raise CaptureFileError(f"{name}: not a pcap or pcapng file")
     finally:
@@ -151,7 +161,7 @@ def _read_stream(name: str, fh: BinaryIO) -> bytes:
     return b"".join(chunks)
 
 
-def _read_pcap(name: str, buf: Any) -> Iterator[Frame]:
+def _read_pcap(name: str, buf: Any, skip: Skip | None = None) -> Iterator[Frame]:
     size = len(buf)
     if size < 24:
         raise CaptureFileError(f"{name}: truncated pcap file header at byte 0")
@@ -172,9 +182,13 @@ def _read_pcap(name: str, buf: Any) -> Iterator[Frame]:
         if end > size:
             raise CaptureFileError(f"{name}: truncated packet record at byte {off}")
         index += 1
-        # _make_frame inlined (hot loop); int arithmetic keeps ts correctly rounded
+        ts = (sec * per_sec + frac) / per_sec  # int arithmetic keeps ts correctly rounded
+        if skip is not None and skip(linktype, buf, off + 16, end, ts, index):
+            off = end
+            continue
+        # _make_frame inlined (hot loop)
         f = new(Frame)
-        s_ts(f, (sec * per_sec + frac) / per_sec)
+        s_ts(f, ts)
         s_data(f, buf[off + 16 : end])
         s_lt(f, linktype)
         s_idx(f, index)
@@ -237,7 +251,7 @@ def _interface(buf: Any, off: int, blen: int, e: str) -> _Interface:
     return _Interface(linktype, snaplen, name, per_sec, tsoffset)
 
 
-def _read_pcapng(name: str, buf: Any) -> Iterator[Frame]:
+def _read_pcapng(name: str, buf: Any, skip: Skip | None = None) -> Iterator[Frame]:
     size = len(buf)
     off = 0
     e = "<"
@@ -288,8 +302,12 @@ def _read_pcapng(name: str, buf: Any) -> Iterator[Frame]:
             comment = _comment(buf, opt_start, body_end, e) if opt_start + 4 <= body_end else None
             per = iface.per_sec
             index += 1
+            ts = (((ts_hi << 32) | ts_lo) + iface.offset * per) / per
+            if skip is not None and skip(iface.linktype, buf, off + 28, data_end, ts, index):
+                off += blen
+                continue
             yield make(
-                (((ts_hi << 32) | ts_lo) + iface.offset * per) / per,
+                ts,
                 buf[off + 28 : data_end],
                 iface.linktype,
                 index,

@@ -145,40 +145,50 @@ class Engine:
         """Bytes held by all tracked TCP flows (bounded by ``max_buffered``)."""
         return self._held
 
-    def feed(self, frame: Frame) -> list[Observation]:
+    def skip_raw(self, linktype: int, buf: Any, o: int, end: int, ts: float, index: int) -> bool:
+        """True when the frame ``buf[o:end]`` is certainly of no use: Ethernet +
+        IPv4 (no options) or IPv6 (no extension headers) + TCP bulk data of a
+        flow not tracked (no SYN/FIN/RST, not port 53, payload not starting a
+        TLS record), or a bare ACK. Decided on the raw bytes before any decoding
+        (and, in replay, before a Frame is even built: capture.pcapfile's
+        ``skip``); the frame still counts."""
+        if linktype != 1 or end - o < 54 or ts >= self._next_sweep:
+            return False
+        if buf[o + 12] == 0x08 and buf[o + 13] == 0 and buf[o + 14] == 0x45 and buf[o + 23] == 6:
+            if buf[o + 20] & 0x3F or buf[o + 21] or buf[o + 47] & 7:
+                return False
+            p = o + 34 + ((buf[o + 46] >> 4) << 2)
+            if p < o + 14 + ((buf[o + 16] << 8) | buf[o + 17]) and p < end:
+                if (
+                    buf[p] == 0x16
+                    or (buf[o + 34] == 0 and buf[o + 35] == 53)
+                    or (buf[o + 36] == 0 and buf[o + 37] == 53)
+                    or buf[o + 26 : o + 38] in self._raw_active
+                ):
+                    return False
+        elif buf[o + 12] == 0x86 and buf[o + 13] == 0xDD and buf[o + 20] == 6 and end - o >= 74:
+            if buf[o + 67] & 7:
+                return False
+            p = o + 54 + ((buf[o + 66] >> 4) << 2)
+            if p < o + 54 + ((buf[o + 18] << 8) | buf[o + 19]) and p < end:
+                if (
+                    buf[p] == 0x16
+                    or (buf[o + 54] == 0 and buf[o + 55] == 53)
+                    or (buf[o + 56] == 0 and buf[o + 57] == 53)
+                    or buf[o + 22 : o + 58] in self._raw_active
+                ):
+                    return False
+        else:
+            return False
         self._frames += 1
+        self._last_index = index
+        return True
+
+    def feed(self, frame: Frame) -> list[Observation]:
         data = frame.data
-        if frame.linktype == 1 and len(data) >= 54 and frame.ts < self._next_sweep:
-            # Fastest path, on the raw bytes of Ethernet + IPv4 (no options) or
-            # IPv6 (no extension headers) + TCP, before any decoding: bulk data of
-            # a flow not tracked (no SYN/FIN/RST, not port 53, payload not
-            # starting a TLS record) is dropped here.
-            if data[12] == 0x08 and data[13] == 0 and data[14] == 0x45 and data[23] == 6:
-                if not (data[20] & 0x3F or data[21] or data[47] & 7):
-                    p = 34 + ((data[46] >> 4) << 2)
-                    if p >= 14 + ((data[16] << 8) | data[17]) or p >= len(data):
-                        return []  # no payload: a bare ACK
-                    if (
-                        data[p] != 0x16
-                        and (data[34] or data[35] != 53)
-                        and (data[36] or data[37] != 53)
-                        and data[26:38] not in self._raw_active
-                    ):
-                        self._last_index = frame.index
-                        return []
-            elif data[12] == 0x86 and data[13] == 0xDD and data[20] == 6 and len(data) >= 74:
-                if not data[67] & 7:
-                    p = 54 + ((data[66] >> 4) << 2)
-                    if p >= 54 + ((data[18] << 8) | data[19]) or p >= len(data):
-                        return []  # no payload: a bare ACK
-                    if (
-                        data[p] != 0x16
-                        and (data[54] or data[55] != 53)
-                        and (data[56] or data[57] != 53)
-                        and data[22:58] not in self._raw_active
-                    ):
-                        self._last_index = frame.index
-                        return []
+        if self.skip_raw(frame.linktype, data, 0, len(data), frame.ts, frame.index):
+            return []
+        self._frames += 1
         pkt = self._decode(frame.linktype, data)
         if type(pkt) is not IPPacket:
             if not isinstance(pkt, link.Fragment):
