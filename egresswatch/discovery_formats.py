@@ -168,13 +168,8 @@ _TRANSPORTS = {
 
 
 def _str_pairs(obj: Any, what: str, name: str, ctx: _Ctx) -> Pairs:
-    if obj is None:
-        return ()
-    if not isinstance(obj, dict):
-        ctx.warn(f"server {name!r}: {what} should be an object, got {type(obj).__name__}")
-        return ()
     out: list[tuple[str, str]] = []
-    for k, v in obj.items():
+    for k, v in (_mapping(ctx, obj, f"server {name!r}: {what}") or {}).items():
         if isinstance(v, bool) or not isinstance(v, str | int | float):
             ctx.warn(f"server {name!r}: {what} {str(k)!r} should be a string, got {type(v).__name__}")
             continue
@@ -271,23 +266,23 @@ def server_entry(ctx: _Ctx, name: str, e: Any, *, url_is_sse: bool = False) -> N
     )
 
 
-def server_map(ctx: _Ctx, obj: Any, where: str, *, url_is_sse: bool = False) -> None:
+def _mapping(ctx: _Ctx, obj: Any, where: str, noun: str = "an object") -> dict[str, Any] | None:
+    """``obj`` when it is a mapping; None when absent, or (with a warning) of another type."""
     if obj is None:
-        return
+        return None
     if not isinstance(obj, dict):
-        ctx.warn(f"{where} should be an object, got {type(obj).__name__}")
-        return
-    for name, entry in obj.items():
+        ctx.warn(f"{where} should be {noun}, got {type(obj).__name__}")
+        return None
+    return obj
+
+
+def server_map(ctx: _Ctx, obj: Any, where: str, *, url_is_sse: bool = False) -> None:
+    for name, entry in (_mapping(ctx, obj, where) or {}).items():
         server_entry(ctx, str(name), entry, url_is_sse=url_is_sse)
 
 
 def _dict_at(ctx: _Ctx, data: Any) -> dict[str, Any] | None:
-    if data is None:
-        return None
-    if not isinstance(data, dict):
-        ctx.warn(f"top level should be an object, got {type(data).__name__}")
-        return None
-    return data
+    return _mapping(ctx, data, "top level")
 
 
 # ---------------------------------------------------------------- per format
@@ -312,11 +307,8 @@ def parse_claude_json(text: str, ctx: _Ctx) -> None:
     if data is None:
         return
     server_map(ctx, data.get("mcpServers"), "mcpServers")
-    projects = data.get("projects")
+    projects = _mapping(ctx, data.get("projects"), "projects")
     if projects is None:
-        return
-    if not isinstance(projects, dict):
-        ctx.warn(f"projects should be an object, got {type(projects).__name__}")
         return
     ctx.projects += [Path(str(p)) for p in projects if str(p).startswith("/")]
     for pdir, pobj in projects.items():
@@ -348,13 +340,8 @@ def parse_zed(text: str, ctx: _Ctx) -> None:
     data = _dict_at(ctx, load_json(text, ctx))
     if data is None:
         return
-    servers = data.get("context_servers")
-    if servers is None:
-        return
-    if not isinstance(servers, dict):
-        ctx.warn(f"context_servers should be an object, got {type(servers).__name__}")
-        return
-    for name, e in servers.items():
+    servers = _mapping(ctx, data.get("context_servers"), "context_servers")
+    for name, e in (servers or {}).items():
         if isinstance(e, dict) and e.get("source") == "extension" and "command" not in e:
             continue  # provided by a Zed extension: launched by the extension, not the config
         server_entry(ctx, str(name), e)
@@ -416,13 +403,8 @@ def parse_goose(text: str, ctx: _Ctx) -> None:
     data = _dict_at(ctx, load_yaml(text, ctx))
     if data is None:
         return
-    exts = data.get("extensions")
-    if exts is None:
-        return
-    if not isinstance(exts, dict):
-        ctx.warn(f"extensions should be a mapping, got {type(exts).__name__}")
-        return
-    for name, e in exts.items():
+    exts = _mapping(ctx, data.get("extensions"), "extensions", "a mapping")
+    for name, e in (exts or {}).items():
         if not isinstance(e, dict):
             ctx.warn(f"extension {str(name)!r}: should be a mapping")
             continue
