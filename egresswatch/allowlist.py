@@ -15,6 +15,7 @@ from typing import Any
 
 from egresswatch.detectors import registrable_domain
 from egresswatch.errors import ConfigError
+from egresswatch.names import is_ip
 from egresswatch.policy import parse_entry
 
 #: at least this many distinct subdomains of one registrable domain collapse to ``*.domain``
@@ -26,14 +27,6 @@ COLLAPSE_AT = 3
 NEVER_SUGGEST = frozenset({"dns_exfil", "doh_dot", "direct_ip"})
 
 Notes = dict[str, list[str]]
-
-
-def is_ip(text: str) -> bool:
-    try:
-        ipaddress.ip_address(text)
-    except ValueError:
-        return False
-    return True
 
 
 def _destination(ev: Mapping[str, Any]) -> str | None:

@@ -53,6 +53,7 @@ from dataclasses import dataclass
 import psutil
 
 from egresswatch.lineage import LineageTracker
+from egresswatch.mcpmatch import attribution
 from egresswatch.model import Attribution, Frame, Observation
 from egresswatch.sockets import (
     SockDiag,
@@ -248,14 +249,7 @@ class LiveAttributor:
         info, chain, lin = self.lineage.lookup_key(proc)
         if info is None:
             return None
-        return Attribution(
-            process=info,
-            chain=chain,
-            server=lin.server if lin else None,
-            host=lin.host if lin else None,
-            phase=lin.phase if lin else None,
-            reason=how,
-        )
+        return attribution(info, chain, lin, how)
 
     def _lookup(self, key: SockKey, remote: tuple[str, int]) -> tuple[int | None, str]:
         """(owning pid, reason when there is none)."""

@@ -21,7 +21,7 @@ from functools import lru_cache
 from typing import Protocol
 
 from egresswatch.launchers import VALUE_OPTS
-from egresswatch.model import ProcessInfo
+from egresswatch.model import Attribution, ProcessInfo
 
 log = logging.getLogger(__name__)
 
@@ -127,6 +127,21 @@ class Lineage:
     root: ProcessInfo
     depth: int
     via: str = "config"
+
+
+def attribution(
+    process: ProcessInfo, chain: tuple[ProcessInfo, ...], lineage: Lineage | None, how: str
+) -> Attribution:
+    """The Attribution of a process with its ancestor chain and lineage;
+    ``how`` says how the process was found."""
+    return Attribution(
+        process=process,
+        chain=chain,
+        server=lineage.server if lineage else None,
+        host=lineage.host if lineage else None,
+        phase=lineage.phase if lineage else None,
+        reason=how,
+    )
 
 
 def _base(tok: str) -> str:

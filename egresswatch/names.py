@@ -111,7 +111,7 @@ class NameMemory:
         else:  # answers only (A/AAAA/CNAME data in wire order), no TTLs known
             chain = [qname]
             for data in obs.answers:
-                if _is_ip(data):
+                if is_ip(data):
                     self._put(owner, data, tuple(chain), obs.ts + MIN_TTL)
                     stored += 1
                 elif len(chain) < _MAX_CHAIN:
@@ -152,7 +152,8 @@ def _clamp(ttl: int) -> float:
     return min(max(float(ttl), MIN_TTL), MAX_TTL)
 
 
-def _is_ip(text: str) -> bool:
+def is_ip(text: str) -> bool:
+    """True for a literal IPv4/IPv6 address."""
     try:
         ipaddress.ip_address(text)
     except ValueError:

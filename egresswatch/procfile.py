@@ -34,7 +34,7 @@ from pathlib import Path
 from typing import Any, TextIO
 
 from egresswatch.errors import EgresswatchError
-from egresswatch.mcpmatch import Matcher, classify_with
+from egresswatch.mcpmatch import Matcher, attribution, classify_with
 from egresswatch.model import UNKNOWN, Attribution, Frame, Observation, ProcessInfo
 from egresswatch.pipeline import Attributor
 from egresswatch.sockets import norm_ip
@@ -282,15 +282,7 @@ class PtcpdumpAttributor:
         if parsed is None:
             return Attribution(reason="packet comment names no process")
         proc, chain = parsed
-        lin = classify_with((proc, *chain), self.matcher)
-        return Attribution(
-            process=proc,
-            chain=chain,
-            server=lin.server if lin else None,
-            host=lin.host if lin else None,
-            phase=lin.phase if lin else None,
-            reason="ptcpdump comment",
-        )
+        return attribution(proc, chain, classify_with((proc, *chain), self.matcher), "ptcpdump comment")
 
 
 class CompositeAttributor:
