@@ -27,13 +27,16 @@ from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
 from types import FrameType
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from egresswatch import sdnotify
 from egresswatch.capture.live import LiveSource
 from egresswatch.config import Config, load_config
 from egresswatch.errors import EgresswatchError, PermissionProblem
 from egresswatch.pipeline import Pipeline, Sink
+
+if TYPE_CHECKING:
+    from egresswatch.discovery import Discovery
 
 log = logging.getLogger(__name__)
 
@@ -145,21 +148,13 @@ class Daemon:
         from egresswatch.alerts import Alerter
         from egresswatch.attribution import LiveAttributor
         from egresswatch.decode.engine import Engine
-        from egresswatch.discovery import all_homes, discover
-        from egresswatch.lineage import LineageTracker, host_project_dirs
+        from egresswatch.lineage import LineageTracker
         from egresswatch.names import NameMemory
         from egresswatch.policy import Policy
         from egresswatch.store import Store
 
         cfg = self.config
-        found = discover(
-            homes=[*all_homes(), *cfg.discovery.extra_homes],
-            extra_files=cfg.discovery.extra_files,
-            project_dirs=host_project_dirs(),
-        )
-        for warning in found.warnings:
-            log.warning("discovery: %s", warning)
-        log.info("watching %d MCP server definitions", len(found.servers))
+        found = self._discover()
         self.lineage = LineageTracker(found.servers, cfg.discovery.launcher_patterns,
                                       poll_interval=cfg.daemon.proc_poll_interval)  # fmt: skip
         mode = self.lineage.start(use_connector=self.opts.use_connector)
@@ -291,23 +286,32 @@ class Daemon:
             log.info("configuration reloaded from %s", cfg.source or "built-in defaults")
         sdnotify.ready()
 
+    def _discover(self) -> Discovery:
+        """The MCP server definitions of every home, the configured extra homes
+        and files, and the projects running hosts work in; warnings logged."""
+        from egresswatch.discovery import all_homes, discover
+        from egresswatch.lineage import host_project_dirs
+
+        cfg = self.config.discovery
+        found = discover(
+            homes=[*all_homes(), *cfg.extra_homes],
+            extra_files=cfg.extra_files,
+            project_dirs=host_project_dirs(),
+        )
+        for warning in found.warnings:
+            log.warning("discovery: %s", warning)
+        log.info("watching %d MCP server definitions", len(found.servers))
+        return found
+
     def _rediscover(self) -> None:
         """New MCP server definitions apply to servers launched from now on."""
-        from egresswatch.discovery import all_homes, discover
-        from egresswatch.lineage import Matcher, host_project_dirs
+        from egresswatch.lineage import Matcher
 
-        cfg = self.config
         try:
-            found = discover(
-                homes=[*all_homes(), *cfg.discovery.extra_homes],
-                extra_files=cfg.discovery.extra_files,
-                project_dirs=host_project_dirs(),
-            )
-            self.lineage.matcher = Matcher(found.servers, cfg.discovery.launcher_patterns)
+            found = self._discover()
+            self.lineage.matcher = Matcher(found.servers, self.config.discovery.launcher_patterns)
         except Exception:  # discovery must never take the daemon down
             log.exception("re-reading MCP host configs failed; keeping the previous server list")
-            return
-        log.info("watching %d MCP server definitions", len(found.servers))
 
     def stats(self) -> dict[str, int]:
         assert self.source is not None and self.pipeline is not None
