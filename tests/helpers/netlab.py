@@ -58,12 +58,26 @@ def run(*cmd: str, check: bool = True) -> subprocess.CompletedProcess[str]:
     return subprocess.run(cmd, check=check, capture_output=True, text=True)
 
 
+def _free_subnet(start: int) -> int:
+    """The first n >= start (wrapping in 1..250) whose 198.18.n.0/24 no interface
+    of the root namespace holds: a lab left behind by a killed run (its veth and
+    namespace survive the process) would otherwise own the route to the new
+    lab's addresses, and its peer answers ping but not the new servers."""
+    out = run("ip", "-4", "-o", "addr", "show", check=False).stdout
+    used = {int(w.split(".")[2]) for w in out.split() if w.startswith("198.18.") and w.count(".") == 3}
+    for i in range(250):
+        n = (start - 1 + i) % 250 + 1
+        if n not in used:
+            return n
+    raise RuntimeError("no free 198.18.n.0/24 subnet for a test lab (clean up stale ew* veths)")
+
+
 class Lab:
     """``with Lab() as lab:`` creates namespace ``lab.ns`` reachable at
     ``lab.peer4`` / ``lab.peer6`` from the root namespace (``lab.host4``)."""
 
     def __init__(self, netem_delay_ms: int = 0) -> None:
-        n = (os.getpid() * 7 + next(_counter)) % 250 + 1
+        n = _free_subnet((os.getpid() * 7 + next(_counter)) % 250 + 1)
         self.n = n
         self.ns = f"ewt{os.getpid() % 100000}x{n}"
         self.veth_host = f"ewh{n}p{os.getpid() % 1000}"[:15]
@@ -163,7 +177,11 @@ class Lab:
         line = p.stdout.readline()
         if line.strip() != "ready":
             raise RuntimeError("dns responder did not start")
-        wait_for(lambda: self._port_open(self.peer4, 53), 5, "dns server tcp/53")
+        try:
+            wait_for(lambda: self._port_open(self.peer4, 53), 10, "dns server tcp/53")
+        except AssertionError as e:
+            route = run("ip", "route", "get", self.peer4, check=False).stdout.strip()
+            raise AssertionError(f"{e} (responder alive: {p.poll() is None}; route: {route})") from None
 
     def start_tls(self, port: int = 443) -> None:
         """openssl s_server on ``port`` of the namespace with a throwaway certificate."""
