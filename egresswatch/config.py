@@ -72,6 +72,11 @@ class ExfilConfig:
     window_seconds: float = 60.0
     txt_flood: int = 20  # TXT/NULL/ANY queries per parent domain per window
     suspicious_names: int = 3  # distinct random-looking names per parent domain per window
+    # low and slow: over this longer window, this many random-looking names, or
+    # more than this many distinct names, under one parent domain flag too
+    slow_window_seconds: float = 3600.0
+    slow_suspicious_names: int = 10
+    slow_unique_subdomains: int = 200
 
 
 @dataclass(frozen=True, slots=True)

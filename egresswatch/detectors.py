@@ -11,6 +11,7 @@ import functools
 import ipaddress
 import math
 import re
+from array import array
 from collections import Counter, OrderedDict, deque
 from dataclasses import dataclass
 
@@ -48,6 +49,7 @@ _LDH = re.compile(r"[a-z0-9_*-]*")
 _ESCAPE = re.compile(r"\\(\d{3}|.)")
 _LABEL_SPLIT = re.compile(r"(?<!\\)\.")
 _ENCODINGS = frozenset({"hex", "base32", "base64", "binary"})
+_RANDOM = _ENCODINGS | {"entropy"}
 
 
 def normalize_name(name: str) -> str:
@@ -135,12 +137,53 @@ class ExfilHit:
 
 
 class _ParentState:
-    __slots__ = ("names", "shaped", "floods")
+    __slots__ = ("names", "shaped", "floods", "slow_names", "slow_shaped")
 
     def __init__(self) -> None:
         self.names: OrderedDict[str, float] = OrderedDict()  # name -> last seen
         self.shaped: OrderedDict[str, float] = OrderedDict()  # suspicious-shape names
         self.floods: deque[float] = deque()  # TXT/NULL/ANY query times
+        self.slow_names = _Recent()  # the same over the slow window, kept compact
+        self.slow_shaped = _Recent()
+
+
+class _Recent:
+    """Distinct keys last seen within a window, most recent last, as two flat
+    arrays of 64-bit name hashes and times (16 bytes a name, where an
+    OrderedDict of names costs ~250): the slow window holds up to ~200 names
+    for each of 4,096 parents. Hash collisions only merge two names."""
+
+    __slots__ = ("keys", "times")
+
+    def __init__(self) -> None:
+        self.keys = array("q")
+        self.times = array("d")
+
+    def touch(self, name: str, ts: float, cap: int) -> None:
+        key = hash(name)
+        if self.keys and self.keys[-1] == key:  # the same name again (the common case)
+            self.times[-1] = ts
+            return
+        try:
+            i = self.keys.index(key)
+        except ValueError:
+            pass
+        else:
+            del self.keys[i], self.times[i]
+        self.keys.append(key)
+        self.times.append(ts)
+        if len(self.keys) > cap:
+            drop = len(self.keys) - cap
+            del self.keys[:drop], self.times[:drop]
+
+    def expire(self, since: float) -> int:
+        """Drop keys last seen before ``since``; return how many remain."""
+        n = 0
+        while n < len(self.times) and self.times[n] < since:
+            n += 1
+        if n:
+            del self.keys[:n], self.times[:n]
+        return len(self.keys)
 
 
 def _touch(d: OrderedDict[str, float], key: str, ts: float, cap: int) -> None:
@@ -166,7 +209,11 @@ class DnsExfilDetector:
     parent domain has, within ``window_seconds``: more than
     ``unique_subdomains`` distinct names, at least ``suspicious_names``
     distinct suspicious-shape names, or more than ``txt_flood`` TXT/NULL/ANY
-    queries. Memory is bounded: ``max_parents`` parents (least recently used
+    queries; or within ``slow_window_seconds`` more than
+    ``slow_unique_subdomains`` names or ``slow_suspicious_names`` shaped ones
+    (low and slow). Labels of 16+ random-looking characters that together
+    exceed ``max_label_len`` flag at once (a payload cut into several labels).
+    Memory is bounded: ``max_parents`` parents (least recently used
     evicted), and per parent only as many names as a threshold needs.
     """
 
@@ -195,11 +242,19 @@ class DnsExfilDetector:
         shaped_sig = sorted({s for _, sig in per_label for s in sig})
         signals: list[str] = []
         detail: list[str] = []
+        encoded = 0  # bytes in random-looking labels of 16+ characters
         for lab, sig in per_label:
             if "long" in sig and (_ENCODINGS & set(sig) or "entropy" in sig):
                 signals.append("long_random_label")
                 detail.append(f"label of {wire_len(lab)} bytes ({'+'.join(s for s in sig if s != 'long')})")
                 break
+            if _RANDOM & set(sig):
+                encoded += wire_len(lab)
+        else:
+            # a payload cut into several shorter labels (a.b.c.evil.com, each 16-40 bytes)
+            if encoded > cfg.max_label_len:
+                signals.append("encoded_labels")
+                detail.append(f"{encoded} bytes in random-looking labels")
 
         key = (owner, parent)
         st = self._state.get(key)
@@ -213,9 +268,12 @@ class DnsExfilDetector:
         window = f"{cfg.window_seconds:g}s"
         if not parent.endswith(REVERSE_ZONES):  # PTR lookups of many addresses are normal
             _touch(st.names, low, ts, cfg.unique_subdomains + 1)
+            st.slow_names.touch(low, ts, cfg.slow_unique_subdomains + 1)
         need = max(1, cfg.suspicious_names)
+        slow_need = max(1, cfg.slow_suspicious_names)
         if shaped_sig:
             _touch(st.shaped, low, ts, need)
+            st.slow_shaped.touch(low, ts, slow_need)
         if qtype in FLOOD_QTYPES:
             st.floods.append(ts)
             while len(st.floods) > cfg.txt_flood + 1:
@@ -227,6 +285,14 @@ class DnsExfilDetector:
         if _expire(st.shaped, since) >= need:
             signals.append("suspicious_names")
             detail.append(f"{need}+ names shaped {'+'.join(shaped_sig) or 'oddly'} in {window}")
+        slow_since = ts - cfg.slow_window_seconds
+        slow = f"{cfg.slow_window_seconds:g}s"
+        if st.slow_names.expire(slow_since) > cfg.slow_unique_subdomains:
+            signals.append("slow_unique_subdomains")
+            detail.append(f"more than {cfg.slow_unique_subdomains} distinct names in {slow}")
+        if st.slow_shaped.expire(slow_since) >= slow_need:
+            signals.append("slow_suspicious_names")
+            detail.append(f"{slow_need}+ random-looking names in {slow}")
         while st.floods and st.floods[0] < since:
             st.floods.popleft()
         if len(st.floods) > cfg.txt_flood:

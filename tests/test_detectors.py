@@ -94,6 +94,35 @@ def test_single_long_random_label_flags_at_once() -> None:
     assert hit is not None and hit.signals == ("long_random_label",) and hit.parent == "evil.com"
 
 
+def test_payload_cut_into_several_labels_flags_at_once() -> None:
+    """Two 24-character hex labels carry 48 bytes of payload: as bad as one long label."""
+    rng = random.Random(3)
+    a, b = ("".join(rng.choices("0123456789abcdef", k=24)) for _ in range(2))
+    hit = DnsExfilDetector().observe("s", f"{a}.{b}.x1.evil.com", 1, 0.0)
+    assert hit is not None and hit.signals == ("encoded_labels",) and "48 bytes" in hit.detail
+    # one such label alone (a 24-character account id, say) is not a payload
+    assert DnsExfilDetector().observe("s", f"{a}.r2.example.com", 1, 0.0) is None
+
+
+def test_low_and_slow_random_names_flag_over_the_long_window() -> None:
+    """One random-looking name every 100 s never reaches 3 per minute, but 10 per hour flags."""
+    det = DnsExfilDetector()
+    rng = random.Random(5)
+    names = ["".join(rng.choices(string.ascii_lowercase + "234567", k=24)) for _ in range(12)]
+    hits = [det.observe("s", f"{n}.slow.example.net", 1, 100.0 * i) for i, n in enumerate(names)]
+    assert [h is not None for h in hits] == [False] * 9 + [True] * 3
+    assert hits[9] is not None and hits[9].signals == ("slow_suspicious_names",)
+    # after the slow window with nothing new the parent cools down
+    assert det.observe("s", "www.slow.example.net", 1, 100.0 * 11 + 3601) is None
+
+
+def test_low_and_slow_unique_subdomains() -> None:
+    cfg = ExfilConfig(slow_unique_subdomains=50, slow_window_seconds=3600.0)
+    det = DnsExfilDetector(cfg)
+    flags = [det.observe("s", f"c{i}.drip.example.org", 1, 30.0 * i) is not None for i in range(52)]
+    assert flags == [False] * 50 + [True, True]
+
+
 def test_long_low_entropy_label_alone_does_not_flag() -> None:
     det = DnsExfilDetector()
     assert det.observe("s", "this-is-a-rather-long-but-perfectly-normal-name.example.com", 1, 0.0) is None
