@@ -30,8 +30,11 @@ from scapy.layers.vxlan import VXLAN
 from scapy.packet import Packet, Raw
 
 from egresswatch.capture.pcapfile import read_frames
+from egresswatch.decode import link, linkmore
 from egresswatch.decode.link import Fragment, decode, decode_ip, transport
 from egresswatch.model import IPPacket
+
+PCAPS = Path(__file__).resolve().parents[1] / "pcaps"
 
 
 def corpus_dir() -> Path:
@@ -452,3 +455,60 @@ def test_dns_from_tunnel_port_is_not_taken_for_a_tunnel() -> None:
     assert isinstance(r, IPPacket) and (r.src, r.sport, r.dport) == ("10.1.2.3", 2152, 53)
     r = dec(101, IP(src="10.1.2.3", dst="10.9.9.53") / UDP(sport=53, dport=4789) / VXLAN() / ETH / Q4)
     assert isinstance(r, IPPacket) and r.sport == 53
+
+
+# --- less common link types and tunnels (decode.linkmore, pcaps/make_linkmore.py) -----
+def _linkmore_frames() -> list[tuple[int, str, bytes]]:
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location("make_linkmore", PCAPS / "make_linkmore.py")
+    assert spec is not None and spec.loader is not None
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    frames: list[tuple[int, str, bytes]] = mod.frames()
+    return frames
+
+
+MORE = _linkmore_frames()
+
+
+def _more_decode(linktype: int, data: bytes) -> IPPacket | Fragment | None:
+    return decode(linktype, data) if linktype in link.LINKTYPES else linkmore.decode(linktype, data)
+
+
+@pytest.mark.parametrize("i", range(len(MORE)), ids=[f"{lt}-{name}" for lt, name, _ in MORE])
+def test_less_common_link_types_reach_the_dns_query(i: int) -> None:
+    linktype, _name, frame = MORE[i]
+    r = _more_decode(linktype, frame)
+    if i == 2:  # the protected (encrypted) 802.11 frame
+        assert r is None
+        return
+    assert isinstance(r, IPPacket) and r.proto == "udp" and r.dport == 53
+    assert r.src in ("10.0.0.5", "2001:db8:1::5") and b"example" in r.payload
+
+
+def test_ppi_does_not_recurse_into_itself() -> None:
+    frame = struct.pack("<BBHI", 0, 0, 8, 192) * 50
+    assert linkmore.decode(192, frame) is None
+
+
+@settings(max_examples=800, deadline=None)
+@given(
+    which=st.integers(0, len(MORE) - 1),
+    edits=st.lists(st.tuples(st.integers(0, 500), st.integers(0, 255)), min_size=1, max_size=5),
+    cut=st.integers(0, 500),
+)
+def test_fuzz_less_common_link_types_never_raise(which: int, edits: list[tuple[int, int]], cut: int) -> None:
+    linktype, _name, frame = MORE[which]
+    blob = bytearray(frame)
+    for pos, val in edits:
+        blob[pos % len(blob)] = val
+    r = _more_decode(linktype, bytes(blob[:cut]) if cut < len(blob) else bytes(blob))
+    assert r is None or isinstance(r, IPPacket | Fragment)
+
+
+@settings(max_examples=300, deadline=None)
+@given(linktype=st.sampled_from(sorted(linkmore.LINKTYPES)), data=st.binary(max_size=200))
+def test_fuzz_random_bytes_less_common_link_types(linktype: int, data: bytes) -> None:
+    r = linkmore.decode(linktype, data)
+    assert r is None or isinstance(r, IPPacket | Fragment)

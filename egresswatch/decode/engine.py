@@ -28,7 +28,7 @@ from collections import Counter
 from typing import Any
 
 from egresswatch.decode import dns as dnsmod
-from egresswatch.decode import link
+from egresswatch.decode import link, linkmore
 from egresswatch.decode.ipfrag import Defragmenter
 from egresswatch.decode.tcpstream import FlowTable, Stream
 from egresswatch.decode.tls import ClientHello, HelloScanner, looks_like_hello_start
@@ -190,6 +190,9 @@ class Engine:
             return []
         self._frames += 1
         pkt = self._decode(frame.linktype, data)
+        if type(pkt) is not IPPacket:
+            if pkt is None and frame.linktype not in link.LINKTYPES:
+                pkt = linkmore.decode(frame.linktype, data)
         if type(pkt) is not IPPacket:
             if not isinstance(pkt, link.Fragment):
                 self.counters["non_ip"] += 1

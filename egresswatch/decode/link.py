@@ -11,7 +11,9 @@ anything that cannot be decoded gives None.
   options, AH, mobility; stop at no-next-header and ESP).
 - Fragments are returned as :class:`Fragment` for ``ipfrag.Defragmenter``.
 - Tunnels, innermost IP wins as in tshark: IP-in-IP, 6in4, GRE (checksum, key,
-  sequence; enhanced GRE v1 with PPP), VXLAN (UDP 4789), GTP-U (UDP 2152).
+  sequence; enhanced GRE v1 with PPP; ERSPAN I/II/III), VXLAN (UDP 4789),
+  GTP-U (UDP 2152), Geneve (UDP 6081), Teredo (UDP 3544).
+- Other link types (802.11, NFLOG, PPP, pflog, ...): :mod:`linkmore`.
 - Only UDP and TCP give an :class:`IPPacket`. ICMP errors quoting a UDP/DNS
   packet give None: they are ICMP, not UDP.
 
@@ -54,6 +56,8 @@ _ETH_PPPOE = 0x8864
 _ETH_MPLS = frozenset({0x8847, 0x8848})
 _ETH_TEB = 0x6558  # transparent Ethernet bridging (GRE)
 _ETH_PPP = 0x880B  # PPP in (enhanced) GRE
+_ETH_ERSPAN2 = 0x88BE  # Cisco ERSPAN type I/II (GRE)
+_ETH_ERSPAN3 = 0x22EB  # ERSPAN type III
 
 _V4 = struct.Struct("!BxHHHxBxx4s4s")  # ver/ihl, total length, ident, flags/frag offset, proto, src, dst
 _V6 = struct.Struct("!HB")  # payload length, next header (at offset 4)
@@ -223,6 +227,9 @@ def _ethertype(data: bytes, at: int, depth: int, payload_at: int = -1) -> IPPack
         (etype,) = _H.unpack_from(data, off + 2)
         off += 4
         tags += 1
+    if etype <= 1500 and data[off : off + 3] == b"\xaa\xaa\x03":  # 802.3 length + LLC/SNAP
+        (etype,) = _H.unpack_from(data, off + 6)
+        off += 8
     if etype == _ETH_IPV4:
         return _ipv4(data, off, depth)
     if etype == _ETH_IPV6:
@@ -400,6 +407,14 @@ def _l4(
                 inner = _gtpu(data, p + 8, end, depth + 1)
                 if inner is not _NOT_TUNNEL:
                     return inner  # type: ignore[return-value]
+            elif dport == 6081:
+                inner = _geneve(data, p + 8, end, depth + 1)
+                if inner is not _NOT_TUNNEL:
+                    return inner  # type: ignore[return-value]
+            elif dport == 3544 or sport == 3544:
+                inner = _teredo(data, p + 8, end, depth + 1)
+                if inner is not _NOT_TUNNEL:
+                    return inner  # type: ignore[return-value]
         return _packet(src, dst, "udp", sport, dport, data[p + 8 : end], ver, 0, 0, 0, truncated)
     if proto == 6:
         if p + 20 > end:
@@ -428,6 +443,35 @@ def _vxlan(data: bytes, p: int, end: int, depth: int) -> object:
         return _NOT_TUNNEL
     inner = data[p + 8 : end]
     return _ethertype(inner, 12, depth)
+
+
+def _geneve(data: bytes, p: int, end: int, depth: int) -> object:
+    """Geneve (RFC 8926, AWS Gateway Load Balancer): options, then Ethernet or IP."""
+    if p + 8 > end or data[p] >> 6 != 0:
+        return _NOT_TUNNEL
+    q = p + 8 + ((data[p] & 0x3F) << 2)
+    (etype,) = _H.unpack_from(data, p + 2)
+    if q >= end:
+        return _NOT_TUNNEL
+    if etype == _ETH_TEB:
+        return _ethertype(data[q:end], 12, depth)
+    if etype in (_ETH_IPV4, _ETH_IPV6):
+        return _ip(data[q:end], 0, depth)
+    return _NOT_TUNNEL
+
+
+def _teredo(data: bytes, p: int, end: int, depth: int) -> object:
+    """Teredo (RFC 4380, UDP 3544): optional authentication and origin
+    indicators, then an IPv6 packet."""
+    if p + 2 <= end and data[p] == 0 and data[p + 1] == 1:  # authentication
+        if p + 4 > end:
+            return _NOT_TUNNEL
+        p += 4 + data[p + 2] + data[p + 3] + 9  # id, auth value, nonce (8), confirmation (1)
+    if p + 2 <= end and data[p] == 0 and data[p + 1] == 0:  # origin indication
+        p += 8
+    if p + 40 > end or data[p] >> 4 != 6:
+        return _NOT_TUNNEL
+    return _ipv6(data[p:end], 0, depth)
 
 
 def _gtpu(data: bytes, p: int, end: int, depth: int) -> object:
@@ -496,4 +540,12 @@ def _gre(data: bytes, depth: int) -> IPPacket | Fragment | None:
         return _ppp(data, p, depth)
     if etype in _ETH_MPLS:
         return _mpls(data, p, depth)
+    if etype == _ETH_ERSPAN2:  # type I (no sequence number) or II (8-byte header)
+        p += 8 if flags & 0x1000 else 0
+        return _ethertype(data[p:], 12, depth)
+    if etype == _ETH_ERSPAN3:  # 12-byte header, 8 more with the platform sub-header
+        if p + 12 > len(data):
+            return None
+        p += 20 if data[p + 11] & 1 else 12
+        return _ethertype(data[p:], 12, depth)
     return None
