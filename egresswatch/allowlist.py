@@ -82,7 +82,8 @@ def suggest(
 ) -> dict[str, list[str]]:
     """Per MCP server, a minimal allowlist covering the destinations in
     ``events`` (Event.to_dict() / stored rows). Only events of ``server`` when
-    given; never events outside MCP trees or flagged dns_exfil/doh_dot/direct_ip; never
+    given; never events outside MCP trees, of the install phase (policy.install_allow
+    judges those) or flagged dns_exfil/doh_dot/direct_ip; never
     destinations for which ``skip(dest, event)`` is true (e.g. already in
     policy.global_allow). Unusable names (bytes outside host-name syntax) are
     left out and counted in ``notes``."""
@@ -97,6 +98,10 @@ def suggest(
             continue
         if ev.get("reason") in NEVER_SUGGEST:
             dropped[srv][f"flagged {ev.get('reason')}"] += 1
+            continue
+        if ev.get("phase") == "install":
+            # install hooks are judged by policy.install_allow, not the server's allowlist
+            dropped[srv]["install phase"] += 1
             continue
         if skip is not None and skip(dest, ev):
             continue

@@ -54,7 +54,8 @@ def suggest_cmd(server: str | None, db: Path | None, config_path: Path | None, s
     """Suggest a minimal allowlist per MCP server from what it contacted.
 
     Three or more subdomains of one registrable domain collapse to *.domain;
-    destinations flagged dns_exfil or doh_dot are never suggested. Review the
+    destinations flagged dns_exfil, doh_dot or direct_ip, and install-phase
+    traffic (judged by policy.install_allow), are never suggested. Review the
     output before adding it to config.toml."""
     try:
         cfg = load_config(config_path)

@@ -8,9 +8,10 @@ Order of checks (first that decides wins), documented in docs/policy.md:
 4. DNS exfiltration shape (queries)    -> flagged / dns_exfil (high)
 5. allowlist entry matches             -> allowed / allowlist
 6. connection to a never-resolved IP   -> flagged / direct_ip (high)
-7. learning mode: first contact        -> flagged / first_seen (low) within the server's
+7. install phase (package runner hooks) -> flagged / install_egress (medium), never learned
+8. learning mode: first contact        -> flagged / first_seen (low) within the server's
    learning window, new_destination (medium) after it; later contacts -> allowed / learned
-8. otherwise                           -> flagged / not_allowlisted (medium)
+9. otherwise                           -> flagged / not_allowlisted (medium)
 """
 
 from __future__ import annotations
@@ -44,6 +45,7 @@ REASONS: dict[str, tuple[str, str]] = {
     "learned": (ALLOWED, "info"),
     "first_seen": (FLAGGED, "low"),
     "new_destination": (FLAGGED, "medium"),
+    "install_egress": (FLAGGED, "medium"),
     "not_allowlisted": (FLAGGED, "medium"),
     "direct_ip": (FLAGGED, "high"),
     "dns_exfil": (FLAGGED, "high"),
@@ -288,6 +290,9 @@ class Policy:
         ):
             return verdict("direct_ip", f"{obs.dst}:{obs.dport} was never resolved by this server")
         dest = (name or ip or "").rstrip(".").lower()
+        if attr.phase == "install":
+            # install hooks reach the registries (install_allow), nothing else; never learned
+            return verdict("install_egress", (dest + ech) if dest else None)
         if self.learning(server) and dest:
             if self._learn((server, dest)):
                 since = self._since.setdefault(server, obs.ts)

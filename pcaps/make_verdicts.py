@@ -103,6 +103,8 @@ def build() -> Scenario:
     s = Scenario()
     s.dns("install", "registry.npmjs.org", answers=("104.16.0.35",))  # install phase: registries allowed
     s.tcp("install", "104.16.0.35", "registry.npmjs.org")
+    s.dns("install", "stats.npm-metrics.dev", answers=("192.0.2.77",))  # the hook phones home: install_egress
+    s.tcp("install", "192.0.2.77", "stats.npm-metrics.dev")
     s.dns("github", "api.github.com", answers=(GITHUB_IP,))  # allowlisted name
     s.tcp("github", GITHUB_IP, "api.github.com")  # allowlisted connection, named by the DNS memory
     s.dns("github", "telemetry.evil-metrics.io", answers=(NOTES_IP,))  # not allowlisted

@@ -80,6 +80,21 @@ def test_suggest_never_includes_exfil_doh_or_garbage() -> None:
     }
 
 
+def test_suggest_leaves_out_install_phase_traffic() -> None:
+    """What a postinstall hook contacted is judged by policy.install_allow; it
+    never enters the server's own allowlist (where it would allow it at run time)."""
+    notes: dict[str, list[str]] = {}
+    events = [
+        {"server": "gh", "kind": "dns_query", "qname": "stats.npm-metrics.dev", "phase": "install",
+         "reason": "install_egress"},
+        {"server": "gh", "kind": "dns_query", "qname": "registry.npmjs.org", "phase": "install",
+         "reason": "allowlist"},
+        {"server": "gh", "kind": "dns_query", "qname": "api.github.com", "phase": "run", "reason": "first_seen"},
+    ]  # fmt: skip
+    assert suggest(events, notes=notes) == {"gh": ["api.github.com"]}
+    assert notes == {"gh": ["left out 2 event(s): install phase"]}
+
+
 def test_suggest_skip_callback() -> None:
     events = [ev("dns_query", qname="localhost"), ev("dns_query", qname="x.example")]
     assert suggest(events, skip=lambda d, e: d == "localhost") == {"gh": ["x.example"]}

@@ -205,6 +205,23 @@ def test_install_phase_adds_install_allow() -> None:
     assert rig(query("registry.npmjs.org"), attr(phase="run"))[1] == "not_allowlisted"
 
 
+def test_install_hooks_beyond_the_registries_are_flagged_even_while_learning() -> None:
+    """The postinstall hook that phones home at first launch: the server is new
+    (learning), yet the hook's destination is flagged medium (alerts) and not learned."""
+    rig = Rig(cfg(learning=True))
+    hook = attr("unconfigured", phase="install")
+    assert rig(query("collector.evil-metrics.io"), hook) == (
+        "flagged", "install_egress", "collector.evil-metrics.io", "medium",
+    )  # fmt: skip
+    assert rig(hello("collector.evil-metrics.io", dst="203.0.113.9"), hook)[1] == "install_egress"
+    assert rig(query("collector.evil-metrics.io"), hook)[1] == "install_egress"  # not learned
+    # the registries stay allowed, and the same server at run time learns as usual
+    assert rig(query("registry.npmjs.org"), hook)[1] == "allowlist"
+    assert rig(query("api.notes.example"), attr("unconfigured", phase="run"))[1] == "first_seen"
+    # the high-severity detectors still come first
+    assert rig(syn("203.0.113.10"), hook)[1] == "direct_ip"
+
+
 def test_global_allow_and_ech_note() -> None:
     rig = Rig(cfg())
     assert rig(syn("127.0.0.1", dport=8080))[2] == "policy.global_allow: 127.0.0.0/8"
@@ -307,6 +324,7 @@ def test_reason_table_is_complete() -> None:
     assert set(REASONS) == {
         "outside_mcp", "dns_answer", "allowlist", "learned", "first_seen",
         "new_destination", "not_allowlisted", "direct_ip", "dns_exfil", "doh_dot",
+        "install_egress",
     }  # fmt: skip
 
 
