@@ -399,20 +399,9 @@ def _l4(
         # Tunnels by port, but never when the other end is a service port: a DNS
         # query sent from source port 2152 must stay a DNS query, not a GTP packet.
         if depth < _MAX_DEPTH and sport not in _SERVICE_PORTS and dport not in _SERVICE_PORTS:
-            if dport == 4789:
-                inner = _vxlan(data, p + 8, end, depth + 1)
-                if inner is not _NOT_TUNNEL:
-                    return inner  # type: ignore[return-value]
-            elif dport == 2152 or sport == 2152:
-                inner = _gtpu(data, p + 8, end, depth + 1)
-                if inner is not _NOT_TUNNEL:
-                    return inner  # type: ignore[return-value]
-            elif dport == 6081:
-                inner = _geneve(data, p + 8, end, depth + 1)
-                if inner is not _NOT_TUNNEL:
-                    return inner  # type: ignore[return-value]
-            elif dport == 3544 or sport == 3544:
-                inner = _teredo(data, p + 8, end, depth + 1)
+            tunnel = _TUNNEL_DPORT.get(dport) or _TUNNEL_SPORT.get(sport)
+            if tunnel is not None:
+                inner = tunnel(data, p + 8, end, depth + 1)
                 if inner is not _NOT_TUNNEL:
                     return inner  # type: ignore[return-value]
         return _packet(src, dst, "udp", sport, dport, data[p + 8 : end], ver, 0, 0, 0, truncated)
@@ -503,6 +492,11 @@ def _gtpu(data: bytes, p: int, end: int, depth: int) -> object:
     if q >= end:
         return None
     return _ip(data[q:end], 0, depth)
+
+
+# UDP tunnels: (data, payload start, end, depth) -> inner packet, None, or _NOT_TUNNEL
+_TUNNEL_DPORT = {4789: _vxlan, 2152: _gtpu, 6081: _geneve, 3544: _teredo}
+_TUNNEL_SPORT = {2152: _gtpu, 3544: _teredo}
 
 
 def _gre(data: bytes, depth: int) -> IPPacket | Fragment | None:
