@@ -17,6 +17,30 @@ from egresswatch.model import DNS_ANSWER, DNS_QUERY, Attribution, Observation
 
 Owner = tuple[str, ...]
 
+#: Where answers that a caching resolver on this host received are remembered.
+#: With nss-resolve (Fedora, Arch: getaddrinfo asks systemd-resolved over
+#: varlink) or nscd, a process's lookups never leave it as DNS packets: the
+#: resolver process asks upstream and the answer reaches only that process.
+SYSTEM: Owner = ("system",)
+#: Process names (as the kernel shows them, 15 characters at most) of caching resolvers.
+SYSTEM_RESOLVERS = frozenset(
+    {
+        "systemd-resolve",  # systemd-resolved, cut to 15 characters
+        "systemd-resolved",
+        "nscd",
+        "unscd",
+        "dnsmasq",
+        "unbound",
+        "named",
+        "pdns_recursor",
+        "kresd",
+        "stubby",
+        "dnscrypt-proxy",
+        "coredns",
+        "mDNSResponder",
+    }
+)
+
 #: Answers are kept at least this long (seconds) whatever their TTL: clients
 #: cache beyond TTL 0/short TTLs and pooled connections reconnect later.
 MIN_TTL = 300.0
@@ -77,12 +101,15 @@ class NameMemory:
         """Record a DNS answer; return the event's destination name (see module doc)."""
         if obs.kind == DNS_ANSWER:
             self.record(owner_key(obs, attr), obs)
+            if attr.server is None and attr.process is not None and attr.process.name in SYSTEM_RESOLVERS:
+                self.record(SYSTEM, obs)
             return _norm_name(obs.qname) if obs.qname else None
         if obs.kind == DNS_QUERY:
             return _norm_name(obs.qname) if obs.qname else None
         if obs.sni:
             return _norm_name(obs.sni)
-        return self.lookup(owner_key(obs, attr), obs.dst, obs.ts)
+        owner = owner_key(obs, attr)
+        return self.lookup(owner, obs.dst, obs.ts) or self.lookup(SYSTEM, obs.dst, obs.ts)
 
     def record(self, owner: Owner, obs: Observation) -> int:
         """Remember every A/AAAA address reached from the question through the
@@ -144,8 +171,38 @@ class NameMemory:
         return found[0] if found else None
 
     def resolved(self, owner: Owner, ip: str, ts: float | None = None) -> bool:
-        """Did ``owner`` resolve any name to ``ip`` (not yet expired at ``ts``)?"""
-        return bool(self.names(owner, ip, ts))
+        """Did ``owner`` resolve any name to ``ip`` (not yet expired at ``ts``)?
+        Answers of the host's caching resolver and /etc/hosts (:data:`SYSTEM`)
+        count too: with nss-resolve or nscd they are the owner's answers."""
+        return bool(self.names(owner, ip, ts)) or bool(self.names(SYSTEM, ip, ts))
+
+    def load_hosts(self, text: str) -> int:
+        """Remember the entries of an /etc/hosts file under :data:`SYSTEM`
+        (replacing earlier ones); returns how many addresses were stored."""
+        for key in [k for k, e in self._map.items() if k[0] == SYSTEM and e.expires == _FOREVER]:
+            del self._map[key]
+        stored = 0
+        for ip, names in parse_hosts(text):
+            self._put(SYSTEM, ip, names, _FOREVER)
+            stored += 1
+        return stored
+
+
+_FOREVER = float("inf")
+
+
+def parse_hosts(text: str) -> list[tuple[str, tuple[str, ...]]]:
+    """(address, names) of an /etc/hosts text; comments, loopback and bad lines skipped."""
+    out: list[tuple[str, tuple[str, ...]]] = []
+    for line in text.splitlines():
+        fields = line.split("#", 1)[0].split()
+        if len(fields) < 2 or not is_ip(fields[0].split("%", 1)[0]):
+            continue
+        addr = ipaddress.ip_address(fields[0].split("%", 1)[0])
+        if addr.is_loopback or addr.is_unspecified:
+            continue
+        out.append((addr.compressed, tuple(_norm_name(n) for n in fields[1:])))
+    return out
 
 
 def _clamp(ttl: int) -> float:

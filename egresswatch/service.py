@@ -44,6 +44,7 @@ DEFAULT_STATUS_PATH = Path("/run/egresswatch/status.json")
 HOUSEKEEP = 0.5  # seconds between flush/status/watchdog work
 PRUNE_EVERY = 3600.0
 SEED_LIMIT = 50_000  # learned (server, destination) pairs read back at start
+HOSTS_FILE = Path("/etc/hosts")  # its names count as resolved (start and reload)
 
 
 @dataclass
@@ -102,6 +103,7 @@ class Daemon:
         self.store: Any = None
         self.alerter: Any = None
         self.policy: Any = None
+        self.names: Any = None
         self.lineage: Any = None
         self.attributor: Any = None
         self.recording: Any = None
@@ -169,7 +171,8 @@ class Daemon:
             attributor = self.recording = RecordingAttributor(attributor, record)
         self.store = Store(db, group=cfg.daemon.db_group, retention=cfg.retention)
         self.alerter = Alerter(cfg.alerts, self.store, digest_timer=60.0)
-        names = NameMemory()
+        names = self.names = NameMemory()
+        self._load_hosts()
         self.policy = Policy(cfg, resolved=names.resolved)
         self._seed_learning()
         sinks: list[Sink] = [self.store, self.alerter]
@@ -179,6 +182,16 @@ class Daemon:
             self.jsonl = JsonlSink(cfg.daemon.jsonl_path)
             sinks.append(self.jsonl)
         self.pipeline = Pipeline(Engine(), attributor, self.policy, names, sinks)
+
+    def _load_hosts(self) -> None:
+        """/etc/hosts names count as resolved by every process (no DNS packet
+        ever shows them); a missing or unreadable file is logged, not fatal."""
+        try:
+            text = HOSTS_FILE.read_text(encoding="utf-8", errors="replace")
+        except OSError as exc:
+            log.warning("cannot read %s: %s", HOSTS_FILE, exc.strerror or exc)
+            return
+        log.info("%s: %d addresses known by name", HOSTS_FILE, self.names.load_hosts(text))
 
     def _seed_learning(self) -> None:
         try:
@@ -280,6 +293,7 @@ class Daemon:
         else:
             self.config = cfg
             self._rediscover()
+            self._load_hosts()
             if self.jsonl is not None:
                 self.jsonl.reopen()  # after log rotation
             self.counters["reloads"] += 1

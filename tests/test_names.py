@@ -210,3 +210,54 @@ def test_memory_never_raises_on_odd_answers(
     mem.observe(dataclasses.replace(answer("", records), qname=qname), server("s"))
     mem.observe(connect(dst or "0.0.0.0"), server("s"))
     assert len(mem) <= 4
+
+
+# --- the host's caching resolver and /etc/hosts -------------------------------------
+
+
+def resolver_process(name: str, pid: int = 300) -> Attribution:
+    return Attribution(process=ProcessInfo(pid=pid, create_time=2.0, name=name))
+
+
+def test_answers_of_the_hosts_caching_resolver_count_for_every_owner() -> None:
+    """nss-resolve / nscd: the lookup never leaves the MCP server as a DNS packet;
+    systemd-resolved asks upstream and only it receives the answer."""
+    mem = NameMemory()
+    mem.observe(
+        answer("api.github.com", [("api.github.com", 1, 60, "140.82.112.6")]),
+        resolver_process("systemd-resolve"),
+    )
+    gh = server("github")
+    assert mem.resolved(owner_key(connect("140.82.112.6"), gh), "140.82.112.6", 101.0)
+    assert mem.observe(connect("140.82.112.6"), gh) == "api.github.com"
+    # the server's own answers still win over the resolver's
+    mem.observe(answer("gh.example", [("gh.example", 1, 60, "140.82.112.6")]), gh)
+    assert mem.observe(connect("140.82.112.6"), gh) == "gh.example"
+
+
+def test_answers_of_other_processes_do_not_count() -> None:
+    mem = NameMemory()
+    mem.observe(answer("c2.example", [("c2.example", 1, 60, "203.0.113.5")]), resolver_process("curl"))
+    gh = server("github")
+    assert not mem.resolved(owner_key(connect("203.0.113.5"), gh), "203.0.113.5", 101.0)
+    assert mem.observe(connect("203.0.113.5"), gh) is None
+    # nor do answers an MCP server received, for another server
+    mem.observe(answer("x.example", [("x.example", 1, 60, "203.0.113.6")]), server("notes"))
+    assert mem.observe(connect("203.0.113.6"), gh) is None
+
+
+def test_hosts_file_names_count_as_resolved_and_reload_replaces_them() -> None:
+    mem = NameMemory()
+    text = (
+        "127.0.0.1 localhost\n::1 localhost ip6-localhost\n"
+        "# a comment\n10.1.2.3  build.corp.example  build   # trailing comment\n"
+        "fe80::1%eth0 router.lan\nnot-an-ip name\n10.9.9.9\n"
+    )
+    assert mem.load_hosts(text) == 2
+    gh = server("github")
+    assert mem.observe(connect("10.1.2.3"), gh) == "build.corp.example"
+    assert mem.resolved(owner_key(connect("fe80::1"), gh), "fe80::1", 1e12)  # never expires
+    assert not mem.resolved(owner_key(connect("127.0.0.1"), gh), "127.0.0.1", 1.0)  # loopback left out
+    assert mem.load_hosts("10.4.4.4 new.example\n") == 1
+    assert mem.observe(connect("10.1.2.3"), gh) is None
+    assert mem.observe(connect("10.4.4.4"), gh) == "new.example"

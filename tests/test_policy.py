@@ -140,6 +140,18 @@ def test_direct_ip_uses_the_servers_own_memory() -> None:
     assert rig(syn("140.82.112.6"))[1] == "direct_ip"
 
 
+def test_direct_ip_accepts_what_the_hosts_caching_resolver_resolved() -> None:
+    """With nss-resolve the server's lookup is only seen as systemd-resolved's
+    upstream answer: the connection is named by it and is not direct_ip."""
+    rig = Rig(cfg())
+    resolved = Attribution(process=ProcessInfo(pid=300, create_time=1.0, name="systemd-resolve"))
+    rig(answer("api.github.com", "140.82.112.6"), resolved)
+    assert rig(syn("140.82.112.6"))[1:3] == ("allowlist", "servers.gh.allow: api.github.com")
+    # any other process's answer does not count
+    rig(answer("c2.example", "203.0.113.5"), attr(server=None))
+    assert rig(syn("203.0.113.5"))[1] == "direct_ip"
+
+
 def test_direct_ip_is_off_without_name_memory() -> None:
     p = Policy(cfg())
     assert p.judge(syn("203.0.113.9"), attr(), None).reason == "not_allowlisted"
