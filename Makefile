@@ -1,7 +1,7 @@
 # Two commands do all set-up on a fresh Debian/Ubuntu machine (as root):
 #   make run    install, then run the daemon on the built-in defaults
 #   make test   install, then lint, type-check and run every test
-.PHONY: setup run test lint bench clean
+.PHONY: setup setup-test run test lint bench clean
 
 VENV := .venv
 BIN := $(VENV)/bin
@@ -10,10 +10,13 @@ RUN_ARGS ?=
 setup:
 	./scripts/setup.sh
 
+setup-test:
+	./scripts/setup.sh --test
+
 run: setup
 	$(BIN)/egresswatch run $(RUN_ARGS)
 
-lint: setup
+lint: setup-test
 	$(BIN)/ruff check egresswatch tests bench
 	$(BIN)/ruff format --check egresswatch tests bench
 	$(BIN)/mypy
@@ -21,7 +24,7 @@ lint: setup
 test: lint
 	$(BIN)/pytest -q
 
-bench: setup
+bench: setup-test
 	$(BIN)/python bench/replay_bench.py
 
 clean:

@@ -298,7 +298,18 @@ class LiveAttributor:
 
     def _other_namespaces(self, key: SockKey) -> tuple[int | None, str]:
         by_ns: dict[int, list[int]] = {}
-        for pid in self.lineage.tree_pids():
+        candidates = self.lineage.tree_pids()
+        if self.lineage.linker is not None and self.lineage.container_clis():
+            # an MCP server runs in a container: its processes may be so new that
+            # the tracker has not filed them yet (lookup() below reads them in)
+            now = time.monotonic()
+            candidates += self.lineage.pids_seen_since(now - self.newborn_seconds)[:64]
+            try:
+                fresh = self.lineage.unknown([int(n) for n in os.listdir("/proc") if n.isdigit()])
+            except OSError:
+                fresh = []
+            candidates += sorted(fresh, reverse=True)[:64]
+        for pid in dict.fromkeys(candidates):
             ns = netns_id(pid)
             if ns is not None and ns != self._own_ns:
                 by_ns.setdefault(ns, []).append(pid)

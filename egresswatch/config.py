@@ -49,6 +49,9 @@ class DaemonConfig:
     proc_poll_interval: float = 0.5  # seconds, psutil fallback when no proc connector
     # kernel capture ring (MiB): holds bursts, a DNS flood, while the pipeline catches up
     capture_buffer_mb: float = 64.0
+    # docker / podman API sockets asked which container a process runs in, so
+    # that a server launched as `docker run IMAGE` keeps its container's traffic
+    container_sockets: tuple[str, ...] = ("/var/run/docker.sock", "/run/podman/podman.sock")
 
 
 @dataclass(frozen=True, slots=True)

@@ -40,6 +40,7 @@ from pathlib import Path
 
 import psutil
 
+from egresswatch.containers import SHIMS, ContainerLinker
 from egresswatch.mcpmatch import (
     INSTALL,
     LIFECYCLE_ENV,
@@ -48,6 +49,7 @@ from egresswatch.mcpmatch import (
     ServerLike,
     classify_with,
     host_app,
+    signature,
 )
 from egresswatch.model import ProcessInfo
 from egresswatch.proc_events import (
@@ -131,6 +133,9 @@ class LineageTracker:
         self.mode = "none"
         self.counters: Counter[str] = Counter()
         self._listeners: list[Callable[[int], None]] = []
+        #: ties a container's first process to the ``docker run`` of an MCP tree
+        #: (set before start(); see egresswatch.containers)
+        self.linker: ContainerLinker | None = None
 
     # -- lifecycle ------------------------------------------------------
     def start(self, use_connector: bool = True) -> str:
@@ -164,6 +169,16 @@ class LineageTracker:
             for info in infos:
                 if info.pid not in self._live:
                     self._add(info, self._parent_key(info.ppid))
+            shim_children = [
+                r.info for r in self._live.values() if r.lineage is None and self._under_shim(r.info)
+            ]
+        if any([self._link(info) for info in shim_children]):
+            with self._lock:  # the containers' own children were classified before their link
+                for rec in sorted(self._live.values(), key=lambda r: (r.info.create_time, r.info.pid)):
+                    if rec.lineage is None:
+                        rec.lineage = classify_with(
+                            self._chain(rec, include_self=True), self.matcher, self._marks
+                        )
 
     # -- event handlers (also used by tests) ------------------------------
     def on_fork(self, pid: int, ppid: int, ts_ns: int = 0) -> None:
@@ -215,8 +230,48 @@ class LineageTracker:
                 self._marks.add(info.key)
             rec.lineage = classify_with(self._chain(rec, include_self=True), self.matcher, self._marks)
             tied = rec.lineage is not None
+            shim_child = not tied and self._under_shim(info)
+        if shim_child:
+            tied = self._link(info)
         if tied:
             self._notify(pid)
+
+    # -- containers -------------------------------------------------------
+    def container_clis(self) -> list[ProcessInfo]:
+        """Live ``docker|podman run`` processes inside MCP trees."""
+        with self._lock:
+            infos = [r.info for r in self._live.values() if r.lineage is not None]
+        return [i for i in infos if (sig := signature(i.cmdline)) is not None and sig.kind == "docker"]
+
+    def _under_shim(self, info: ProcessInfo) -> bool:
+        """A container's first process: its current parent is a container shim."""
+        if self.linker is None or not info.ppid:
+            return False
+        parent = self._live.get(info.ppid)
+        name = parent.info.name if parent is not None else None
+        return bool(name) and name.startswith(SHIMS)  # type: ignore[union-attr]
+
+    def _link(self, info: ProcessInfo) -> bool:
+        """File a container's first process under the MCP tree's ``docker run``
+        that started the container (called without the lock: it asks the engine)."""
+        assert self.linker is not None
+        try:
+            cli = self.linker.link(info)
+        except Exception:
+            log.exception("linking pid %d to its container's docker run", info.pid)
+            return False
+        if cli is None:
+            return False
+        with self._lock:
+            rec = self._live.get(info.pid)
+            if rec is None or rec.info.create_time != info.create_time or self._get(cli) is None:
+                log.debug("container process %d gone before its link", info.pid)
+                return False
+            rec.parent = cli
+            rec.lineage = classify_with(self._chain(rec, include_self=True), self.matcher, self._marks)
+            self.counters["container_links"] += 1
+            log.debug("container process %d: %s", info.pid, rec.lineage)
+            return rec.lineage is not None
 
     def add_listener(self, callback: Callable[[int], None]) -> None:
         """``callback(pid)`` is called (from the tracker thread, without its lock)

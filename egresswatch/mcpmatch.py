@@ -282,8 +282,10 @@ def signature(argv: Sequence[str]) -> Signature | None:  # noqa: C901 - one tabl
             return Signature("exe", a0, tuple(args[1:]))
         if a0 in ("docker", "podman", "nerdctl"):
             j = 1
-            if sub == "container" and len(args) > 2:
-                j = 2
+            while j < len(args) and args[j].startswith("-"):  # global options: -H HOST, --context X
+                j += 2 if args[j] in _DOCKER_GLOBAL_VALUE_OPTS else 1
+            if j < len(args) - 1 and args[j] == "container":
+                j += 1
             if j < len(args) and args[j] == "run":
                 i, _ = _skip_opts(args, j + 1, VALUE_OPTS["docker"])
                 if i >= len(args):
@@ -292,6 +294,12 @@ def signature(argv: Sequence[str]) -> Signature | None:  # noqa: C901 - one tabl
                 return Signature("docker", image, tuple(args[i + 1 :]), runner=False)
         return Signature("exe", args[0], tuple(args[1:]), runner=runner_seen)
     return None
+
+
+_DOCKER_GLOBAL_VALUE_OPTS = frozenset(
+    {"-H", "--host", "-c", "--context", "--config", "-l", "--log-level", "--tlscacert", "--tlscert",
+     "--tlskey", "--url", "--connection", "--identity", "--root", "--runroot"}
+)  # fmt: skip
 
 
 def _generic(sig: Signature) -> bool:

@@ -159,6 +159,11 @@ class Daemon:
         found = self._discover()
         self.lineage = LineageTracker(found.servers, cfg.discovery.launcher_patterns,
                                       poll_interval=cfg.daemon.proc_poll_interval)  # fmt: skip
+        if cfg.daemon.container_sockets:
+            from egresswatch.containers import ContainerLinker, EngineApi
+
+            apis = [EngineApi(path) for path in cfg.daemon.container_sockets]
+            self.lineage.linker = ContainerLinker(apis, self.lineage.container_clis)
         mode = self.lineage.start(use_connector=self.opts.use_connector)
         log.info("process lineage: %s", mode)
         self.attributor = LiveAttributor(self.lineage)

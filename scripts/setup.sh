@@ -5,18 +5,25 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
+# `setup.sh` installs what the daemon needs; `setup.sh --test` adds what the
+# tests need (an oracle, servers, a desktop session, a container engine).
 APT_PACKAGES=(
   libpcap0.8        # scapy compiles BPF filters through libpcap
-  tshark            # the independent oracle in conformance tests and benchmarks
-  iproute2          # ip netns / veth / tc for live tests
-  openssl           # TLS server and clients in live tests
-  ethtool           # offload switches in the daemon benchmark
-  systemd           # systemd-analyze verify of the unit files
+  iproute2          # ip, for the daemon's interface view and live tests
   build-essential python3-dev  # compile dbus-python
-  dbus dunst xvfb libnotify-bin  # desktop-notification tests
   libdbus-1-dev libglib2.0-dev pkg-config  # build dbus-python for apprise's dbus:// scheme
   python3-venv
 )
+if [ "${1:-}" = "--test" ]; then
+  APT_PACKAGES+=(
+    tshark            # the independent oracle in conformance tests and benchmarks
+    openssl           # TLS server and clients in live tests
+    ethtool           # offload switches in the daemon benchmark
+    systemd           # systemd-analyze verify of the unit files
+    dbus dunst xvfb libnotify-bin  # desktop-notification tests
+    docker.io busybox-static  # container attribution tests: a real dockerd, a scratch image
+  )
+fi
 
 missing=()
 for p in "${APT_PACKAGES[@]}"; do
