@@ -26,7 +26,7 @@ import pytest
 
 from egresswatch.containers import _UnixHTTP
 from tests.helpers.netlab import Lab, require_live, wait_for
-from tests.test_e2e import Notify
+from tests.test_e2e import Notify, rows
 
 pytestmark = pytest.mark.live
 REPO = Path(__file__).resolve().parents[1]
@@ -106,19 +106,6 @@ def docker() -> Iterator[str]:
             shutil.rmtree(work or "", ignore_errors=True)
 
 
-def _rows(db: Path) -> list[dict[str, Any]]:
-    if not db.exists():
-        return []
-    conn = sqlite3.connect(f"file:{db}?mode=ro", uri=True)
-    conn.row_factory = sqlite3.Row
-    try:
-        return [dict(r) for r in conn.execute("SELECT * FROM events WHERE server = 'boxed'")]
-    except sqlite3.Error:
-        return []
-    finally:
-        conn.close()
-
-
 def test_docker_run_server_traffic_is_tied_to_the_server(docker: str, tmp_path: Path) -> None:
     tmp = tmp_path / "ew"
     tmp.mkdir(mode=0o700)
@@ -167,7 +154,7 @@ def test_docker_run_server_traffic_is_tied_to_the_server(docker: str, tmp_path: 
             db = tmp / "events.db"
 
             def complete() -> list[dict[str, Any]] | None:
-                rs = [r for r in _rows(db) if r["kind"] == "connect"]
+                rs = [r for r in rows(db, "boxed") if r["kind"] == "connect"]
                 return rs if len({r["sport"] for r in rs}) >= 2 else None
 
             try:

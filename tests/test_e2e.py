@@ -110,13 +110,13 @@ def lab() -> Iterator[Lab]:
         yield lab
 
 
-def rows(db: Path) -> list[dict[str, Any]]:
+def rows(db: Path, server: str = "fake") -> list[dict[str, Any]]:
     if not db.exists():
         return []
     conn = sqlite3.connect(f"file:{db}?mode=ro", uri=True)
     conn.row_factory = sqlite3.Row
     try:
-        return [dict(r) for r in conn.execute("SELECT * FROM events WHERE server = 'fake'")]
+        return [dict(r) for r in conn.execute("SELECT * FROM events WHERE server = ?", (server,))]
     except sqlite3.Error:
         return []
     finally:
