@@ -109,25 +109,21 @@ class _Rules:
             s.host, "keep it in a secret store and start the server through a wrapper that reads it"
         )
         fix = f"rotate the credential; then {how}"
-        for k, v in s.env:
-            for hit in scan_value(v, k):
-                self.add(
-                    "high",
-                    "secret_in_env",
-                    f"env {k} holds {_a(hit.kind)} in plain text: {hit.masked}",
-                    fix.replace("NAME", k),
-                )
         hfix = fix.replace("NAME", "TOKEN")
         if s.host == "codex":
             hfix = "rotate the credential; then use bearer_token_env_var or env_http_headers to read it from your environment"
-        for k, v in s.headers:
-            for hit in scan_value(v, k):
-                self.add(
-                    "high",
-                    "secret_in_headers",
-                    f"header {k} holds {_a(hit.kind)} in plain text: {hit.masked}",
-                    hfix,
-                )
+        for where, code, pairs in (
+            ("env", "secret_in_env", s.env),
+            ("header", "secret_in_headers", s.headers),
+        ):
+            for k, v in pairs:
+                for hit in scan_value(v, k):
+                    self.add(
+                        "high",
+                        code,
+                        f"{where} {k} holds {_a(hit.kind)} in plain text: {hit.masked}",
+                        fix.replace("NAME", k) if where == "env" else hfix,
+                    )
         for label, hit in scan_args(s.args):
             self.add(
                 "high",

@@ -176,6 +176,10 @@ def _sandboxed(launch: Launch, sandbox: str) -> Launch:
     return replace(launch, sandbox=sandbox)
 
 
+#: options that name the package instead of the first positional word
+_SPEC_OPTS = {"npm": ("--package", "-p"), "uvx": ("--from",), "pipx": ("--spec",)}
+
+
 def _runner(argv: tuple[str, ...], b: str) -> Launch:
     a = list(argv)
     runner, rest_at, family = None, 0, ""
@@ -205,22 +209,14 @@ def _runner(argv: tuple[str, ...], b: str) -> Launch:
     i, opts, seen = _positional(rest, VALUE_OPTS[family])
     spec_index = rest_at + i if i < len(rest) else -1
     positional = rest[i] if i < len(rest) else None
-    if family == "npm":
-        pkgs = opts.get("--package", []) + opts.get("-p", [])
-        spec = pkgs[0] if pkgs else positional
-        if pkgs:
+    if family in _SPEC_OPTS:  # a package runner: the package may come from an option
+        given = [v for o in _SPEC_OPTS[family] for v in opts.get(o, [])]
+        spec = given[0] if given else positional
+        if given:
             spec_index = -1
         if spec is None:
             return Launch(argv, runner=runner, opts=tuple(seen))
-        name, version, eco = _npm_spec(spec)
-    elif family in ("uvx", "pipx"):
-        frm = opts.get("--from" if family == "uvx" else "--spec", [])
-        spec = frm[0] if frm else positional
-        if frm:
-            spec_index = -1
-        if spec is None:
-            return Launch(argv, runner=runner, opts=tuple(seen))
-        name, version, eco = _py_spec(spec)
+        name, version, eco = (_npm_spec if family == "npm" else _py_spec)(spec)
     else:
         if positional is None:
             return Launch(argv, runner=runner, opts=tuple(seen))
