@@ -288,17 +288,23 @@ def _dict_at(ctx: _Ctx, data: Any) -> dict[str, Any] | None:
 # ---------------------------------------------------------------- per format
 
 
-def parse_mcpservers(text: str, ctx: _Ctx) -> None:
-    """``{"mcpServers": {NAME: entry}}``: Claude Desktop/Code, Cursor, Windsurf, Cline, Roo..."""
-    data = _dict_at(ctx, load_json(text, ctx))
-    if data is not None:
-        server_map(ctx, data.get("mcpServers"), "mcpServers")
+def _servers_under(key: str, url_is_sse: bool = False) -> Callable[[str, _Ctx], None]:
+    """A parser for a JSON file whose top-level ``key`` maps NAME -> entry."""
+
+    def parse(text: str, ctx: _Ctx) -> None:
+        data = _dict_at(ctx, load_json(text, ctx))
+        if data is not None:
+            server_map(ctx, data.get(key), key, url_is_sse=url_is_sse)
+
+    return parse
 
 
-def parse_gemini(text: str, ctx: _Ctx) -> None:
-    data = _dict_at(ctx, load_json(text, ctx))
-    if data is not None:
-        server_map(ctx, data.get("mcpServers"), "mcpServers", url_is_sse=True)
+#: ``{"mcpServers": {NAME: entry}}``: Claude Desktop/Code, Cursor, Windsurf, Cline, Roo...
+parse_mcpservers = _servers_under("mcpServers")
+#: Gemini CLI settings.json: the same, but a bare ``url`` is an SSE endpoint
+parse_gemini = _servers_under("mcpServers", url_is_sse=True)
+#: VS Code mcp.json: ``{"servers": {NAME: entry}}``
+parse_vscode_mcp = _servers_under("servers")
 
 
 def parse_claude_json(text: str, ctx: _Ctx) -> None:
@@ -318,12 +324,6 @@ def parse_claude_json(text: str, ctx: _Ctx) -> None:
         server_map(sub, pobj.get("mcpServers"), f"projects[{pdir!r}].mcpServers")
         ctx.servers += sub.servers
         ctx.warnings += sub.warnings
-
-
-def parse_vscode_mcp(text: str, ctx: _Ctx) -> None:
-    data = _dict_at(ctx, load_json(text, ctx))
-    if data is not None:
-        server_map(ctx, data.get("servers"), "servers")
 
 
 def parse_vscode_settings(text: str, ctx: _Ctx) -> None:
