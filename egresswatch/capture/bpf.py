@@ -175,16 +175,21 @@ class _Asm:
         return out
 
 
+def _accept_port(a: _Asm, o: int, port: int) -> None:
+    """Accept when the L4 source or destination port (X = L4 offset) is ``port``."""
+    a.op(LD | H | IND, o + 0)
+    a.accept_if(JEQ, port)
+    a.op(LD | H | IND, o + 2)
+    a.accept_if(JEQ, port)
+
+
 def _transport(a: _Asm, o: int, set_x: Callable[[], None], l3len: Callable[[], None], tag: str) -> None:
     """UDP/TCP checks; ``set_x`` loads X with the L4 header offset relative to
     ``o``; ``l3len`` loads A with the length counted from ``o`` (IP total length)."""
     udp, tcp = f"udp.{tag}", f"tcp.{tag}"
     a.label(udp)
     set_x()
-    a.op(LD | H | IND, o + 0)
-    a.accept_if(JEQ, 53)
-    a.op(LD | H | IND, o + 2)
-    a.accept_if(JEQ, 53)
+    _accept_port(a, o, 53)
     a.op(LD | B | IND, o + 8)
     a.op(ALU | AND | K, 0xC0)
     quic = a.fresh("quic")
@@ -197,10 +202,7 @@ def _transport(a: _Asm, o: int, set_x: Callable[[], None], l3len: Callable[[], N
 
     a.label(tcp)
     set_x()
-    a.op(LD | H | IND, o + 0)
-    a.accept_if(JEQ, 53)
-    a.op(LD | H | IND, o + 2)
-    a.accept_if(JEQ, 53)
+    _accept_port(a, o, 53)
     a.op(LD | B | IND, o + 13)
     a.op(ST, 0)  # M[0] = TCP flags
     a.op(ALU | AND | K, 0x12)
