@@ -140,15 +140,15 @@ class _ParentState:
     __slots__ = ("names", "shaped", "floods", "slow_names", "slow_shaped")
 
     def __init__(self) -> None:
-        self.names: OrderedDict[str, float] = OrderedDict()  # name -> last seen
-        self.shaped: OrderedDict[str, float] = OrderedDict()  # suspicious-shape names
+        self.names = _Recent()  # distinct names, last seen
+        self.shaped = _Recent()  # suspicious-shape names
         self.floods: deque[float] = deque()  # TXT/NULL/ANY query times
-        self.slow_names = _Recent()  # the same over the slow window, kept compact
+        self.slow_names = _Recent()  # the same over the slow window
         self.slow_shaped = _Recent()
 
 
 class _Recent:
-    """Distinct keys last seen within a window, most recent last, as two flat
+    """Distinct names last seen within a window, most recent last, as two flat
     arrays of 64-bit name hashes and times (16 bytes a name, where an
     OrderedDict of names costs ~250): the slow window holds up to ~200 names
     for each of 4,096 parents. Hash collisions only merge two names."""
@@ -184,21 +184,6 @@ class _Recent:
         if n:
             del self.keys[:n], self.times[:n]
         return len(self.keys)
-
-
-def _touch(d: OrderedDict[str, float], key: str, ts: float, cap: int) -> None:
-    """Record ``key`` as seen at ``ts``; keep only the ``cap`` most recent keys."""
-    d[key] = ts
-    d.move_to_end(key)
-    while len(d) > cap:
-        d.popitem(last=False)
-
-
-def _expire(d: OrderedDict[str, float], since: float) -> int:
-    """Drop keys last seen before ``since`` (oldest first); return how many remain."""
-    while d and next(iter(d.values())) < since:
-        d.popitem(last=False)
-    return len(d)
 
 
 class DnsExfilDetector:
@@ -244,12 +229,13 @@ class DnsExfilDetector:
         detail: list[str] = []
         encoded = 0  # bytes in random-looking labels of 16+ characters
         for lab, sig in per_label:
-            if "long" in sig and (_ENCODINGS & set(sig) or "entropy" in sig):
+            if not _RANDOM.intersection(sig):
+                continue
+            if "long" in sig:
                 signals.append("long_random_label")
                 detail.append(f"label of {wire_len(lab)} bytes ({'+'.join(s for s in sig if s != 'long')})")
                 break
-            if _RANDOM & set(sig):
-                encoded += wire_len(lab)
+            encoded += wire_len(lab)
         else:
             # a payload cut into several shorter labels (a.b.c.evil.com, each 16-40 bytes)
             if encoded > cfg.max_label_len:
@@ -267,22 +253,22 @@ class DnsExfilDetector:
         since = ts - cfg.window_seconds
         window = f"{cfg.window_seconds:g}s"
         if not parent.endswith(REVERSE_ZONES):  # PTR lookups of many addresses are normal
-            _touch(st.names, low, ts, cfg.unique_subdomains + 1)
+            st.names.touch(low, ts, cfg.unique_subdomains + 1)
             st.slow_names.touch(low, ts, cfg.slow_unique_subdomains + 1)
         need = max(1, cfg.suspicious_names)
         slow_need = max(1, cfg.slow_suspicious_names)
         if shaped_sig:
-            _touch(st.shaped, low, ts, need)
+            st.shaped.touch(low, ts, need)
             st.slow_shaped.touch(low, ts, slow_need)
         if qtype in FLOOD_QTYPES:
             st.floods.append(ts)
             while len(st.floods) > cfg.txt_flood + 1:
                 st.floods.popleft()
         # a parent over any threshold flags every query under it
-        if _expire(st.names, since) > cfg.unique_subdomains:
+        if st.names.expire(since) > cfg.unique_subdomains:
             signals.append("unique_subdomains")
             detail.append(f"more than {cfg.unique_subdomains} distinct names in {window}")
-        if _expire(st.shaped, since) >= need:
+        if st.shaped.expire(since) >= need:
             signals.append("suspicious_names")
             detail.append(f"{need}+ names shaped {'+'.join(shaped_sig) or 'oddly'} in {window}")
         slow_since = ts - cfg.slow_window_seconds
