@@ -280,11 +280,7 @@ class LiveAttributor:
             if inode in socket_fds(pid):
                 self._inode_pid[inode] = pid
                 return pid
-        try:
-            untracked = self.lineage.unknown([int(n) for n in os.listdir("/proc") if n.isdigit()])
-        except OSError:
-            untracked = []
-        for pid in sorted(untracked, reverse=True)[:64]:
+        for pid in self._untracked_pids():
             if inode in socket_fds(pid):
                 self._inode_pid[inode] = pid
                 return pid
@@ -296,19 +292,22 @@ class LiveAttributor:
         self._inode_pid = self._scan_all()
         return self._inode_pid.get(inode)
 
+    def _untracked_pids(self) -> list[int]:
+        """Up to 64 running pids the tracker has not heard of yet, newest (highest) first."""
+        try:
+            untracked = self.lineage.unknown([int(n) for n in os.listdir("/proc") if n.isdigit()])
+        except OSError:
+            return []
+        return sorted(untracked, reverse=True)[:64]
+
     def _other_namespaces(self, key: SockKey) -> tuple[int | None, str]:
         by_ns: dict[int, list[int]] = {}
         candidates = self.lineage.tree_pids()
         if self.lineage.linker is not None and self.lineage.container_clis():
             # an MCP server runs in a container: its processes may be so new that
             # the tracker has not filed them yet (lookup() below reads them in)
-            now = time.monotonic()
-            candidates += self.lineage.pids_seen_since(now - self.newborn_seconds)[:64]
-            try:
-                fresh = self.lineage.unknown([int(n) for n in os.listdir("/proc") if n.isdigit()])
-            except OSError:
-                fresh = []
-            candidates += sorted(fresh, reverse=True)[:64]
+            candidates += self.lineage.pids_seen_since(time.monotonic() - self.newborn_seconds)[:64]
+            candidates += self._untracked_pids()
         for pid in dict.fromkeys(candidates):
             ns = netns_id(pid)
             if ns is not None and ns != self._own_ns:

@@ -249,7 +249,7 @@ class LineageTracker:
             return False
         parent = self._live.get(info.ppid)
         name = parent.info.name if parent is not None else None
-        return bool(name) and name.startswith(SHIMS)  # type: ignore[union-attr]
+        return name is not None and name.startswith(SHIMS)
 
     def _link(self, info: ProcessInfo) -> bool:
         """File a container's first process under the MCP tree's ``docker run``

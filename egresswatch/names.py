@@ -196,9 +196,12 @@ def parse_hosts(text: str) -> list[tuple[str, tuple[str, ...]]]:
     out: list[tuple[str, tuple[str, ...]]] = []
     for line in text.splitlines():
         fields = line.split("#", 1)[0].split()
-        if len(fields) < 2 or not is_ip(fields[0].split("%", 1)[0]):
+        if len(fields) < 2:
             continue
-        addr = ipaddress.ip_address(fields[0].split("%", 1)[0])
+        try:
+            addr = ipaddress.ip_address(fields[0].split("%", 1)[0])
+        except ValueError:
+            continue
         if addr.is_loopback or addr.is_unspecified:
             continue
         out.append((addr.compressed, tuple(_norm_name(n) for n in fields[1:])))

@@ -190,9 +190,8 @@ class Engine:
             return []
         self._frames += 1
         pkt = self._decode(frame.linktype, data)
-        if type(pkt) is not IPPacket:
-            if pkt is None and frame.linktype not in link.LINKTYPES:
-                pkt = linkmore.decode(frame.linktype, data)
+        if pkt is None and frame.linktype not in link.LINKTYPES:
+            pkt = linkmore.decode(frame.linktype, data)
         if type(pkt) is not IPPacket:
             if not isinstance(pkt, link.Fragment):
                 self.counters["non_ip"] += 1
