@@ -11,6 +11,7 @@ import shlex
 from dataclasses import dataclass, replace
 
 from egresswatch.launchers import VALUE_OPTS
+from egresswatch.mcpmatch import docker_run_at
 
 PKG_RUNNERS = ("npx", "bunx", "pnpm dlx", "yarn dlx", "npm exec", "uvx", "pipx run")
 CONTAINER_RUNNERS = ("docker run", "podman run")
@@ -197,12 +198,8 @@ def _runner(argv: tuple[str, ...], b: str) -> Launch:
         runner, rest_at, family = "uvx", 3, "uvx"
     elif b == "pipx" and len(a) > 1 and a[1] == "run":
         runner, rest_at, family = "pipx run", 2, "pipx"
-    elif b in ("docker", "podman"):
-        j = 1
-        if len(a) > 2 and a[1] == "container":
-            j = 2
-        if len(a) > j and a[j] == "run":
-            runner, rest_at, family = f"{b} run", j + 1, "docker"
+    elif b in ("docker", "podman") and (at := docker_run_at(a)) is not None:
+        runner, rest_at, family = f"{b} run", at, "docker"
     if runner is None:
         return Launch(argv)
     rest = a[rest_at:]

@@ -33,7 +33,7 @@ from dataclasses import dataclass
 from datetime import datetime
 
 from egresswatch.launchers import VALUE_OPTS
-from egresswatch.mcpmatch import signature
+from egresswatch.mcpmatch import docker_run_at, signature
 from egresswatch.model import ProcessInfo
 
 log = logging.getLogger(__name__)
@@ -72,9 +72,8 @@ def run_name(argv: Sequence[str]) -> str | None:
     """Pure: the ``--name`` of a ``docker|podman [container] run`` command line."""
     opts = VALUE_OPTS["docker"]
     args = list(argv)
-    try:
-        i = args.index("run") + 1
-    except ValueError:
+    i = docker_run_at(args)
+    if i is None:
         return None
     while i < len(args) and args[i].startswith("-"):
         a = args[i]
@@ -194,14 +193,14 @@ class ContainerLinker:
     ) -> None:
         self.apis, self.clis, self.read_cgroup = list(apis), clis, read_cgroup
         self.max_cached = max_cached
-        self._links: OrderedDict[str, tuple[int, float] | None] = OrderedDict()
+        self._links: OrderedDict[str, tuple[int, float]] = OrderedDict()  # container id -> its CLI
 
     def link(self, proc: ProcessInfo) -> tuple[int, float] | None:
         text = self.read_cgroup(proc.pid)
         cid = container_id(text) if text else None
         if cid is None:
             return None
-        if cid in self._links and self._links[cid] is not None:
+        if cid in self._links:
             return self._links[cid]
         clis = self.clis()
         if not clis:
@@ -209,17 +208,13 @@ class ContainerLinker:
         info = next((i for i in (api.inspect(cid) for api in self.apis) if i is not None), None)
         if info is None:
             return None
-        taken = {k for k in self._links.values() if k is not None}
-        cli = match_cli(info, clis, taken)
-        self._links[cid] = cli.key if cli else None
+        cli = match_cli(info, clis, set(self._links.values()))
+        if cli is None:
+            return None  # not started by an MCP server (asked again for its next process)
+        self._links[cid] = cli.key
         while len(self._links) > self.max_cached:
             self._links.popitem(last=False)
-        if cli is not None:
-            log.info(
-                "container %s (%s) belongs to pid %d: %s",
-                info.name,
-                info.image,
-                cli.pid,
-                " ".join(cli.cmdline),
-            )
-        return self._links[cid]
+        log.info(
+            "container %s (%s) belongs to pid %d: %s", info.name, info.image, cli.pid, " ".join(cli.cmdline)
+        )
+        return cli.key

@@ -281,13 +281,9 @@ def signature(argv: Sequence[str]) -> Signature | None:  # noqa: C901 - one tabl
                 continue
             return Signature("exe", a0, tuple(args[1:]))
         if a0 in ("docker", "podman", "nerdctl"):
-            j = 1
-            while j < len(args) and args[j].startswith("-"):  # global options: -H HOST, --context X
-                j += 2 if args[j] in _DOCKER_GLOBAL_VALUE_OPTS else 1
-            if j < len(args) - 1 and args[j] == "container":
-                j += 1
-            if j < len(args) and args[j] == "run":
-                i, _ = _skip_opts(args, j + 1, VALUE_OPTS["docker"])
+            at = docker_run_at(args)
+            if at is not None:
+                i, _ = _skip_opts(args, at, VALUE_OPTS["docker"])
                 if i >= len(args):
                     return None
                 image = args[i].removesuffix(":latest")
@@ -300,6 +296,18 @@ _DOCKER_GLOBAL_VALUE_OPTS = frozenset(
     {"-H", "--host", "-c", "--context", "--config", "-l", "--log-level", "--tlscacert", "--tlscert",
      "--tlskey", "--url", "--connection", "--identity", "--root", "--runroot"}
 )  # fmt: skip
+
+
+def docker_run_at(args: Sequence[str]) -> int | None:
+    """Pure: where the ``run`` options start in ``docker|podman|nerdctl
+    [global options] [container] run ...`` (after global options such as
+    ``-H HOST`` or ``--context X``); None when it is not a ``run``."""
+    j = 1
+    while j < len(args) and args[j].startswith("-"):
+        j += 2 if args[j] in _DOCKER_GLOBAL_VALUE_OPTS else 1
+    if j < len(args) - 1 and args[j] == "container":
+        j += 1
+    return j + 1 if j < len(args) and args[j] == "run" else None
 
 
 def _generic(sig: Signature) -> bool:

@@ -89,3 +89,18 @@ def test_match_cli_by_name_then_by_image_and_time() -> None:
     assert match_cli(anon, clis, set()) == late  # the most recent launch before the container
     assert match_cli(anon, clis, {late.key}) == early  # late already has its container
     assert match_cli(anon, [cli(30, 100.0, "run", "mcp/github")], set()) is None  # far too old
+
+
+def test_docker_global_options_before_run() -> None:
+    """One parser for `docker [global options] [container] run`: lineage, audit and linker agree."""
+    from egresswatch.audit_rules import parse_launch
+    from egresswatch.mcpmatch import docker_run_at, signature
+
+    argv = ["docker", "-H", "unix:///run/x.sock", "--context", "ci", "container", "run", "--rm", "mcp/github"]
+    assert docker_run_at(argv) == 7
+    assert docker_run_at(["docker", "ps"]) is None
+    assert docker_run_at(["docker", "-H", "run"]) is None  # "run" is the value of -H
+    sig = signature(argv)
+    assert sig is not None and (sig.kind, sig.name) == ("docker", "mcp/github")
+    launch = parse_launch(argv[0], tuple(argv[1:]))
+    assert (launch.runner, launch.name, launch.pinned) == ("docker run", "mcp/github", False)
