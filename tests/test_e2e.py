@@ -22,7 +22,7 @@ from typing import Any
 import pytest
 
 from tests.helpers.netlab import Lab, wait_for
-from tests.test_notifier import session_bus  # noqa: F401 - fixture
+from tests.test_notifier import session_bus, wait_opened  # noqa: F401 - fixture
 
 pytestmark = pytest.mark.live
 REPO = Path(__file__).resolve().parents[1]
@@ -171,14 +171,7 @@ def test_daemon_catches_a_malicious_server(
                                      "--interval", "0.2"], env={**session_bus, "PYTHONPATH": str(REPO)},
                                     cwd=REPO)  # fmt: skip
         helpers.append(notifier)
-        wait_for(
-            lambda: any(
-                os.path.realpath(f"/proc/{notifier.pid}/fd/{fd}") == str(db.resolve())
-                for fd in os.listdir(f"/proc/{notifier.pid}/fd")
-            ),
-            20,
-            "notifier opened the db",
-        )
+        wait_opened(notifier.pid, db)
         host = subprocess.Popen([sys.executable, str(DATA / "fake_mcp_host.py"), str(home / "mcp.json")],
                                 stdout=subprocess.PIPE, text=True, cwd=REPO, start_new_session=True)  # fmt: skip
 

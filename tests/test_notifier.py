@@ -63,6 +63,18 @@ def _need(*tools: str) -> None:
         pytest.skip(msg)
 
 
+def wait_opened(pid: int, path: Path, timeout: float = 20) -> None:
+    """Wait until process ``pid`` holds ``path`` open (the notifier's starting point)."""
+    wait_for(
+        lambda: any(
+            os.path.realpath(f"/proc/{pid}/fd/{fd}") == str(path.resolve())
+            for fd in os.listdir(f"/proc/{pid}/fd")
+        ),
+        timeout,
+        f"pid {pid} opened {path.name}",
+    )
+
+
 @pytest.fixture
 def session_bus(tmp_path: Path) -> Iterator[dict[str, str]]:
     """A private session bus with dunst (under Xvfb) owning org.freedesktop.Notifications."""
@@ -115,14 +127,7 @@ def test_notification_arrives_escaped(tmp_path: Path, session_bus: dict[str, str
                                 stderr=subprocess.PIPE, text=True)  # fmt: skip
     try:
         # history is skipped: wait until the notifier has opened the database (its starting point)
-        wait_for(
-            lambda: any(
-                os.path.realpath(f"/proc/{notifier.pid}/fd/{fd}") == str(db.resolve())
-                for fd in os.listdir(f"/proc/{notifier.pid}/fd")
-            ),
-            20,
-            "notifier opened the db",
-        )
+        wait_opened(notifier.pid, db)
         add_alert(store, f"egresswatch: MCP server fake contacted {EVIL}", "Reason: not_allowlisted\nline2")
         assert monitor.stdout is not None
         seen: list[str] = []
