@@ -16,6 +16,7 @@ import pytest
 
 from egresswatch.notifier import AlertFollower, clean
 from egresswatch.store import Store
+from tests.helpers.netlab import missing as prerequisite_missing
 from tests.helpers.netlab import wait_for
 
 REPO = Path(__file__).resolve().parents[1]
@@ -57,10 +58,7 @@ def test_follower_starts_at_the_end_and_skips_held(tmp_path: Path) -> None:
 def _need(*tools: str) -> None:
     missing = [t for t in tools if shutil.which(t) is None]
     if missing:
-        msg = f"desktop test tools missing: {missing}"
-        if os.environ.get("CI") or os.environ.get("EGRESSWATCH_REQUIRE_LIVE"):
-            pytest.fail(msg)
-        pytest.skip(msg)
+        prerequisite_missing(f"desktop test tools missing: {missing}")
 
 
 def wait_opened(pid: int, path: Path, timeout: float = 20) -> None:

@@ -13,6 +13,7 @@ import pytest
 from click.testing import CliRunner
 
 from egresswatch.cli import cli
+from tests.helpers.netlab import missing
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -20,9 +21,7 @@ REPO = Path(__file__).resolve().parents[1]
 def _need(tool: str) -> str:
     path = shutil.which(tool)
     if path is None:
-        if os.environ.get("CI") or os.environ.get("EGRESSWATCH_REQUIRE_LIVE"):
-            pytest.fail(f"{tool} is missing (install the systemd package)")
-        pytest.skip(f"{tool} is missing")
+        missing(f"{tool} is missing (install the systemd package)")
     return path
 
 

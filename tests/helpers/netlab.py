@@ -17,7 +17,7 @@ import sys
 import time
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from typing import Any, NoReturn
 
 import pytest
 
@@ -34,10 +34,14 @@ def require_live() -> None:
         if shutil.which(tool) is None:
             problems.append(f"{tool} not installed")
     if problems:
-        msg = "live test prerequisites missing: " + ", ".join(problems)
-        if os.environ.get("EGRESSWATCH_REQUIRE_LIVE") or os.environ.get("CI"):
-            pytest.fail(msg)
-        pytest.skip(msg)
+        missing("live test prerequisites missing: " + ", ".join(problems))
+
+
+def missing(msg: str) -> NoReturn:
+    """A test prerequisite is missing: fail loudly in CI, skip elsewhere."""
+    if os.environ.get("EGRESSWATCH_REQUIRE_LIVE") or os.environ.get("CI"):
+        pytest.fail(msg)
+    pytest.skip(msg)
 
 
 def wait_for(pred: Callable[[], Any], timeout: float = 10.0, what: str = "condition") -> Any:
