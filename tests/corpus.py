@@ -5,7 +5,7 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
-import pytest
+from tests.helpers.netlab import missing
 
 REPO = Path(__file__).resolve().parents[1]
 CORPUS = Path(os.environ.get("EGRESSWATCH_CORPUS", REPO.parent / "shared" / "corpus"))
@@ -14,7 +14,5 @@ CORPUS = Path(os.environ.get("EGRESSWATCH_CORPUS", REPO.parent / "shared" / "cor
 def corpus_dir() -> Path:
     """The corpus folder; skips cleanly where it is absent (fails in CI)."""
     if not CORPUS.is_dir():
-        if os.environ.get("CI"):
-            pytest.fail(f"corpus not found at {CORPUS}")
-        pytest.skip(f"corpus not found at {CORPUS}")
+        missing(f"corpus not found at {CORPUS}")
     return CORPUS
