@@ -61,16 +61,21 @@ def _need(*tools: str) -> None:
         prerequisite_missing(f"desktop test tools missing: {missing}")
 
 
+def _holds_open(pid: int, path: Path) -> bool:
+    """True if process ``pid`` has ``path`` open; fds opened and closed while we look are skipped."""
+    target = str(path.resolve())
+    for fd in os.listdir(f"/proc/{pid}/fd"):
+        try:
+            if os.readlink(f"/proc/{pid}/fd/{fd}") == target:
+                return True
+        except FileNotFoundError:  # the fd closed between listdir and readlink
+            continue
+    return False
+
+
 def wait_opened(pid: int, path: Path, timeout: float = 20) -> None:
     """Wait until process ``pid`` holds ``path`` open (the notifier's starting point)."""
-    wait_for(
-        lambda: any(
-            os.path.realpath(f"/proc/{pid}/fd/{fd}") == str(path.resolve())
-            for fd in os.listdir(f"/proc/{pid}/fd")
-        ),
-        timeout,
-        f"pid {pid} opened {path.name}",
-    )
+    wait_for(lambda: _holds_open(pid, path), timeout, f"pid {pid} opened {path.name}")
 
 
 @pytest.fixture
