@@ -13,10 +13,11 @@ from collections import defaultdict
 from collections.abc import Callable, Iterable, Mapping
 from typing import Any
 
+from egresswatch.config import Config
 from egresswatch.detectors import registrable_domain
 from egresswatch.errors import ConfigError
 from egresswatch.names import is_ip
-from egresswatch.policy import parse_entry
+from egresswatch.policy import Matcher, parse_entry
 
 #: at least this many distinct subdomains of one registrable domain collapse to ``*.domain``
 COLLAPSE_AT = 3
@@ -115,6 +116,21 @@ def suggest(
             result.setdefault(srv, [])
             notes.setdefault(srv, []).extend(f"left out {n} event(s): {w}" for w, n in sorted(why.items()))
     return dict(sorted(result.items()))
+
+
+def config_skipper(cfg: Config) -> Callable[[str, Mapping[str, Any]], bool]:
+    """``skip`` for :func:`suggest`: destinations the config's ``policy.global_allow``
+    (or, for install-phase events, ``policy.install_allow``) already allows."""
+    base = Matcher.parse(cfg.policy.global_allow, "policy.global_allow")
+    install = Matcher.parse((*cfg.policy.global_allow, *cfg.policy.install_allow), "policy.install_allow")
+
+    def skip(dest: str, ev: Mapping[str, Any]) -> bool:
+        m = install if ev.get("phase") == "install" else base
+        if is_ip(dest):
+            return m.match(None, dest, None) is not None
+        return m.match(dest, None, None) is not None
+
+    return skip
 
 
 # --- imports -----------------------------------------------------------------------

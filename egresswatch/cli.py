@@ -27,6 +27,7 @@ LAZY_COMMANDS: dict[str, str] = {
     "servers": "egresswatch.cli_discovery",
     "stats": "egresswatch.cli_events",
     "status": "egresswatch.cli_run",
+    "ui": "egresswatch.cli_ui",
 }
 
 

@@ -4,16 +4,14 @@ from __future__ import annotations
 
 import json
 import time
-from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any
 
 import click
 
 from egresswatch import allowlist
-from egresswatch.config import Config, load_config
+from egresswatch.config import load_config
 from egresswatch.errors import EgresswatchError
-from egresswatch.policy import Matcher
 from egresswatch.query import parse_time, query_events
 from egresswatch.store import Store
 
@@ -22,19 +20,6 @@ from egresswatch.store import Store
 def allowlist_group() -> None:
     """Suggest per-server allowlists from recorded events, or import them from
     ToolHive / Docker MCP catalogs. Both print TOML for config.toml."""
-
-
-def _skipper(cfg: Config) -> Callable[[str, Mapping[str, Any]], bool]:
-    base = Matcher.parse(cfg.policy.global_allow, "policy.global_allow")
-    install = Matcher.parse((*cfg.policy.global_allow, *cfg.policy.install_allow), "policy.install_allow")
-
-    def skip(dest: str, ev: Mapping[str, Any]) -> bool:
-        m = install if ev.get("phase") == "install" else base
-        if allowlist.is_ip(dest):
-            return m.match(None, dest, None) is not None
-        return m.match(dest, None, None) is not None
-
-    return skip
 
 
 @allowlist_group.command("suggest")
@@ -65,7 +50,7 @@ def suggest_cmd(server: str | None, db: Path | None, config_path: Path | None, s
     except (EgresswatchError, ValueError) as exc:
         raise click.ClickException(str(exc)) from None
     notes: allowlist.Notes = {}
-    result = allowlist.suggest(events, server=server, skip=_skipper(cfg), notes=notes)
+    result = allowlist.suggest(events, server=server, skip=allowlist.config_skipper(cfg), notes=notes)
     header = f"egresswatch allowlist suggest: {len(events)} events since {since}"
     if not result:
         header += "\nno MCP server events found"

@@ -22,6 +22,7 @@ if [ "${1:-}" = "--test" ]; then
     systemd           # systemd-analyze verify of the unit files
     dbus dunst xvfb libnotify-bin  # desktop-notification tests
     docker.io busybox-static  # container attribution tests: a real dockerd, a scratch image
+    chromium chromium-driver  # browser tests of `egresswatch ui` (playwright drives Debian's chromium)
   )
 fi
 
@@ -47,6 +48,6 @@ fi
 stamp=.venv/.installed
 if [ ! -f "$stamp" ] || [ pyproject.toml -nt "$stamp" ]; then
   .venv/bin/pip install -q --upgrade pip
-  .venv/bin/pip install -q -e '.[dev,desktop]'
+  .venv/bin/pip install -q -e '.[dev,desktop,ui]'
   touch "$stamp"
 fi
