@@ -87,8 +87,10 @@ def suggest(
     judges those) or flagged dns_exfil/doh_dot/direct_ip; never
     destinations for which ``skip(dest, event)`` is true (e.g. already in
     policy.global_allow). Unusable names (bytes outside host-name syntax) are
-    left out and counted in ``notes``."""
+    left out and counted in ``notes``. A dict may stand for several identical
+    events: its ``count`` key (default 1) is what the notes count."""
     dests: dict[str, set[str]] = defaultdict(set)
+    valid: dict[str, bool] = {}
     dropped: dict[str, dict[str, int]] = defaultdict(lambda: defaultdict(int))
     for ev in events:
         srv = ev.get("server")
@@ -97,17 +99,21 @@ def suggest(
         dest = _destination(ev)
         if dest is None:
             continue
+        n = ev.get("count", 1)
         if ev.get("reason") in NEVER_SUGGEST:
-            dropped[srv][f"flagged {ev.get('reason')}"] += 1
+            dropped[srv][f"flagged {ev.get('reason')}"] += n
             continue
         if ev.get("phase") == "install":
             # install hooks are judged by policy.install_allow, not the server's allowlist
-            dropped[srv]["install phase"] += 1
+            dropped[srv]["install phase"] += n
             continue
         if skip is not None and skip(dest, ev):
             continue
-        if not _valid(dest):
-            dropped[srv]["not a host name"] += 1
+        ok = valid.get(dest)
+        if ok is None:
+            ok = valid[dest] = _valid(dest)
+        if not ok:
+            dropped[srv]["not a host name"] += n
             continue
         dests[srv].add(dest)
     result = {srv: collapse(d) for srv, d in sorted(dests.items())}
@@ -124,11 +130,17 @@ def config_skipper(cfg: Config) -> Callable[[str, Mapping[str, Any]], bool]:
     base = Matcher.parse(cfg.policy.global_allow, "policy.global_allow")
     install = Matcher.parse((*cfg.policy.global_allow, *cfg.policy.install_allow), "policy.install_allow")
 
+    seen: dict[tuple[str, bool], bool] = {}
+
     def skip(dest: str, ev: Mapping[str, Any]) -> bool:
-        m = install if ev.get("phase") == "install" else base
-        if is_ip(dest):
-            return m.match(None, dest, None) is not None
-        return m.match(dest, None, None) is not None
+        key = (dest, ev.get("phase") == "install")
+        hit = seen.get(key)
+        if hit is None:
+            m = install if key[1] else base
+            hit = seen[key] = (
+                m.match(None, dest, None) if is_ip(dest) else m.match(dest, None, None)
+            ) is not None
+        return hit
 
     return skip
 

@@ -183,10 +183,23 @@ def row_to_dict(row: sqlite3.Row) -> dict[str, Any]:
     return d
 
 
-def stats(store: Store, since: float | None = None, until: float | None = None) -> list[dict[str, Any]]:
-    """Per MCP server: event and flagged counts, destinations contacted (count,
-    flagged, first/last seen; DNS answers not counted) and flagged events by reason."""
-    where, params = ["server IS NOT NULL"], []
+def server_names(store: Store) -> list[str]:
+    """Every MCP server with stored events, in name order: one index seek each."""
+    names: list[str] = []
+    row = store.execute("SELECT min(server) FROM events WHERE server IS NOT NULL")
+    while row and row[0][0] is not None:
+        names.append(row[0][0])
+        row = store.execute("SELECT min(server) FROM events WHERE server > ?", (names[-1],))
+    return names
+
+
+def stats(
+    store: Store, since: float | None = None, until: float | None = None, server: str | None = None
+) -> list[dict[str, Any]]:
+    """Per MCP server (or only ``server``): event and flagged counts, destinations
+    contacted (count, flagged, first/last seen; DNS answers not counted) and
+    flagged events by reason. One index range per server (events_server_ts_dest)."""
+    where, params = ["server = ?"], []
     if since is not None:
         where.append("ts >= ?")
         params.append(since)
@@ -194,38 +207,34 @@ def stats(store: Store, since: float | None = None, until: float | None = None) 
         where.append("ts < ?")
         params.append(until)
     w = " AND ".join(where)
-    out: dict[str, dict[str, Any]] = {}
-
-    def entry(server: str) -> dict[str, Any]:
-        return out.setdefault(
-            server, {"server": server, "events": 0, "flagged": 0, "destinations": [], "flagged_by_reason": {}}
+    out: list[dict[str, Any]] = []
+    for name in [server] if server is not None else server_names(store):
+        rows = store.execute(
+            f"SELECT coalesce(dst_name, dst) AS destination, count(*) AS n,"
+            f" sum(verdict = 'flagged') AS flagged, min(ts) AS first_seen, max(ts) AS last_seen"
+            f" FROM events WHERE {w} AND kind != 'dns_answer'"
+            f" GROUP BY destination ORDER BY n DESC, destination",
+            [name, *params],
         )
-
-    rows = store.execute(
-        f"SELECT server, coalesce(dst_name, dst) AS destination, count(*) AS n,"
-        f" sum(verdict = 'flagged') AS flagged, min(ts) AS first_seen, max(ts) AS last_seen"
-        f" FROM events WHERE {w} AND kind != 'dns_answer'"
-        f" GROUP BY server, destination ORDER BY server, n DESC, destination",
-        params,
-    )
-    for r in rows:
-        e = entry(r["server"])
-        e["events"] += r["n"]
-        e["flagged"] += r["flagged"]
-        e["destinations"].append(
+        reasons = store.execute(
+            f"SELECT reason, count(*) AS n FROM events WHERE {w} AND verdict = 'flagged'"
+            f" GROUP BY reason ORDER BY n DESC, reason",
+            [name, *params],
+        )
+        if not rows and not reasons:
+            continue
+        dests = [
+            {"destination": r["destination"], "count": r["n"], "flagged": r["flagged"],
+             "first_seen": r["first_seen"], "last_seen": r["last_seen"]}
+            for r in rows
+        ]  # fmt: skip
+        out.append(
             {
-                "destination": r["destination"],
-                "count": r["n"],
-                "flagged": r["flagged"],
-                "first_seen": r["first_seen"],
-                "last_seen": r["last_seen"],
+                "server": name,
+                "events": sum(d["count"] for d in dests),
+                "flagged": sum(d["flagged"] for d in dests),
+                "destinations": dests,
+                "flagged_by_reason": {r["reason"]: r["n"] for r in reasons},
             }
         )
-    rows = store.execute(
-        f"SELECT server, reason, count(*) AS n FROM events WHERE {w} AND verdict = 'flagged'"
-        f" GROUP BY server, reason ORDER BY server, n DESC, reason",
-        params,
-    )
-    for r in rows:
-        entry(r["server"])["flagged_by_reason"][r["reason"]] = r["n"]
-    return [out[k] for k in sorted(out)]
+    return out

@@ -77,6 +77,15 @@ def _m0001(db: sqlite_utils.Database) -> None:
     db.table("alerts").create_index(["server", "ts"], "alerts_server_ts")
 
 
+@MIGRATIONS(name="0002_events_server_ts_dest")
+def _m0002(db: sqlite_utils.Database) -> None:
+    # Covers per-server destination counts in a time range (stats, `egresswatch ui`):
+    # one index range per server, no table lookups.
+    db.execute(
+        "CREATE INDEX IF NOT EXISTS events_server_ts_dest ON events(server, ts, kind, verdict, dst_name, dst)"
+    )
+
+
 def event_row(event: Event) -> tuple[Any, ...]:
     """The stored row (EVENT_FIELDS + NAME_FIELDS order) of an event."""
     d = event.to_dict()

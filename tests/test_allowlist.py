@@ -10,6 +10,7 @@ from typing import Any
 import pytest
 from click.testing import CliRunner
 
+from egresswatch import allowlist
 from egresswatch.allowlist import collapse, import_docker_catalog, import_toolhive, render_toml, suggest
 from egresswatch.cli import cli
 from egresswatch.config import parse_config
@@ -335,3 +336,15 @@ def test_suggest_never_proposes_high_severity_findings() -> None:
         "left out 1 event(s): flagged dns_exfil",
         "left out 1 event(s): flagged doh_dot",
     ]
+
+
+def test_suggest_counts_grouped_rows_like_events() -> None:
+    """A dict with ``count`` stands for that many identical events (the ui groups rows)."""
+    one = {"server": "s", "kind": "dns_query", "qname": "c2.evil.example", "reason": "dns_exfil"}
+    ok = {"server": "s", "kind": "tls_sni", "sni": "api.example.com", "reason": "allowlist"}
+    notes_each: allowlist.Notes = {}
+    each = allowlist.suggest([one, one, one, ok, ok], notes=notes_each)
+    notes_grouped: allowlist.Notes = {}
+    grouped = allowlist.suggest([{**one, "count": 3}, {**ok, "count": 2}], notes=notes_grouped)
+    assert grouped == each == {"s": ["api.example.com"]}
+    assert notes_grouped == notes_each == {"s": ["left out 3 event(s): flagged dns_exfil"]}

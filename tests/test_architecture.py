@@ -32,7 +32,15 @@ CONFINED = {
     "jinja2": {"ui/app.py"},
     "uvicorn": {"ui/serve.py"},
     "pygal": {"ui/charts.py"},
-    "click": {"cli.py", "cli_discovery.py", "cli_events.py", "cli_policy.py", "cli_replay.py", "cli_run.py", "cli_ui.py"},
+    "click": {
+        "cli.py",
+        "cli_discovery.py",
+        "cli_events.py",
+        "cli_policy.py",
+        "cli_replay.py",
+        "cli_run.py",
+        "cli_ui.py",
+    },
 }
 CLOCK_FREE = [
     "decode/*.py",

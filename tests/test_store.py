@@ -128,13 +128,34 @@ def test_schema_strict_wal_and_migrations_idempotent(tmp_path: Path) -> None:
     Store(p).close()
     s = Store(p)  # second open applies nothing new
     assert MIGRATIONS.pending(s.db) == []
-    assert [m.name for m in MIGRATIONS.applied(s.db)] == ["0001_events_alerts"]
+    assert [m.name for m in MIGRATIONS.applied(s.db)] == ["0001_events_alerts", "0002_events_server_ts_dest"]
     assert s.conn.execute("PRAGMA journal_mode").fetchone()[0] == "wal"
     assert s.conn.execute("PRAGMA synchronous").fetchone()[0] == 1  # NORMAL
     sql = s.conn.execute("SELECT sql FROM sqlite_master WHERE name = 'events'").fetchone()[0]
     assert sql.rstrip().endswith("STRICT")
     names = {r[0] for r in s.conn.execute("SELECT name FROM sqlite_master WHERE type = 'index'")}
     assert {"events_ts", "events_server_ts", "events_verdict_ts", "events_pid_ts", "events_rname_ts"} <= names
+    assert "events_server_ts_dest" in names
+    s.close()
+
+
+def test_an_older_database_gets_the_new_index(tmp_path: Path) -> None:
+    p = tmp_path / "e.db"
+    s = Store(p)
+    s.write(make_event(T0))
+    s.close()
+    conn = sqlite3.connect(p)  # as a database written before migration 0002 existed
+    conn.execute("DROP INDEX events_server_ts_dest")
+    conn.execute("DELETE FROM _sqlite_migrations WHERE name = '0002_events_server_ts_dest'")
+    conn.commit()
+    conn.close()
+    s = Store(p)
+    names = {r[0] for r in s.conn.execute("SELECT name FROM sqlite_master WHERE type = 'index'")}
+    assert "events_server_ts_dest" in names
+    plan = " ".join(str(tuple(r)) for r in s.conn.execute(
+        "EXPLAIN QUERY PLAN SELECT count(*) FROM events WHERE server = 'x' AND ts >= 0 GROUP BY dst_name"
+    ))  # fmt: skip
+    assert "COVERING INDEX events_server_ts_dest" in plan
     s.close()
 
 

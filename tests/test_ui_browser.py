@@ -9,12 +9,16 @@ Set EGRESSWATCH_UI_SCREENSHOT=docs/ui-servers.png to refresh the README picture.
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import re
 import shutil
+import socket
 import subprocess
 import sys
+import urllib.error
+import urllib.request
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -254,6 +258,49 @@ def test_bad_filter_is_one_line(page: Any, server: str) -> None:
     assert resp.status == 400
     assert page.locator("#error").inner_text().startswith("egresswatch: error: since: cannot parse time")
     page.errors.clear()  # the 400 itself is logged by the browser
+
+
+def _http(url: str, method: str = "GET", host: str | None = None) -> tuple[int, dict[str, str]]:
+    req = urllib.request.Request(url, method=method, headers={"Host": host} if host else {})
+    try:
+        with urllib.request.urlopen(req, timeout=30) as resp:
+            resp.read()
+            return resp.status, dict(resp.headers)
+    except urllib.error.HTTPError as exc:
+        return exc.code, dict(exc.headers)
+
+
+def test_http_is_read_only_and_local(server: str, data: Path) -> None:
+    before = hashlib.sha256(data.read_bytes()).hexdigest(), data.stat().st_mtime_ns
+    for path in ("/", "/server?name=github", "/alerts?held=1", "/events?verdict=flagged", "/api/head",
+                 "/chart/verdicts.svg?name=github", "/static/ui.css"):  # fmt: skip
+        status, headers = _http(server + path)
+        assert status == 200, path
+        csp = headers["content-security-policy"]  # pages: scripts from here only; SVG: none at all
+        assert csp.startswith("default-src 'none'") and "unsafe-inline" not in csp.split("style-src")[0], path
+        assert "script-src 'self'" in csp or "script-src" not in csp, path
+    for method in ("POST", "PUT", "DELETE", "PATCH"):
+        assert _http(server + "/", method)[0] == 405, method
+        assert _http(server + "/events", method)[0] == 405, method
+    port = server.rsplit(":", 1)[1]
+    assert _http(server + "/", host=f"attacker.example:{port}")[0] == 400  # DNS rebinding
+    assert _http(server + "/", host=f"localhost:{port}")[0] == 200
+    assert _http(server + "/chart/pie.svg?name=github")[0] == 404
+    assert _http(server + "/server")[0] == 400  # no name: a one-line error page
+    assert (hashlib.sha256(data.read_bytes()).hexdigest(), data.stat().st_mtime_ns) == before
+
+
+def test_command_errors_are_one_line(tmp_path: Path, data: Path) -> None:
+    result = CliRunner().invoke(cli, ["ui", "--db", str(tmp_path / "none.db")])
+    assert result.exit_code == 1 and "none.db: no such database" in result.output
+    assert len(result.output.strip().splitlines()) == 1
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        result = CliRunner().invoke(cli, ["ui", "--db", str(data), "--port", str(port), "--no-processes"])
+    assert result.exit_code == 1 and f"--port {port}: cannot listen on 127.0.0.1" in result.output
+    assert len(result.output.strip().splitlines()) == 1
 
 
 def test_page_updates_live(page: Any, server: str, data: Path, tmp_path: Path) -> None:

@@ -32,6 +32,7 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 from egresswatch.config import Config
 from egresswatch.errors import EgresswatchError
 from egresswatch.model import KINDS, VERDICTS
+from egresswatch.query import query_events
 from egresswatch.render import destination
 from egresswatch.store import Store
 from egresswatch.textsafe import safe
@@ -173,14 +174,14 @@ class UI:
                 raise BadParam("name: which server? (/server?name=NAME)")
             win = self._window(request, name)
             span = queries.server_span(self.store, name)
-            dests = queries.destinations(self.store, name, win)
+            rows = queries.server_rows(self.store, name, win)
             snap = self.watcher.current if self.watcher else Snapshot()
             window_q = {k: v for k, v in request.query_params.items() if k in ("since", "until") and v}
             return self.page(
-                request, "server.html", name=name, win=win, span=span, dests=dests,
-                reasons=queries.flagged_reasons(self.store, name, win),
+                request, "server.html", name=name, win=win, span=span, dests=queries.destinations(rows),
+                reasons=queries.flagged_reasons(rows),
                 learn=queries.learning_state(self.config, name, span["first_seen"], time.time()),
-                suggestion=queries.suggestion(self.store, self.config, name, win),
+                suggestion=queries.suggestion(rows, self.config, name),
                 server_trees=snap.trees.get(name, []), procs=snap, watching=self.watcher is not None,
                 chart_q=urlencode({"name": name, **window_q}), window_q=window_q,
                 alerts=queries.alerts(self.store, name, limit=20),
@@ -214,7 +215,7 @@ class UI:
     def events(self, request: Request) -> Response:
         def run() -> Response:
             f = event_filters(request.query_params, time.time())
-            rows = queries.query_events(self.store, **f.query_kwargs())
+            rows = query_events(self.store, **f.query_kwargs())
             return self.page(request, "events.html", rows=rows, f=f)
 
         return self._guard(request, run)

@@ -18,11 +18,10 @@ from egresswatch import allowlist
 from egresswatch.config import Config
 from egresswatch.errors import StoreError
 from egresswatch.policy import Policy
-from egresswatch.query import query_events, stats
+from egresswatch.query import server_names, stats
 from egresswatch.store import Store
 
 DEFAULT_WINDOW = 86400.0  # without ?since: the 24 h up to the newest stored event
-MAX_SUGGEST_EVENTS = 20_000  # events read for the allowlist proposal (newest first)
 
 
 def open_readonly(path: Any) -> Store:
@@ -69,16 +68,6 @@ def head(store: Store) -> dict[str, int]:
     e = store.execute("SELECT max(id) FROM events")[0][0]
     a = store.execute("SELECT max(id) FROM alerts")[0][0]
     return {"events": int(e or 0), "alerts": int(a or 0)}
-
-
-def server_names(store: Store) -> list[str]:
-    """Every server with stored events, one index seek per server."""
-    names: list[str] = []
-    row = store.execute("SELECT min(server) FROM events WHERE server IS NOT NULL")
-    while row and row[0][0] is not None:
-        names.append(row[0][0])
-        row = store.execute("SELECT min(server) FROM events WHERE server > ?", (names[-1],))
-    return names
 
 
 def server_span(store: Store, server: str) -> dict[str, Any]:
@@ -131,36 +120,72 @@ def _range(win: Window) -> tuple[str, list[Any]]:
     return cond, params
 
 
-def destinations(store: Store, server: str, win: Window) -> dict[str, list[dict[str, Any]]]:
-    """Destinations of one server by phase (``run``, ``install``): events,
-    flagged, flagged reasons, first and last seen (DNS answers not counted)."""
+MAX_DESTINATIONS = 300  # rows of a server's destination tables (the rest: event search)
+
+
+def server_rows(store: Store, server: str, win: Window) -> list[dict[str, Any]]:
+    """One pass over a server's events in the window: the distinct (kind, names,
+    verdict, reason, phase) with their count and first/last time. The server
+    page's destination tables, flagged reasons and allowlist proposal are all
+    computed from these rows."""
     cond, params = _range(win)
     rows = store.execute(
-        "SELECT coalesce(phase, 'run') = 'install' AS install, coalesce(dst_name, dst) AS destination,"
-        " count(*) AS n, sum(verdict = 'flagged') AS flagged, min(ts) AS first_seen, max(ts) AS last_seen,"
-        " json_group_array(DISTINCT CASE WHEN verdict = 'flagged' THEN reason END) AS reasons"
-        f" FROM events WHERE server = ?{cond} AND kind != 'dns_answer'"
-        " GROUP BY install, destination ORDER BY install, flagged DESC, n DESC, destination",
+        "SELECT kind, qname, sni, dst_name, dst, verdict, reason, phase,"
+        " count(*) AS count, min(ts) AS first_seen, max(ts) AS last_seen"
+        f" FROM events WHERE server = ?{cond}"
+        " GROUP BY kind, qname, sni, dst_name, dst, verdict, reason, phase",
         [server, *params],
     )
-    out: dict[str, list[dict[str, Any]]] = {"run": [], "install": []}
+    return [{"server": server, **{k: r[k] for k in r.keys()}} for r in rows]  # noqa: SIM118
+
+
+def destinations(rows: list[dict[str, Any]]) -> dict[str, Any]:
+    """Destinations by phase (``run``, ``install``): events, flagged, flagged
+    reasons, first and last seen (DNS answers not counted, as in stats), the
+    flagged first; at most MAX_DESTINATIONS each (``more``: how many left out)."""
+    acc: dict[tuple[bool, str], dict[str, Any]] = {}
     for r in rows:
-        reasons = sorted(x for x in json.loads(r["reasons"]) if x)
-        out["install" if r["install"] else "run"].append(
-            {"destination": r["destination"], "count": r["n"], "flagged": r["flagged"],
-             "reasons": reasons, "first_seen": r["first_seen"], "last_seen": r["last_seen"]}
-        )  # fmt: skip
+        if r["kind"] == "dns_answer":
+            continue
+        dest = r["dst_name"] or r["dst"]
+        key = (r["phase"] == "install", dest)
+        d = acc.get(key)
+        if d is None:
+            d = acc[key] = {"destination": dest, "count": 0, "flagged": 0, "reasons": set(),
+                            "first_seen": r["first_seen"], "last_seen": r["last_seen"]}  # fmt: skip
+        d["count"] += r["count"]
+        if r["verdict"] == "flagged":
+            d["flagged"] += r["count"]
+            d["reasons"].add(r["reason"])
+        d["first_seen"] = min(d["first_seen"], r["first_seen"])
+        d["last_seen"] = max(d["last_seen"], r["last_seen"])
+    out: dict[str, Any] = {"run": [], "install": [], "more": {"run": 0, "install": 0}}
+    for (install, _), d in acc.items():
+        d["reasons"] = sorted(d["reasons"])
+        out["install" if install else "run"].append(d)
+    for phase in ("run", "install"):
+        out[phase].sort(key=lambda d: (-d["flagged"], -d["count"], str(d["destination"])))
+        out["more"][phase] = max(len(out[phase]) - MAX_DESTINATIONS, 0)
+        del out[phase][MAX_DESTINATIONS:]
     return out
 
 
-def flagged_reasons(store: Store, server: str, win: Window) -> dict[str, int]:
-    cond, params = _range(win)
-    rows = store.execute(
-        f"SELECT reason, count(*) AS n FROM events WHERE server = ?{cond} AND verdict = 'flagged'"
-        " GROUP BY reason ORDER BY n DESC, reason",
-        [server, *params],
-    )
-    return {r["reason"]: r["n"] for r in rows}
+def flagged_reasons(rows: list[dict[str, Any]]) -> dict[str, int]:
+    counts: dict[str, int] = {}
+    for r in rows:
+        if r["verdict"] == "flagged":
+            counts[r["reason"]] = counts.get(r["reason"], 0) + r["count"]
+    return dict(sorted(counts.items(), key=lambda kv: (-kv[1], kv[0])))
+
+
+def suggestion(rows: list[dict[str, Any]], cfg: Config, server: str) -> str:
+    """`egresswatch allowlist suggest --server NAME` over the window, as TOML:
+    allowlist.suggest() over the grouped rows, each counting as its events."""
+    notes: allowlist.Notes = {}
+    result = allowlist.suggest(rows, server=server, skip=allowlist.config_skipper(cfg), notes=notes)
+    total = sum(r["count"] for r in rows)
+    header = f"egresswatch allowlist suggest --server {server}: {total} events"
+    return allowlist.render_toml(result, notes, header)
 
 
 def timeline(
@@ -194,17 +219,6 @@ def timeline(
         "destinations": [(d, d in flagged, per_dest[d]) for d in ranked],
         "others": max(len(per_dest) - top, 0),
     }
-
-
-def suggestion(store: Store, cfg: Config, server: str, win: Window) -> str:
-    """`egresswatch allowlist suggest --server NAME` over the window, as TOML."""
-    events = query_events(store, since=win.since, until=win.until, server=server, limit=MAX_SUGGEST_EVENTS)
-    notes: allowlist.Notes = {}
-    result = allowlist.suggest(events, server=server, skip=allowlist.config_skipper(cfg), notes=notes)
-    header = f"egresswatch allowlist suggest --server {server}: {len(events)} events"
-    if len(events) >= MAX_SUGGEST_EVENTS:
-        header += f" (the newest {MAX_SUGGEST_EVENTS}; narrow the window for all)"
-    return allowlist.render_toml(result, notes, header)
 
 
 def alerts(store: Store, server: str | None, held: bool = False, limit: int = 200) -> list[dict[str, Any]]:
