@@ -243,6 +243,34 @@ def test_limit_after_id_and_stats(filled: tuple[Store, list[Event]]) -> None:
     store.close()
 
 
+def test_stats_per_server_equals_a_count_of_the_events(filled: tuple[Store, list[Event]]) -> None:
+    store, evs = filled
+    for since in (None, T0 + 1800):
+        want: dict[str, dict[str, list[float]]] = {}
+        for e in evs:
+            if e.attr.server is None or e.obs.kind == DNS_ANSWER or (since and e.obs.ts < since):
+                continue
+            d = want.setdefault(e.attr.server, {}).setdefault(
+                e.dst_name or e.obs.dst, [0, 0, e.obs.ts, e.obs.ts]
+            )
+            d[0] += 1
+            d[1] += e.verdict.verdict == "flagged"
+            d[2], d[3] = min(d[2], e.obs.ts), max(d[3], e.obs.ts)
+        got = stats(store, since=since)
+        assert [s["server"] for s in got] == sorted(want)
+        for s in got:
+            dests = s["destinations"]
+            assert {
+                d["destination"]: [d["count"], d["flagged"], d["first_seen"], d["last_seen"]] for d in dests
+            } == (want[s["server"]])
+            assert [(-d["count"], d["destination"]) for d in dests] == sorted(
+                (-d["count"], d["destination"]) for d in dests
+            )
+        assert stats(store, since=since, server="git") == [s for s in got if s["server"] == "git"]
+    assert stats(store, server="nobody") == []
+    store.close()
+
+
 @pytest.mark.parametrize(
     ("text", "want"),
     [("2h", T0 - 7200), ("30m", T0 - 1800), ("7d", T0 - 7 * 86400), ("45s", T0 - 45),

@@ -23,6 +23,7 @@ PCAPS = Path(__file__).resolve().parents[2] / "pcaps"
 XSS = "<script>alert(1)</script>.example"
 XSS_IP = "198.51.100.99"
 LATER = 120.0  # seconds after the verdict scenario
+T0_VERDICTS = 1_767_225_600.0  # first packet of pcaps/mcp-verdicts.pcap
 
 
 def _make_verdicts() -> Any:
