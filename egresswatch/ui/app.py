@@ -12,6 +12,7 @@ runs, whatever a page contains), ``nosniff``, no referrer, no framing; and only
 
 from __future__ import annotations
 
+import shlex
 import time
 from collections.abc import Callable
 from datetime import datetime
@@ -109,6 +110,7 @@ def make_env() -> Environment:
         q=lambda s: quote(str(s), safe=""),
         destination=destination,
         cmd=lambda argv: " ".join(argv or ()),
+        shq=lambda v: shlex.quote(str(v)),
     )
     env.globals.update(VERDICTS=VERDICTS, KINDS=KINDS, urlencode=urlencode)
     return env
