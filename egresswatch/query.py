@@ -194,11 +194,18 @@ def server_names(store: Store) -> list[str]:
 
 
 def stats(
-    store: Store, since: float | None = None, until: float | None = None, server: str | None = None
+    store: Store,
+    since: float | None = None,
+    until: float | None = None,
+    server: str | None = None,
+    top: int | None = None,
 ) -> list[dict[str, Any]]:
     """Per MCP server (or only ``server``): event and flagged counts, destinations
     contacted (count, flagged, first/last seen; DNS answers not counted) and
-    flagged events by reason. One index range per server (events_server_ts_dest)."""
+    flagged events by reason. One index range per server (events_server_ts_dest).
+    With ``top``, only the ``top`` most contacted destinations are listed, and
+    ``destination_count`` says how many there were (a server that floods random
+    names costs one row each, not one dict each)."""
     where, params = ["server = ?"], []
     if since is not None:
         where.append("ts >= ?")
@@ -213,7 +220,7 @@ def stats(
             f"SELECT coalesce(dst_name, dst) AS destination, count(*) AS n,"
             f" sum(verdict = 'flagged') AS flagged, min(ts) AS first_seen, max(ts) AS last_seen"
             f" FROM events WHERE {w} AND kind != 'dns_answer'"
-            f" GROUP BY destination ORDER BY n DESC, destination",
+            f" GROUP BY destination ORDER BY n DESC, destination" + (f" LIMIT {int(top)}" if top else ""),
             [name, *params],
         )
         reasons = store.execute(
@@ -228,13 +235,19 @@ def stats(
              "first_seen": r["first_seen"], "last_seen": r["last_seen"]}
             for r in rows
         ]  # fmt: skip
-        out.append(
-            {
-                "server": name,
-                "events": sum(d["count"] for d in dests),
-                "flagged": sum(d["flagged"] for d in dests),
-                "destinations": dests,
-                "flagged_by_reason": {r["reason"]: r["n"] for r in reasons},
-            }
-        )
+        entry: dict[str, Any] = {
+            "server": name,
+            "events": sum(d["count"] for d in dests),
+            "flagged": sum(d["flagged"] for d in dests),
+            "destinations": dests,
+            "flagged_by_reason": {r["reason"]: r["n"] for r in reasons},
+        }
+        if top:
+            total = store.execute(
+                f"SELECT count(*) AS n, coalesce(sum(verdict = 'flagged'), 0) AS flagged,"
+                f" count(DISTINCT coalesce(dst_name, dst)) AS d FROM events WHERE {w} AND kind != 'dns_answer'",
+                [name, *params],
+            )[0]
+            entry.update(events=total["n"], flagged=total["flagged"], destination_count=total["d"])
+        out.append(entry)
     return out

@@ -267,6 +267,10 @@ def test_stats_per_server_equals_a_count_of_the_events(filled: tuple[Store, list
                 (-d["count"], d["destination"]) for d in dests
             )
         assert stats(store, since=since, server="git") == [s for s in got if s["server"] == "git"]
+        for full, short in zip(got, stats(store, since=since, top=2), strict=True):
+            assert short["destinations"] == full["destinations"][:2]
+            assert short["destination_count"] == len(full["destinations"])
+            assert (short["events"], short["flagged"]) == (full["events"], full["flagged"])
     assert stats(store, server="nobody") == []
     store.close()
 

@@ -21,6 +21,7 @@ from egresswatch.policy import Policy
 from egresswatch.query import server_names, stats
 from egresswatch.store import Store
 
+OVERVIEW_TOP = 10  # destinations listed per server on the servers page
 DEFAULT_WINDOW = 86400.0  # without ?since: the 24 h up to the newest stored event
 
 
@@ -101,11 +102,12 @@ def learning_state(cfg: Config, server: str, first_seen: float | None, now: floa
 def overview(store: Store, cfg: Config, win: Window, now: float) -> list[dict[str, Any]]:
     """Every server with events: query.stats() in the window plus its host, span
     and learning state; servers quiet in the window are listed with zero counts."""
-    by_name = {s["server"]: s for s in stats(store, win.since, win.until)}
+    by_name = {s["server"]: s for s in stats(store, win.since, win.until, top=OVERVIEW_TOP)}
     out = []
     for name in sorted(set(server_names(store)) | set(by_name)):
         s = by_name.get(name) or {
-            "server": name, "events": 0, "flagged": 0, "destinations": [], "flagged_by_reason": {}
+            "server": name, "events": 0, "flagged": 0, "destinations": [], "flagged_by_reason": {},
+            "destination_count": 0,
         }  # fmt: skip
         span = server_span(store, name)
         out.append({**s, **span, "learning": learning_state(cfg, name, span["first_seen"], now)})
