@@ -321,7 +321,7 @@ def test_page_updates_live(page: Any, server: str, data: Path, tmp_path: Path) -
         uidb.LATER + 60,
     )  # fmt: skip
     uidb.replay_into(data, [capture], alerts=False)  # the daemon's write path, while the view reads
-    page.locator("#events td.name", has_text="fresh.notes.example").first.wait_for(timeout=15_000)
+    page.locator("#events td.name", has_text="fresh.notes.example").first.wait_for(timeout=45_000)
     assert page.evaluate("window.__same_document") is True  # swapped in place, not reloaded
     assert page.locator("#events tbody tr").count() == before + 4
     assert "updated" in page.locator("#live-state").inner_text()
