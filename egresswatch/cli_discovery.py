@@ -55,8 +55,18 @@ def server_dict(s: ServerDef) -> dict[str, object]:
         "env_keys": list(s.env_keys),
         "header_keys": list(s.header_keys),
         "cwd": str(s.cwd) if s.cwd else None,
+        "project": str(s.cwd) if s.cwd and s.scope in ("local", "project", "workspace") else None,
+        "owner": s.owner,
         "disabled": s.disabled,
     }
+
+
+def scope_cell(s: ServerDef) -> str:
+    """The scope column: a project-bound scope names its project directory
+    (Claude Code's ``local`` entries live in ~/.claude.json, not in the project)."""
+    if s.scope in ("local", "project", "workspace") and s.cwd:
+        return f"{s.scope} {s.cwd}"
+    return s.scope
 
 
 def render_servers(discovery: Discovery, trees: Mapping[ServerDef, str] | None = None) -> str:
@@ -67,7 +77,7 @@ def render_servers(discovery: Discovery, trees: Mapping[ServerDef, str] | None =
     rows = []
     for s in discovery.servers:
         name = s.name + (" (disabled)" if s.disabled else "")
-        rows.append([s.host, s.scope, str(s.file), name, command_line(s), ",".join(s.env_keys) or "-"])
+        rows.append([s.host, scope_cell(s), str(s.file), name, command_line(s), ",".join(s.env_keys) or "-"])
     text = table(("host", "scope", "file", "name", "command / url", "env keys"), rows)
     if not trees:
         return text

@@ -14,10 +14,11 @@ import os
 import pwd
 import stat
 from collections.abc import Iterable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 from egresswatch.discovery_formats import ServerDef, parse, sniff
+from egresswatch.proc_events import user_name
 
 __all__ = ["ConfigFile", "Discovery", "ServerDef", "discover", "all_homes", "MAX_FILE_BYTES"]
 
@@ -116,31 +117,50 @@ def all_homes() -> list[Path]:
     return sorted(h for h in homes if h.is_dir())
 
 
-def read_text(path: Path) -> tuple[str | None, str | None]:
-    """(text, None) or (None, warning). Refuses non-regular files (FIFOs, devices)
-    and files over MAX_FILE_BYTES; opens non-blocking so a FIFO cannot hang us."""
+def account(uid: int | None) -> str:
+    """The user name of ``uid`` exactly as the process readers name a process's
+    account (proc_events.user_name, one memo for both sides); "?" (no account)
+    when unknown."""
+    return "?" if uid is None else user_name(uid)
+
+
+def home_account(home: Path) -> str:
+    """The account a home directory belongs to: the owner of the directory
+    (a user's configs speak for that user's processes only)."""
+    try:
+        return account(os.stat(home).st_uid)
+    except OSError:
+        return "?"
+
+
+def read_text_owned(path: Path) -> tuple[str | None, str | None, int | None]:
+    """(text, None, uid) or (None, warning, uid); uid owns the file read (None when
+    not opened). Refuses non-regular files (FIFOs, devices) and files over
+    MAX_FILE_BYTES; opens non-blocking so a FIFO cannot hang us."""
+    uid = None
     try:
         fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | getattr(os, "O_CLOEXEC", 0))
     except FileNotFoundError:
-        return None, None
+        return None, None, None
     except OSError as exc:
-        return None, f"{path}: cannot read: {exc.strerror or exc}"
+        return None, f"{path}: cannot read: {exc.strerror or exc}", None
     try:
         st = os.fstat(fd)
+        uid = st.st_uid
         if not stat.S_ISREG(st.st_mode):
-            return None, f"{path}: not a regular file, skipped"
+            return None, f"{path}: not a regular file, skipped", uid
         if st.st_size > MAX_FILE_BYTES:
-            return None, f"{path}: larger than {MAX_FILE_BYTES} bytes, skipped"
+            return None, f"{path}: larger than {MAX_FILE_BYTES} bytes, skipped", uid
         with os.fdopen(fd, "rb", closefd=True) as f:
             fd = -1
             data = f.read(MAX_FILE_BYTES + 1)
     except OSError as exc:
-        return None, f"{path}: cannot read: {exc.strerror or exc}"
+        return None, f"{path}: cannot read: {exc.strerror or exc}", uid
     finally:
         if fd >= 0:
             os.close(fd)
     text = data.decode("utf-8", errors="replace")
-    return text.removeprefix("\ufeff"), None
+    return text.removeprefix("\ufeff"), None, uid
 
 
 class _Scan:
@@ -151,7 +171,17 @@ class _Scan:
         self.seen: set[Path] = set()
         self.projects: set[Path] = set()
 
-    def file(self, path: Path, host: str, scope: str, fmt: str | None, cwd: Path | None = None) -> None:
+    def file(
+        self,
+        path: Path,
+        host: str,
+        scope: str,
+        fmt: str | None,
+        cwd: Path | None = None,
+        owner: str | None = "",
+    ) -> None:
+        """Read one config file. ``owner``: the account the file speaks for
+        (None: everyone, for system-wide files; "": the file's owner)."""
         try:
             key = path.resolve()
             exists = path.is_file() or path.exists()
@@ -161,7 +191,7 @@ class _Scan:
         if not exists or key in self.seen:
             return
         self.seen.add(key)
-        text, warning = read_text(path)
+        text, warning, uid = read_text_owned(path)
         if warning:
             self.warnings.append(warning)
         if text is None:
@@ -173,11 +203,13 @@ class _Scan:
             host = sniffed if host == "file" else host
         self.files.append(ConfigFile(host, scope, path))
         res = parse(fmt, text, host, scope, path, cwd)
-        self.servers += res.servers
+        if owner == "":
+            owner = account(uid)
+        self.servers += [replace(s, owner=owner) for s in res.servers]
         self.warnings += res.warnings
         self.projects.update(res.projects)
 
-    def block_dir(self, d: Path, host: str, scope: str, cwd: Path | None) -> None:
+    def block_dir(self, d: Path, host: str, scope: str, cwd: Path | None, owner: str | None = "") -> None:
         try:
             entries = sorted(p for p in d.iterdir() if p.suffix.lower() in (".yaml", ".yml", ".json"))
         except FileNotFoundError:
@@ -187,7 +219,7 @@ class _Scan:
             return
         for p in entries:
             fmt = "continue_json" if p.suffix.lower() == ".json" else "continue_yaml"
-            self.file(p, host, scope, fmt, cwd)
+            self.file(p, host, scope, fmt, cwd, owner)
 
 
 def discover(
@@ -203,12 +235,13 @@ def discover(
     home_list = all_homes() if homes is None else sorted({Path(h) for h in homes})
     if homes is None:
         for host, path, fmt in SYSTEM_LOCATIONS:
-            scan.file(path, host, "system", fmt)
+            scan.file(path, host, "system", fmt, owner=None)
     for home in home_list:
+        owner = home_account(home)
         for host, rel, fmt in USER_LOCATIONS:
-            scan.file(home / rel, host, "user", fmt)
+            scan.file(home / rel, host, "user", fmt, owner=owner)
         for host, rel in _DIR_LOCATIONS:
-            scan.block_dir(home / rel, host, "user", None)
+            scan.block_dir(home / rel, host, "user", None, owner)
     for f in extra_files:
         if not os.path.lexists(f):
             scan.warnings.append(f"{f}: not found")

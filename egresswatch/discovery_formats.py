@@ -26,7 +26,7 @@ class ServerDef:
     """One MCP server definition as a host would launch or connect to it."""
 
     host: str
-    scope: str  # user | project | workspace
+    scope: str  # user | local | project | workspace | system
     file: Path
     name: str
     command: str | None = None
@@ -37,6 +37,10 @@ class ServerDef:
     cwd: Path | None = None
     disabled: bool = False
     headers: Pairs = field(default=(), repr=False)
+    #: the account whose config holds the definition (user name as /proc shows
+    #: it); it speaks only for that account's processes. None: a system-wide file,
+    #: for every account.
+    owner: str | None = None
 
     @property
     def env_keys(self) -> tuple[str, ...]:
@@ -308,7 +312,8 @@ parse_vscode_mcp = _servers_under("servers")
 
 
 def parse_claude_json(text: str, ctx: _Ctx) -> None:
-    """~/.claude.json: user servers plus ``projects.<dir>.mcpServers``."""
+    """~/.claude.json: user servers plus ``projects.<dir>.mcpServers`` (scope
+    "local", Claude Code's word: private to that user in that project)."""
     data = _dict_at(ctx, load_json(text, ctx, jsonc=False))
     if data is None:
         return
@@ -320,7 +325,7 @@ def parse_claude_json(text: str, ctx: _Ctx) -> None:
     for pdir, pobj in projects.items():
         if not isinstance(pobj, dict) or not pobj.get("mcpServers"):
             continue
-        sub = _Ctx(ctx.host, "project", ctx.file, Path(str(pdir)))
+        sub = _Ctx(ctx.host, "local", ctx.file, Path(str(pdir)))
         server_map(sub, pobj.get("mcpServers"), f"projects[{pdir!r}].mcpServers")
         ctx.servers += sub.servers
         ctx.warnings += sub.warnings

@@ -106,9 +106,11 @@ class LineageTracker:
     - exec: /proc/PID/{stat,cmdline,exe,status} are read at once and the
       lineage recomputed; inside an installing tree /proc/PID/environ is
       checked for npm_lifecycle_event (postinstall scripts);
-    - exit: the record moves to a bounded store of exited processes
-      (``dead_keep`` records, ``dead_seconds``), so a chain survives the
-      parent's exit, a double fork + setsid and reparenting to pid 1.
+    - exit: the record is kept while a tracked process still descends from
+      it (``_held``: evicted only when none does, whatever else exits), so a
+      chain survives the parent's exit, a double fork + setsid and reparenting
+      to pid 1; an exited process without descendants goes to a bounded store
+      (``dead_keep`` records, ``dead_seconds``) for late packet lookups.
     """
 
     def __init__(
@@ -125,7 +127,10 @@ class LineageTracker:
         self.dead_seconds = dead_seconds
         self._lock = threading.RLock()
         self._live: dict[int, _Rec] = {}
-        self._dead: OrderedDict[tuple[int, float], _Rec] = OrderedDict()
+        self._dead: OrderedDict[tuple[int, float], _Rec] = OrderedDict()  # exited leaves, oldest first
+        self._held: dict[tuple[int, float], _Rec] = {}  # exited, with tracked descendants
+        self._kids: Counter[tuple[int, float]] = Counter()  # records whose parent is the key
+        self.held_keep = 16 * dead_keep  # bounds a fork-and-exit chain of any length
         self._marks: set[tuple[int, float]] = set()
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
@@ -194,7 +199,7 @@ class LineageTracker:
                 # read from /proc (on demand) before this event arrived: the fork's
                 # parent is authoritative (it may have exited and been replaced by 1)
                 if parent is not None and old.parent != parent.info.key:
-                    old.parent = parent.info.key
+                    self._set_parent(old, parent.info.key)
                     old.info = replace(old.info, ppid=ppid)
                     old.lineage = classify_with(
                         self._chain(old, include_self=True), self.matcher, self._marks
@@ -228,7 +233,11 @@ class LineageTracker:
                 and read_environ_has(pid, LIFECYCLE_ENV)
             ):
                 self._marks.add(info.key)
-            rec.lineage = classify_with(self._chain(rec, include_self=True), self.matcher, self._marks)
+            # an exec changes what a process runs, never whom it descends from: a
+            # lineage inherited at fork stays when the chain above is out of reach
+            rec.lineage = (
+                classify_with(self._chain(rec, include_self=True), self.matcher, self._marks) or rec.lineage
+            )
             tied = rec.lineage is not None
             shim_child = not tied and self._under_shim(info)
         if shim_child:
@@ -267,7 +276,7 @@ class LineageTracker:
             if rec is None or rec.info.create_time != info.create_time or self._get(cli) is None:
                 log.debug("container process %d gone before its link", info.pid)
                 return False
-            rec.parent = cli
+            self._set_parent(rec, cli)
             rec.lineage = classify_with(self._chain(rec, include_self=True), self.matcher, self._marks)
             self.counters["container_links"] += 1
             log.debug("container process %d: %s", info.pid, rec.lineage)
@@ -292,11 +301,9 @@ class LineageTracker:
             if rec is None:
                 return
             self.counters["exits"] += 1
-            rec.alive = False
             rec.exited_at = time.monotonic()
             rec.exited_wall = time.time()
-            self._dead[rec.info.key] = rec
-            self._prune()
+            self._retire(rec)
 
     # -- queries --------------------------------------------------------
     def lookup(self, pid: int) -> tuple[ProcessInfo | None, tuple[ProcessInfo, ...], Lineage | None]:
@@ -351,7 +358,11 @@ class LineageTracker:
         """Per MCP server launch, its process tree (exited members shown as such
         while their record is kept; a subtree with no live member is left out)."""
         with self._lock:
-            recs = [r for r in (*self._live.values(), *self._dead.values()) if r.lineage is not None]
+            recs = [
+                r
+                for r in (*self._live.values(), *self._held.values(), *self._dead.values())
+                if r.lineage is not None
+            ]
             kids: dict[tuple[int, float], list[_Rec]] = {}
             for r in recs:
                 if r.parent is not None:
@@ -380,7 +391,7 @@ class LineageTracker:
         rec = self._live.get(key[0])
         if rec is not None and rec.info.create_time == key[1]:
             return rec
-        return self._dead.get(key)
+        return self._held.get(key) or self._dead.get(key)
 
     def _parent_key(self, ppid: int | None) -> tuple[int, float] | None:
         if not ppid:
@@ -402,9 +413,10 @@ class LineageTracker:
     def _add(self, info: ProcessInfo, parent: tuple[int, float] | None, classify_now: bool = True) -> _Rec:
         old = self._live.get(info.pid)
         if old is not None and old.info.create_time != info.create_time:  # missed exit: pid reused
-            old.alive = False
-            self._dead[old.info.key] = old
-        rec = _Rec(info, parent, born=time.monotonic())
+            old.exited_at = time.monotonic()
+            self._retire(old)
+        rec = _Rec(info, None, born=time.monotonic())
+        self._set_parent(rec, parent)
         self._live[info.pid] = rec
         if classify_now:
             rec.lineage = classify_with(self._chain(rec, include_self=True), self.matcher, self._marks)
@@ -423,6 +435,43 @@ class LineageTracker:
             cur = nxt
         return out
 
+    def _set_parent(self, rec: _Rec, parent: tuple[int, float] | None) -> None:
+        """Link ``rec`` under ``parent``, keeping the descendant counts right."""
+        old = rec.parent
+        rec.parent = parent
+        if parent is not None:
+            self._kids[parent] += 1
+            dead = self._dead.pop(parent, None)
+            if dead is not None:  # an exited leaf gains a descendant (a container link)
+                self._held[parent] = dead
+        if old is not None:
+            self._release(old)
+
+    def _release(self, key: tuple[int, float]) -> None:
+        """One descendant record of ``key`` is gone; an exited ``key`` with none
+        left becomes an evictable leaf."""
+        self._kids[key] -= 1
+        if self._kids[key] > 0:
+            return
+        del self._kids[key]
+        rec = self._held.pop(key, None)
+        if rec is not None:
+            self._dead[key] = rec
+
+    def _retire(self, rec: _Rec) -> None:
+        """``rec`` exited: held while tracked processes descend from it, else a leaf."""
+        rec.alive = False
+        if self._kids.get(rec.info.key, 0) > 0:
+            self._held[rec.info.key] = rec
+        else:
+            self._dead[rec.info.key] = rec
+        self._prune()
+
+    def _evict(self, rec: _Rec) -> None:
+        self._marks.discard(rec.info.key)
+        if rec.parent is not None:
+            self._release(rec.parent)
+
     def _prune(self) -> None:
         now = time.monotonic()
         while self._dead:
@@ -430,7 +479,14 @@ class LineageTracker:
             if len(self._dead) <= self.dead_keep and now - rec.exited_at < self.dead_seconds:
                 break
             del self._dead[key]
-            self._marks.discard(key)
+            self.counters["dead_evicted"] += 1
+            self._evict(rec)
+        while len(self._held) > self.held_keep:  # only a chain of fork-and-exit generations gets here
+            key = next(iter(self._held))
+            rec = self._held.pop(key)
+            self._kids.pop(key, None)
+            self.counters["held_evicted"] += 1
+            self._evict(rec)
 
     def _follow(self) -> None:
         conn = self._connector

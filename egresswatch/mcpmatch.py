@@ -1,10 +1,12 @@
 """Pure matching of command lines to MCP server launches (no I/O but reading
 ``/proc`` is elsewhere): :func:`signature` reduces a command line to what was
 really launched, seeing through the wrappers hosts and package runners insert
-(``sh -c``, ``cmd /c``, ``env``, interpreters, ``npx``/``npm exec``,
-``uvx``/``uv tool uvx``/``pipx run``, ``uv run``, ``docker run``);
-:class:`Matcher` ties a command line to a discovered ServerDef or to a
-configured launcher pattern; :func:`classify` turns an ancestor chain into a
+(``sh -c``, ``cmd /c``, ``env``, su/sudo/runuser/setpriv/doas, nice/ionice/
+timeout/flatpak-spawn ... (egresswatch.launchers), interpreters,
+``npx``/``npm exec``, ``uvx``/``uv tool uvx``/``pipx run``, ``uv run``,
+``docker run``); :class:`Matcher` ties a command line to a discovered
+ServerDef of the process's own account (or a system-wide one) or to a
+configured launcher pattern, a definition always winning over a pattern; :func:`classify` turns an ancestor chain into a
 :class:`Lineage` (server, host, phase, root). See egresswatch.lineage for the
 live process tree and the phase rules.
 """
@@ -16,11 +18,11 @@ import os
 import re
 import shlex
 from collections.abc import Container, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from functools import lru_cache
 from typing import Protocol
 
-from egresswatch.launchers import VALUE_OPTS
+from egresswatch.launchers import SWITCHERS, VALUE_OPTS, WRAPPER_NAMES, shell_words, unwrap
 from egresswatch.model import Attribution, ProcessInfo
 
 log = logging.getLogger(__name__)
@@ -101,6 +103,8 @@ class ServerLike(Protocol):
     def cwd(self) -> str | os.PathLike[str] | None: ...
     @property
     def disabled(self) -> bool: ...
+    @property
+    def owner(self) -> str | None: ...
 
 
 @dataclass(frozen=True, slots=True)
@@ -108,12 +112,14 @@ class Signature:
     """What a command line really launches: ``kind`` is "npm" (npm package via
     a runner), "py" (Python package via uvx/pipx), "docker" (image), "pymod"
     (``python -m``) or "exe" (a program or script path); ``runner`` is true
-    when the process itself is the package runner."""
+    when the process itself is the package runner; ``switched`` when a
+    user-switching wrapper runs it (its account is not the wrapper's)."""
 
     kind: str
     name: str
     args: tuple[str, ...]
     runner: bool = False
+    switched: bool = False  # launched through su/sudo/runuser/setpriv/doas: runs as another account
 
 
 @dataclass(frozen=True, slots=True)
@@ -182,42 +188,51 @@ def _skip_opts(argv: Sequence[str], i: int, with_value: Container[str]) -> tuple
     return i, pkg
 
 
-def _shell_words(script: str) -> list[str]:
-    """The words of a ``sh -c`` script's first simple command (up to ; && | ...),
-    without a leading ``exec``; [] when it cannot be split."""
-    lex = shlex.shlex(script, posix=True, punctuation_chars=True)
-    lex.whitespace_split = True
-    words: list[str] = []
+def _split(text: str) -> list[str]:
     try:
-        for tok in lex:
-            if tok and all(c in "();<>|&" for c in tok):
-                break
-            words.append(tok)
+        return shlex.split(text)
     except ValueError:
         return []
-    while words and words[0] in ("exec", "nohup", "command"):
-        words = words[1:]
-    return words
 
 
 def signature(argv: Sequence[str]) -> Signature | None:  # noqa: C901 - one table of wrappers
-    """Pure: what ``argv`` launches, through at most 8 layers of wrappers."""
+    """Pure: what ``argv`` launches, through at most 12 layers of wrappers
+    (``sudo -u u sh -c "cd ~ && exec nice -n5 npx -y pkg"`` is four)."""
+    wrappers: list[str] = []
+    sig = _signature(argv, wrappers)
+    if sig is None or SWITCHERS.isdisjoint(wrappers):
+        return sig
+    return replace(sig, switched=True)
+
+
+def _signature(argv: Sequence[str], wrappers: list[str]) -> Signature | None:  # noqa: C901 - one table of wrappers
     args = list(argv)
     runner_seen = False
-    for _ in range(8):
+    for _ in range(12):
         if not args:
             return None
         a0 = _base(args[0])
         if a0 == "env":
             i = 1
             while i < len(args) and (args[i].startswith("-") or "=" in args[i]):
-                i += 2 if args[i] in ("-u", "-C", "-S") else 1
+                if args[i] in ("-S", "--split-string") and i + 1 < len(args):
+                    args = [*_split(args[i + 1]), *args[i + 2 :]]
+                    i = 0
+                    break
+                i += 2 if args[i] in ("-u", "-C", "--unset", "--chdir") else 1
             args = args[i:]
+            continue
+        if a0 in WRAPPER_NAMES:
+            wrappers.append(a0)
+            inner = unwrap(a0, args)
+            if inner is None:
+                return Signature("exe", a0, ())
+            args = inner
             continue
         if a0 in _SHELLS:
             cidx = next((i for i, t in enumerate(args[1:4], 1) if re.fullmatch(r"-[a-z]*c[a-z]*", t)), None)
             if cidx is not None and cidx + 1 < len(args):
-                args = _shell_words(args[cidx + 1])
+                args = shell_words(args[cidx + 1])
                 continue
             rest = [t for t in args[1:] if not t.startswith("-")]
             if not rest:
@@ -312,7 +327,9 @@ def docker_run_at(args: Sequence[str]) -> int | None:
 
 def _generic(sig: Signature) -> bool:
     b = _base(sig.name)
-    return sig.kind == "exe" and (b in _SHELLS or bool(_INTERP_RE.match(b)) or b in ("env", "cmd", "uv"))
+    return sig.kind == "exe" and (
+        b in _SHELLS or bool(_INTERP_RE.match(b)) or b in ("cmd", "uv") or b in WRAPPER_NAMES
+    )
 
 
 def _same_exe(expected: str, actual: str, cwd: str | os.PathLike[str] | None) -> bool:
@@ -386,7 +403,12 @@ def host_app(p: ProcessInfo) -> str | None:
 
 
 class Matcher:
-    """Ties command lines to ServerDefs (first) or launcher patterns; memoised."""
+    """Ties command lines to ServerDefs or launcher patterns; memoised.
+
+    A definition with an ``owner`` (the account whose config holds it) speaks
+    only for that account's processes; one without (system-wide files) for
+    every account. :func:`classify_with` prefers any definition match in a
+    chain over any pattern match."""
 
     def __init__(self, servers: Sequence[ServerLike], patterns: Sequence[str] = ()) -> None:
         self.defs: list[tuple[Signature, ServerLike]] = []
@@ -402,30 +424,64 @@ class Matcher:
                 self.patterns.append(re.compile(p))
             except re.error as exc:
                 log.warning("launcher pattern %r ignored: %s", p, exc)
-        self._match = lru_cache(maxsize=8192)(self._match_uncached)
+        self._config = lru_cache(maxsize=8192)(self._config_uncached)
+        self._pattern = lru_cache(maxsize=8192)(self._pattern_uncached)
 
-    def match(self, cmdline: tuple[str, ...], ancestor_hosts: tuple[str, ...] = ()) -> RootMatch | None:
+    def match(
+        self, cmdline: tuple[str, ...], ancestor_hosts: tuple[str, ...] = (), user: str | None = None
+    ) -> RootMatch | None:
+        """A definition match for a process of ``user`` running ``cmdline``, else a pattern match."""
+        return self.match_config(cmdline, ancestor_hosts, user) or self.match_pattern(cmdline, ancestor_hosts)
+
+    def match_config(
+        self, cmdline: tuple[str, ...], ancestor_hosts: tuple[str, ...] = (), user: str | None = None
+    ) -> RootMatch | None:
         if sum(len(a) for a in cmdline) > 4096:  # keep the memo small whatever processes do
-            return self._match_uncached(cmdline, ancestor_hosts)
-        return self._match(cmdline, ancestor_hosts)
+            return self._config_uncached(cmdline, ancestor_hosts, user)
+        return self._config(cmdline, ancestor_hosts, user)
 
-    def _match_uncached(self, cmdline: tuple[str, ...], ancestor_hosts: tuple[str, ...]) -> RootMatch | None:
-        if not cmdline:
+    def match_pattern(
+        self, cmdline: tuple[str, ...], ancestor_hosts: tuple[str, ...] = ()
+    ) -> RootMatch | None:
+        if sum(len(a) for a in cmdline) > 4096:
+            return self._pattern_uncached(cmdline, ancestor_hosts)
+        return self._pattern(cmdline, ancestor_hosts)
+
+    def _config_uncached(
+        self, cmdline: tuple[str, ...], ancestor_hosts: tuple[str, ...], user: str | None
+    ) -> RootMatch | None:
+        if not cmdline or not self.defs:
             return None
         sig = signature(cmdline)
         if sig is None:
             return None
-        hits = [(e, s) for e, s in self.defs if sig_matches(e, sig, s.cwd)]
-        if hits:
+        # a user-switching wrapper (su, sudo ...) runs the command as another
+        # account than its own: only system-wide definitions speak for it there;
+        # the launched process itself matches its own account's definition
+        hits = [
+            (e, s)
+            for e, s in self.defs
+            if (getattr(s, "owner", None) is None or (s.owner == user and not sig.switched))
+            and sig_matches(e, sig, s.cwd)
+        ]
+        if not hits:
+            return None
 
-            def rank(hit: tuple[Signature, ServerLike]) -> tuple[int, int]:
-                host = (hit[1].host or "").lower()
-                near = any(host == h or host.startswith(h + "-") for h in ancestor_hosts)
-                return (0 if near else 1, -len(hit[0].args))
+        def rank(hit: tuple[Signature, ServerLike]) -> tuple[int, int]:
+            host = (hit[1].host or "").lower()
+            near = any(host == h or host.startswith(h + "-") for h in ancestor_hosts)
+            return (0 if near else 1, -len(hit[0].args))
 
-            _exp, best = min(hits, key=rank)
-            return RootMatch(best.name, best.host, "config", sig.runner)
-        if _generic(sig):
+        _exp, best = min(hits, key=rank)
+        return RootMatch(best.name, best.host, "config", sig.runner)
+
+    def _pattern_uncached(
+        self, cmdline: tuple[str, ...], ancestor_hosts: tuple[str, ...]
+    ) -> RootMatch | None:
+        if not cmdline or not self.patterns:
+            return None
+        sig = signature(cmdline)
+        if sig is None or _generic(sig):
             return None
         text = " ".join(cmdline)
         for pat in self.patterns:
@@ -469,7 +525,11 @@ def is_wrapper(p: ProcessInfo) -> bool:
     if not p.cmdline:
         return False
     a0 = _base(p.cmdline[0])
-    if a0 in _SHELLS or a0 in ("env", "cmd", "uv", "uvx", "npx", "bunx", "pnpx", "pipx", "npm"):
+    if (
+        a0 in _SHELLS
+        or a0 in ("cmd", "uv", "uvx", "npx", "bunx", "pnpx", "pipx", "npm")
+        or a0 in WRAPPER_NAMES
+    ):
         return True
     sig = signature(p.cmdline)
     return sig is not None and sig.runner
@@ -483,15 +543,23 @@ def classify_with(
     hosts: list[str] = []
     root_at = -1
     found: RootMatch | None = None
+    pattern: tuple[int, RootMatch] | None = None
     for i in range(len(chain) - 1, -1, -1):  # outermost ancestor first
         p = chain[i]
-        m = matcher.match(p.cmdline, tuple(reversed(hosts)))
-        if m is not None:
+        near = tuple(reversed(hosts))
+        m = matcher.match_config(p.cmdline, near, p.user)
+        if m is not None:  # a definition beats any pattern match, even an outer one
             root_at, found = i, m
             break
+        if pattern is None:
+            pm = matcher.match_pattern(p.cmdline, near)
+            if pm is not None:
+                pattern = (i, pm)
         h = host_app(p)
         if h is not None:
             hosts.append(h)
+    if found is None and pattern is not None:
+        root_at, found = pattern
     if found is None:
         return None
     phase = INSTALL if found.runner else RUN

@@ -173,12 +173,29 @@ def boot_time() -> float:
     return 0.0
 
 
-@lru_cache(maxsize=512)
+_NAMES: dict[int, str] = {}
+_NAMES_STAMP: list[int | None] = [None]
+
+
 def user_name(uid: int) -> str:
+    """The account name of ``uid`` (the number when it has none), memoised until
+    /etc/passwd changes: a uid freed by userdel and given to a new account
+    must not keep the old account's name (definitions are tied to accounts)."""
     try:
-        return pwd.getpwuid(uid).pw_name
-    except KeyError:
-        return str(uid)
+        stamp: int | None = os.stat("/etc/passwd").st_mtime_ns
+    except OSError:
+        stamp = None
+    if stamp != _NAMES_STAMP[0] or len(_NAMES) > 4096:
+        _NAMES.clear()
+        _NAMES_STAMP[0] = stamp
+    name = _NAMES.get(uid)
+    if name is None:
+        try:
+            name = pwd.getpwuid(uid).pw_name
+        except KeyError:
+            name = str(uid)
+        _NAMES[uid] = name
+    return name
 
 
 def read_stat(pid: int) -> tuple[int, float, str] | None:

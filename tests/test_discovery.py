@@ -52,10 +52,10 @@ def test_every_host_is_found_in_linux_home() -> None:
 
 def test_host_specific_shapes() -> None:
     s = by_name(discover([ALICE]))
-    # ~/.claude.json: user servers and projects.<dir>.mcpServers with their cwd
+    # ~/.claude.json: user servers and projects.<dir>.mcpServers ("local", Claude Code's word) with their cwd
     assert s["postgres-typo"].scope == "user"
     assert (s["sentry"].scope, s["sentry"].cwd, s["sentry"].transport) == (
-        "project",
+        "local",
         Path("/srv/proj-a"),
         "http",
     )

@@ -17,7 +17,7 @@ from egresswatch.lineage import LineageTracker
 from egresswatch.mcpmatch import INSTALL, RUN, Matcher, classify, host_app, signature
 from egresswatch.model import ProcessInfo
 from egresswatch.proc_events import EXEC, EXIT, FORK, decode_events, read_process
-from tests.helpers.netlab import wait_for
+from tests.helpers.netlab import missing, wait_for
 
 _pid = iter(range(1000, 100000))
 
@@ -401,3 +401,62 @@ def test_docker_options_with_values_are_skipped_like_the_audit_does() -> None:
     assert sig is not None and "mcp/postgres" in repr(sig) and "'db'" not in repr(sig)
     launch = parse_launch(argv[0], tuple(argv[1:]))
     assert "mcp/postgres" in repr(launch)
+
+
+EVICT_SERVER = r"""
+import os, sys, time
+go_r, go_w = os.pipe()
+pid = os.fork()
+if pid == 0:                       # middle parent
+    if os.fork():
+        os._exit(0)
+    os.setsid()
+    if os.fork():                  # second middle parent
+        os._exit(0)
+    print(os.getpid(), flush=True)
+    os.read(go_r, 1)               # wait until the server ran its children
+    os.execv("/bin/sleep", ["sleep", "30"])
+os.waitpid(pid, 0)
+for i in range(int(sys.argv[1])):   # short-lived children: each exit fills the store of exited processes
+    os.waitpid(os.posix_spawn("/bin/true", ["true"], {}), 0)
+print("done", flush=True)
+os.write(go_w, b"x")
+time.sleep(30)
+"""
+
+
+def test_lineage_of_live_descendants_survives_many_exits(tmp_path: Path) -> None:
+    """A double fork, then 4,200 short /bin/true children (more than the store of
+    exited processes keeps): the grandchild's exited middle parents are still
+    needed by a live process, so they are kept, and its exec stays watched."""
+    if os.geteuid() != 0:
+        missing("the proc connector needs root")
+    script = tmp_path / "evict_srv.py"
+    script.write_text(EVICT_SERVER)
+    tr = LineageTracker([sd("evict-srv", sys.executable, str(script))])
+    assert tr.start() == "connector"
+    srv = subprocess.Popen([sys.executable, str(script), "4200"], stdout=subprocess.PIPE, text=True)
+    grandchild = 0
+    try:
+        assert srv.stdout is not None
+        grandchild = int(srv.stdout.readline())
+        assert srv.stdout.readline().strip() == "done"
+        wait_for(lambda: tr.counters["exits"] >= 4200, 120, "the children's exits processed")
+        assert tr.counters["dead_evicted"] > 0  # the bound on exited processes was reached
+        wait_for(
+            lambda: (read_process(grandchild) or ProcessInfo(0, 0)).name == "sleep", 5, "grandchild exec"
+        )
+        lin = wait_for(lambda: (lambda i, c, lin: lin if i and i.name == "sleep" else None)(*tr.lookup(grandchild)),
+                       5, "grandchild's exec classified")  # fmt: skip
+        assert (lin.server, lin.phase) == ("evict-srv", RUN)
+        _info, chain_, _ = tr.lookup(grandchild)
+        assert [p.pid for p in chain_][-1:] != [] and srv.pid in [
+            p.pid for p in chain_
+        ]  # chain reaches the root
+        assert tr.counters["held_evicted"] == 0
+    finally:
+        srv.kill()
+        srv.wait()
+        if grandchild:
+            subprocess.run(["kill", str(grandchild)], check=False, capture_output=True)
+        tr.stop()
