@@ -181,7 +181,8 @@ class _Scan:
         owner: str | None = "",
     ) -> None:
         """Read one config file. ``owner``: the account the file speaks for
-        (None: everyone, for system-wide files; "": the file's owner)."""
+        (None: everyone, for system-wide files; "": the file's owner, everyone
+        when that is root)."""
         try:
             key = path.resolve()
             exists = path.is_file() or path.exists()
@@ -203,8 +204,8 @@ class _Scan:
             host = sniffed if host == "file" else host
         self.files.append(ConfigFile(host, scope, path))
         res = parse(fmt, text, host, scope, path, cwd)
-        if owner == "":
-            owner = account(uid)
+        if owner == "":  # a root-owned project or extra file: only root could write it
+            owner = None if uid == 0 else account(uid)
         self.servers += [replace(s, owner=owner) for s in res.servers]
         self.warnings += res.warnings
         self.projects.update(res.projects)
@@ -226,14 +227,17 @@ def discover(
     homes: Iterable[Path] | None = None,
     extra_files: Iterable[Path] = (),
     project_dirs: Iterable[Path] = (),
+    system: bool | None = None,
 ) -> Discovery:
     """Read every known MCP host config under ``homes`` (None: all users when
-    root, else the current user, plus machine-wide managed files), the ``extra_files`` (format sniffed), and the
-    project-scope files under ``project_dirs`` and under the projects listed in
-    each home's ~/.claude.json."""
+    root, else the current user), the machine-wide managed files (``system``;
+    by default when ``homes`` is None), the ``extra_files`` (format sniffed),
+    and the project-scope files under ``project_dirs`` and under the projects
+    listed in each home's ~/.claude.json. Each definition names the account it
+    speaks for (``ServerDef.owner``)."""
     scan = _Scan()
     home_list = all_homes() if homes is None else sorted({Path(h) for h in homes})
-    if homes is None:
+    if homes is None if system is None else system:
         for host, path, fmt in SYSTEM_LOCATIONS:
             scan.file(path, host, "system", fmt, owner=None)
     for home in home_list:

@@ -316,6 +316,7 @@ class Daemon:
             homes=[*all_homes(), *cfg.extra_homes],
             extra_files=cfg.extra_files,
             project_dirs=host_project_dirs(),
+            system=True,  # machine-wide managed files speak for every account
         )
         for warning in found.warnings:
             log.warning("discovery: %s", warning)

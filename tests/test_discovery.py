@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import os
+import pwd
 import shutil
 import tempfile
 from pathlib import Path
@@ -17,6 +18,7 @@ from hypothesis import strategies as st
 from egresswatch.cli import cli
 from egresswatch.discovery import Discovery, ServerDef, all_homes, discover
 from egresswatch.discovery_formats import PARSERS, parse, strip_jsonc
+from tests.helpers.netlab import missing
 
 FIXTURES = Path(__file__).parent / "fixtures" / "homes"
 ALICE = FIXTURES / "linux" / "alice"
@@ -241,7 +243,13 @@ def test_servers_command_table_and_json() -> None:
     gh = next(r for r in rows if r["name"] == "github")
     assert gh["env_keys"] == ["GITHUB_PERSONAL_ACCESS_TOKEN"] and "env" not in gh
     assert gh["command"] == "npx -y @modelcontextprotocol/server-github"
-    assert next(r for r in rows if r["name"] == "sentry")["url"] == "https://mcp.sentry.dev/mcp"
+    sentry = next(r for r in rows if r["name"] == "sentry")
+    assert sentry["url"] == "https://mcp.sentry.dev/mcp"
+    # Claude Code's projects.<dir>.mcpServers: scope "local", and the project is shown
+    assert (sentry["scope"], sentry["project"]) == ("local", "/srv/proj-a")
+    assert gh["owner"] == pwd.getpwuid(ALICE.stat().st_uid).pw_name and gh["project"] is None
+    table = runner.invoke(cli, ["servers", "--home", str(ALICE)]).stdout
+    assert any("local /srv/proj-a" in line and "sentry" in line for line in table.splitlines())
 
 
 def test_render_servers_with_trees() -> None:
@@ -316,3 +324,31 @@ def test_default_homes() -> None:
         assert homes == [Path.home()]
     d = discover(None)  # the real machine: must not raise
     assert isinstance(d.warnings, tuple)
+
+
+def test_each_definition_names_the_account_it_speaks_for(tmp_path: Path) -> None:
+    """Files under a home speak for the home's owner; project and extra files for
+    their own owner (everyone when root owns them); system-wide files for everyone."""
+    if os.geteuid() != 0:
+        missing("chown needs root")
+    home, proj = tmp_path / "home", tmp_path / "proj"
+    for d in (home / ".cursor", proj / ".cursor"):
+        d.mkdir(parents=True)
+    entry = {"mcpServers": {"s": {"command": "/opt/s", "args": []}}}
+    (home / ".cursor" / "mcp.json").write_text(json.dumps(entry))
+    (home / ".claude.json").write_text(
+        json.dumps({"projects": {str(proj): {"mcpServers": entry["mcpServers"]}}})
+    )
+    (proj / ".cursor" / "mcp.json").write_text(json.dumps(entry))
+    os.chown(home, 4242, 4242)  # an account with no name: named by its number
+    os.chown(proj / ".cursor" / "mcp.json", 4343, 4343)
+    extra = tmp_path / "extra.json"
+    extra.write_text(json.dumps(entry))
+    found = discover([home], [extra], [proj])
+    owners = {(s.scope, str(s.file)): s.owner for s in found.servers}
+    assert owners == {
+        ("user", str(home / ".cursor" / "mcp.json")): "4242",
+        ("local", str(home / ".claude.json")): "4242",
+        ("project", str(proj / ".cursor" / "mcp.json")): "4343",
+        ("user", str(extra)): None,  # root-owned: only root could have written it
+    }
