@@ -263,6 +263,20 @@ def notifier(config_path: Path | None, db: Path | None, url: str | None, interva
     follow(db or cfg.daemon.database, send, interval=interval, should_stop=lambda: stop["flag"])
 
 
+def hidden_by_private_tmp(paths: list[str]) -> list[str]:
+    """Those of ``paths`` (the egresswatch executable, its interpreter, its
+    package) under /tmp or /var/tmp: the units' PrivateTmp=yes gives the
+    service an empty /tmp, so it could not start from there."""
+    out = []
+    for p in paths:
+        real = os.path.realpath(p)
+        for tmp in ("/tmp", "/var/tmp"):
+            if real == tmp or real.startswith(tmp + "/"):
+                out.append(real)
+                break
+    return out
+
+
 @click.command("install-service")
 @click.option("--prefix", type=click.Path(file_okay=False, path_type=Path), default=Path("/"), show_default=True,
               help="Install under this root (for packaging or a test).")  # fmt: skip
@@ -279,6 +293,14 @@ def install_service(prefix: Path, use_launchd: bool) -> None:
     """
     found = shutil.which("egresswatch")
     exe = found if found else f"{sys.executable} -m egresswatch"
+    import egresswatch
+
+    if not use_launchd:
+        for hidden in sorted(set(hidden_by_private_tmp(
+                [found or sys.executable, sys.executable, sys.prefix, os.path.dirname(egresswatch.__file__)]))):  # fmt: skip
+            click.echo(f"egresswatch: warning: {safe(hidden)} is under /tmp: the units' PrivateTmp=yes hides it "
+                       "from the service, which then cannot start; install egresswatch elsewhere (or add "
+                       f"BindReadOnlyPaths={safe(hidden)} in a drop-in)", err=True)  # fmt: skip
     if use_launchd:
         pairs = [(REPO / "launchd/org.egresswatch.daemon.plist", "Library/LaunchDaemons"),
                  (REPO / "launchd/org.egresswatch.notifier.plist", "Library/LaunchAgents")]  # fmt: skip

@@ -157,7 +157,9 @@ def _connect(path: Path, readonly: bool) -> sqlite3.Connection:
 
 
 def _create_file(path: Path, group: str | None) -> None:
-    """Create the database directory and file with restrictive modes."""
+    """Create the database directory and file with restrictive modes; an
+    existing root-owned database is given ``group`` (when it was created
+    before the group was configured, or a start failed half-way)."""
     gid = -1
     if group is not None:
         try:
@@ -168,17 +170,41 @@ def _create_file(path: Path, group: str | None) -> None:
         os.makedirs(path.parent, mode=0o750, exist_ok=True)
         os.chmod(path.parent, 0o750)
         if gid >= 0 and os.geteuid() == 0:
-            os.chown(path.parent, 0, gid)
+            _chown(path.parent, None, gid)
     if path.exists():
+        if gid >= 0 and os.geteuid() == 0:
+            fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC | os.O_NONBLOCK)
+            try:
+                st = os.fstat(fd)
+                if stat.S_ISREG(st.st_mode) and st.st_uid == 0 and st.st_gid != gid:
+                    _chown(path, fd, gid)
+                    os.fchmod(fd, 0o640)
+            finally:
+                os.close(fd)
         return
     mode = 0o640 if gid >= 0 else 0o600
     fd = os.open(path, os.O_CREAT | os.O_EXCL | os.O_RDWR | os.O_NOFOLLOW | os.O_CLOEXEC, mode)
     try:
         os.fchmod(fd, mode)
         if gid >= 0 and os.geteuid() == 0:
-            os.fchown(fd, 0, gid)
+            _chown(path, fd, gid)
     finally:
         os.close(fd)
+
+
+def _chown(path: Path, fd: int | None, gid: int) -> None:
+    """Give ``path`` (or the open ``fd``) to root:gid; EPERM (no CAP_CHOWN, or a
+    system call filter without the chown calls) is a one-line StoreError."""
+    try:
+        if fd is not None:
+            os.fchown(fd, 0, gid)
+        else:
+            os.chown(path, 0, gid, follow_symlinks=False)
+    except PermissionError as exc:
+        raise StoreError(
+            f"{path}: cannot give it to daemon.db_group (gid {gid}): {exc.strerror} "
+            "(needs CAP_CHOWN and the chown system calls)"
+        ) from None
 
 
 def _match_sidecars(path: Path) -> None:

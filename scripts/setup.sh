@@ -20,6 +20,7 @@ if [ "${1:-}" = "--test" ]; then
     openssl           # TLS server and clients in live tests
     ethtool           # offload switches in the daemon benchmark
     systemd           # systemd-analyze verify of the unit files
+    debootstrap systemd-container  # the units under a real systemd: a Debian container booted by systemd-nspawn
     dbus dunst xvfb libnotify-bin  # desktop-notification tests
     docker.io busybox-static  # container attribution tests: a real dockerd, a scratch image
     chromium chromium-driver  # browser tests of `egresswatch ui` (playwright drives Debian's chromium)

@@ -349,6 +349,51 @@ def test_group_mode_0640(tmp_path: Path) -> None:
         Store(tmp_path / "x.db", group="no-such-group-egw")
 
 
+def _other_group() -> tuple[str, int]:
+    import grp
+
+    g = next(g for g in grp.getgrall() if g.gr_gid not in (0, os.getgid()))
+    return g.gr_name, g.gr_gid
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason="chown needs root")
+def test_existing_database_gets_the_configured_group(tmp_path: Path) -> None:
+    """A database made before db_group was set (or by a start that failed
+    half-way) is given the group at the next start, not left root-only."""
+    name, gid = _other_group()
+    p = tmp_path / "e.db"
+    Store(p).close()
+    assert (os.stat(p).st_gid, stat.S_IMODE(os.stat(p).st_mode)) == (0, 0o600)
+    Store(p, group=name).close()
+    st = os.stat(p)
+    assert (st.st_uid, st.st_gid, stat.S_IMODE(st.st_mode)) == (0, gid, 0o640)
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason="setpriv drops a capability of root")
+def test_chown_refused_is_a_one_line_error(tmp_path: Path) -> None:
+    """Without CAP_CHOWN (or with a system call filter refusing chown, as the
+    systemd unit had) the store says so in one line, no traceback."""
+    import shutil
+    import subprocess
+    import sys
+
+    if shutil.which("setpriv") is None:
+        pytest.fail("setpriv (util-linux) is missing")
+    name, gid = _other_group()
+    code = (
+        "import sys\nfrom egresswatch.store import Store, StoreError\n"
+        f"try:\n    Store({str(tmp_path / 'e.db')!r}, group={name!r})\n"
+        "except StoreError as e:\n    print(e); sys.exit(3)\n"
+    )
+    out = subprocess.run(["setpriv", "--bounding-set=-chown", "--inh-caps=-chown", sys.executable, "-c", code],
+                         capture_output=True, text=True, timeout=60)  # fmt: skip
+    assert out.returncode == 3, out.stderr
+    assert out.stdout.strip() == (
+        f"{tmp_path / 'e.db'}: cannot give it to daemon.db_group (gid {gid}): Operation not permitted "
+        "(needs CAP_CHOWN and the chown system calls)"
+    )
+
+
 def test_check_permissions_finds_writable_file_and_dir(tmp_path: Path) -> None:
     p = tmp_path / "e.db"
     Store(p).close()
