@@ -9,6 +9,7 @@ from __future__ import annotations
 import json
 import os
 import shutil
+import signal
 import subprocess
 import tempfile
 from collections.abc import Iterator
@@ -67,7 +68,7 @@ def _config(home: Path, owner: Account | None, name: str, server: Path) -> None:
 def _identity(tracker: LineageTracker, argv: list[str], **popen: object) -> tuple[Lineage, Lineage]:
     """Run ``argv`` (a launch of the server), wait until its server process and
     that process's child are tied; their lineages."""
-    proc = subprocess.Popen(argv, stdout=subprocess.PIPE, text=True, **popen)  # type: ignore[call-overload]
+    proc = subprocess.Popen(argv, stdout=subprocess.PIPE, text=True, start_new_session=True, **popen)  # type: ignore[call-overload]
     try:
         assert proc.stdout is not None
         child = int(proc.stdout.readline())
@@ -81,9 +82,8 @@ def _identity(tracker: LineageTracker, argv: list[str], **popen: object) -> tupl
         kid = wait_for(lambda: tied(child), 5, f"child of {argv[:3]} tied")
         return server, kid
     finally:
-        proc.kill()  # the wrapper; then the server tree it started
+        os.killpg(proc.pid, signal.SIGKILL)  # the launch's own process group: wrapper, server, child
         proc.wait()
-        subprocess.run(["pkill", "-KILL", "-P", str(proc.pid)], check=False)
 
 
 def _tracker(homes: list[Path]) -> LineageTracker:
