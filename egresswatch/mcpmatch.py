@@ -6,8 +6,9 @@ timeout/flatpak-spawn ... (egresswatch.launchers), interpreters,
 ``npx``/``npm exec``, ``uvx``/``uv tool uvx``/``pipx run``, ``uv run``,
 ``docker run``); :class:`Matcher` ties a command line to a discovered
 ServerDef of the process's own account (or a system-wide one) or to a
-configured launcher pattern, a definition always winning over a pattern; :func:`classify` turns an ancestor chain into a
-:class:`Lineage` (server, host, phase, root). See egresswatch.lineage for the
+configured launcher pattern, a definition always winning over a pattern;
+:func:`classify` turns an ancestor chain into a :class:`Lineage` (server,
+host, phase, root). See egresswatch.lineage for the
 live process tree and the phase rules.
 """
 
@@ -195,7 +196,7 @@ def _split(text: str) -> list[str]:
         return []
 
 
-def signature(argv: Sequence[str]) -> Signature | None:  # noqa: C901 - one table of wrappers
+def signature(argv: Sequence[str]) -> Signature | None:
     """Pure: what ``argv`` launches, through at most 12 layers of wrappers
     (``sudo -u u sh -c "cd ~ && exec nice -n5 npx -y pkg"`` is four)."""
     wrappers: list[str] = []
@@ -456,12 +457,13 @@ class Matcher:
         if sig is None:
             return None
         # a user-switching wrapper (su, sudo ...) runs the command as another
-        # account than its own: only system-wide definitions speak for it there;
-        # the launched process itself matches its own account's definition
+        # account than its own: there only system-wide definitions, and ones that
+        # launch through such a wrapper themselves, speak for it; the launched
+        # process matches its own account's definition
         hits = [
             (e, s)
             for e, s in self.defs
-            if (getattr(s, "owner", None) is None or (s.owner == user and not sig.switched))
+            if (s.owner is None or (s.owner == user and (e.switched or not sig.switched)))
             and sig_matches(e, sig, s.cwd)
         ]
         if not hits:

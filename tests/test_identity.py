@@ -162,3 +162,8 @@ def test_definition_speaks_only_for_its_owner() -> None:
         assert classify(chain[1:], [root_def, victim]) is None  # the wrapper alone claims nothing
     lin = classify(_chain(INIT, TERM, P("nice", *SERVER, user="root")), [root_def, victim])
     assert lin is not None and lin.server == "root-srv"  # a wrapper that keeps the account does
+    # a definition that itself launches through sudo speaks for its owner's sudo process
+    via_sudo = sd("as-bob", "sudo", "-u", "bob", *SERVER, owner="alice")
+    sudo = P("sudo", "-u", "bob", *SERVER, user="alice")  # sudo's real uid is the caller's
+    lin = classify(_chain(INIT, TERM, sudo, P(*SERVER, user="bob")), [via_sudo])
+    assert lin is not None and (lin.server, lin.depth) == ("as-bob", 1)
