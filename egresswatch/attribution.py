@@ -56,6 +56,7 @@ from egresswatch.lineage import LineageTracker
 from egresswatch.mcpmatch import attribution
 from egresswatch.model import Attribution, Frame, Observation
 from egresswatch.sockets import (
+    FdCache,
     SockDiag,
     SockKey,
     fd_local_address,
@@ -114,6 +115,8 @@ class LiveAttributor:
         self._local_addrs: frozenset[str] = frozenset()
         self._local_checked = -1e9
         self._last_scan = 0.0
+        self._scan_budget = rescan_seconds  # grows with what a full scan costs
+        self._fdc = FdCache()  # one listing per process per budget, whatever it holds
         self._linux = sys.platform.startswith("linux")
         self._own_ns = netns_id("self") if self._linux else None
         self._diag: SockDiag | None = None
@@ -177,7 +180,7 @@ class LiveAttributor:
         now = time.time()
         count = 0
         for pid in pids:
-            fds = socket_fds(pid)
+            fds = self._fdc.get(pid)
             done = self._fds.setdefault(pid, {})
             fresh = [(inode, fd) for inode, fd in fds.items() if inode not in done]
             if not fresh:
@@ -271,25 +274,27 @@ class LiveAttributor:
 
     def _owner(self, inode: int) -> int | None:
         pid = self._inode_pid.get(inode)
-        if pid is not None and inode in socket_fds(pid):
+        if pid is not None and inode in self._fdc.get(pid, inode):
             return pid
         now = time.monotonic()
         tree = self.lineage.tree_pids()
         newest = self.lineage.pids_seen_since(max(self._last_scan, now - self.newborn_seconds))[:64]
         for pid in (*tree, *newest):
-            if inode in socket_fds(pid):
+            if inode in self._fdc.get(pid, inode):
                 self._inode_pid[inode] = pid
                 return pid
         for pid in self._untracked_pids():
-            if inode in socket_fds(pid):
+            if inode in self._fdc.get(pid, inode):
                 self._inode_pid[inode] = pid
                 return pid
-        if now - self._last_scan < self.rescan_seconds:
+        if now - self._last_scan < self._scan_budget:
             self.counters["scan_rate_limited"] += 1
             return None
         self._last_scan = now
         self.counters["full_scans"] += 1
         self._inode_pid = self._scan_all()
+        cost = time.monotonic() - now  # a host with 10,000 sockets: scan less often
+        self._scan_budget = max(self.rescan_seconds, 10 * cost)
         return self._inode_pid.get(inode)
 
     def _untracked_pids(self) -> list[int]:
@@ -367,6 +372,10 @@ class LiveAttributor:
         return ip in self._local_addrs
 
     # -- memory ---------------------------------------------------------------
+    def remember(self, key: SockKey, proc: ProcKey, ts: float) -> None:
+        """File a socket found elsewhere (the kernel's flow map) in the memory."""
+        self._remember(key, proc, ts)
+
     def _remember(self, key: SockKey, proc: ProcKey, ts: float) -> None:
         with self._lock:
             self._mem[key] = _Seen(proc, ts)

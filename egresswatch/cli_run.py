@@ -109,6 +109,8 @@ def status(status_file: Path, as_json: bool) -> None:
         click.echo(f"egresswatch: {state} (pid {data.get('pid')} {'alive' if alive else 'not running'},"
                    f" state {safe(data.get('state'))}, updated {age:.1f}s ago)")  # fmt: skip
         click.echo(f"database: {safe(data.get('database'))}")
+        attr = data.get("attribution") or {}
+        click.echo(f"attribution: {safe(attr.get('mode', 'unknown'))} ({safe(attr.get('reason', '?'))})")
         for key, value in sorted((data.get("counters") or {}).items()):
             click.echo(f"  {safe(key)}: {safe(value)}")
     sys.exit(0 if healthy else 1)
@@ -151,6 +153,16 @@ def _connector() -> Check:
         return False, f"proc connector unavailable ({exc}); lineage falls back to polling"
     conn.close()
     return True, "proc connector subscribed"
+
+
+def _attribution() -> Check:
+    from egresswatch.ebpf.loader import KernelFlows
+
+    kernel, why = KernelFlows.open()
+    if kernel is None:
+        return True, f"fallback: userspace socket lookups ({why}); sockets living ~1 ms may go unattributed"
+    kernel.close()
+    return True, f"ebpf: send-time socket ownership ({why})"
 
 
 def _config(cfg: Config) -> Check:
@@ -199,12 +211,13 @@ def _target(url: str) -> Check:
 @click.option("--db", type=click.Path(dir_okay=False, path_type=Path), default=None,
               help="Event database to check (default: daemon.database from the config).")  # fmt: skip
 def doctor(config_path: Path | None, db: Path | None) -> None:
-    """Check privileges, capture, BPF filter, proc connector, file permissions
-    and alert targets; one line per check, exit 1 if any FAILs."""
+    """Check privileges, capture, BPF filter, proc connector, attribution mode
+    (ebpf or fallback), file permissions and alert targets; one line per check, exit 1 if any FAILs."""
     checks: list[tuple[str, Callable[[], Check]]] = [
         ("privileges", _capabilities),
         ("capture", _capture),
         ("proc connector", _connector),
+        ("attribution", _attribution),
     ]
     cfg: Config | None
     try:

@@ -37,6 +37,7 @@ from collections import Counter, OrderedDict
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, replace
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import psutil
 
@@ -63,6 +64,9 @@ from egresswatch.proc_events import (
     read_process,
     read_stat,
 )
+
+if TYPE_CHECKING:
+    from egresswatch.ebpf.records import ExecRecord
 
 log = logging.getLogger(__name__)
 
@@ -141,6 +145,9 @@ class LineageTracker:
         #: ties a container's first process to the ``docker run`` of an MCP tree
         #: (set before start(); see egresswatch.containers)
         self.linker: ContainerLinker | None = None
+        #: what the kernel saw at a pid's last exec (egresswatch.ebpf: argv read
+        #: before the program ran), preferred over a rewritable /proc/PID/cmdline
+        self.exec_source: Callable[[int], ExecRecord | None] | None = None
 
     # -- lifecycle ------------------------------------------------------
     def start(self, use_connector: bool = True) -> str:
@@ -168,7 +175,7 @@ class LineageTracker:
 
     def seed(self) -> None:
         """Walk every process now (parents before children)."""
-        infos = [i for i in (_read_any(pid) for pid in psutil.pids()) if i is not None]
+        infos = [i for i in (self._read(pid) for pid in psutil.pids()) if i is not None]
         infos.sort(key=lambda i: (i.create_time, i.pid))
         with self._lock:
             for info in infos:
@@ -215,7 +222,7 @@ class LineageTracker:
             self._notify(pid)
 
     def on_exec(self, pid: int) -> None:
-        info = _read_any(pid)
+        info = self._read(pid)
         with self._lock:
             self.counters["execs"] += 1
             if info is None:
@@ -393,6 +400,21 @@ class LineageTracker:
             return rec
         return self._held.get(key) or self._dead.get(key)
 
+    def _read(self, pid: int) -> ProcessInfo | None:
+        info = _read_any(pid)
+        if info is None or self.exec_source is None:
+            return info
+        try:
+            rec = self.exec_source(pid)
+        except OSError:
+            return info
+        if rec is None or rec.create_time != info.create_time:
+            return info  # exec'd while no eBPF program watched
+        seen = kernel_view(info, rec)
+        if seen is not info:
+            self.counters["argv_rewritten"] += 1
+        return seen
+
     def _parent_key(self, ppid: int | None) -> tuple[int, float] | None:
         if not ppid:
             return None
@@ -404,7 +426,7 @@ class LineageTracker:
         rec = self._live.get(pid)
         if rec is not None or pid <= 0 or depth > 64:
             return rec
-        info = _read_any(pid)
+        info = self._read(pid)
         if info is None:
             return None
         parent = self._ensure(info.ppid, depth + 1) if info.ppid else None
@@ -523,12 +545,27 @@ class LineageTracker:
         with self._lock:
             known = set(self._live)
         for pid in sorted(pids - known):
-            info = _read_any(pid)
+            info = self._read(pid)
             if info is not None:
                 with self._lock:
                     self._add(info, self._parent_key(info.ppid))
         for pid in known - pids:
             self.on_exit(pid)
+
+
+def kernel_view(info: ProcessInfo, rec: ExecRecord) -> ProcessInfo:
+    """``info`` with the command line and name the kernel saw at exec when the
+    process has rewritten them since (a server posing as ``/usr/sbin/sshd -D``);
+    ``info`` itself when /proc still shows what was launched. Only the first
+    512 bytes of argv are kept at exec: a longer one that /proc still starts
+    with is taken whole from /proc."""
+    if not rec.argv:
+        return info
+    now, then = "\0".join(info.cmdline), "\0".join(rec.argv)
+    same = now.startswith(then) if rec.truncated else now == then
+    if same and info.name == rec.comm:
+        return info
+    return replace(info, cmdline=info.cmdline if same else rec.argv, name=rec.comm or info.name)
 
 
 def _read_any(pid: int) -> ProcessInfo | None:

@@ -106,6 +106,8 @@ class Daemon:
         self.names: Any = None
         self.lineage: Any = None
         self.attributor: Any = None
+        self.kernel: Any = None  # egresswatch.ebpf.loader.KernelFlows when loaded
+        self.attribution_mode: dict[str, Any] = {"mode": "none"}
         self.recording: Any = None
         self.jsonl: Any = None
         self.started = time.time()
@@ -164,9 +166,14 @@ class Daemon:
 
             apis = [EngineApi(path) for path in cfg.daemon.container_sockets]
             self.lineage.linker = ContainerLinker(apis, self.lineage.container_clis)
+        self._load_kernel()  # before the tracker starts: it reads exec records from it
         mode = self.lineage.start(use_connector=self.opts.use_connector)
         log.info("process lineage: %s", mode)
         self.attributor = LiveAttributor(self.lineage)
+        if self.kernel is not None:
+            from egresswatch.kernel_attribution import KernelAttributor
+
+            self.attributor = KernelAttributor(self.kernel, self.attributor)
         self.attributor.start()
         attributor: Any = self.attributor
         record = self.opts.record_procs or cfg.daemon.record_procs
@@ -187,6 +194,25 @@ class Daemon:
             self.jsonl = JsonlSink(cfg.daemon.jsonl_path)
             sinks.append(self.jsonl)
         self.pipeline = Pipeline(Engine(), attributor, self.policy, names, sinks)
+
+    def _load_kernel(self) -> None:
+        """Send-time attribution from eBPF programs, else the userspace path
+        (docs/attribution.md); which one runs and why goes to the log and status."""
+        from egresswatch.ebpf.loader import KernelFlows
+
+        try:
+            self.kernel, why = KernelFlows.open()
+        except Exception as exc:  # a loader bug must not stop the daemon: fall back
+            log.exception("loading the eBPF programs failed")
+            self.kernel, why = None, f"loader error: {type(exc).__name__}: {exc}"
+        if self.kernel is not None:
+            self.lineage.exec_source = self.kernel.exec_record
+            self.attribution_mode = {"mode": "ebpf", "reason": why, "programs": self.kernel.attached,
+                                     "missing": self.kernel.missing}  # fmt: skip
+            log.info("attribution: ebpf (%s)", why)
+        else:
+            self.attribution_mode = {"mode": "fallback", "reason": why}
+            log.warning("attribution: fallback to userspace socket lookups (%s)", why)
 
     def _load_hosts(self) -> None:
         """/etc/hosts names count as resolved by every process (no DNS packet
@@ -367,6 +393,7 @@ class Daemon:
             "interval": HOUSEKEEP,
             "counters": self.stats(),
             "decoder": dict(self.pipeline.decoder.counters) if self.pipeline else {},
+            "attribution": self.attribution_mode,
         }
         try:
             write_status(self.opts.status_path, data)
@@ -384,7 +411,7 @@ class Daemon:
             except Exception:
                 log.exception("flushing the decoder failed")
             self.pipeline.close()  # store flush, alert digests, jsonl
-        for part in (self.attributor, self.lineage, self.recording):
+        for part in (self.attributor, self.lineage, self.recording, self.kernel):
             if part is not None:
                 try:
                     part.stop() if hasattr(part, "stop") else part.close()

@@ -10,6 +10,7 @@ from __future__ import annotations
 import ctypes
 import ipaddress
 import os
+import time
 import socket
 import struct
 import threading
@@ -187,6 +188,38 @@ def socket_fds(pid: int) -> dict[int, int]:
         if link.startswith("socket:["):
             out[int(link[8:-1])] = int(n)
     return out
+
+
+class FdCache:
+    """socket_fds() with a per-process budget, so a process holding 10,000
+    sockets cannot make every lookup list its fds (docs/attribution.md,
+    "Monitor DoS"): a process's listing is redone only when it is older than
+    ``max(min_age, cost_factor x the time the last listing took)``; until then
+    an inode in the cached listing is a hit and one that is not is a miss."""
+
+    def __init__(self, min_age: float = 0.002, cost_factor: float = 10.0, size: int = 4096) -> None:
+        self.min_age = min_age
+        self.cost_factor = cost_factor
+        self.size = size
+        self._c: dict[int, tuple[float, float, dict[int, int]]] = {}  # pid -> (listed at, budget, fds)
+        self.listings = 0
+
+    def get(self, pid: int, inode: int | None = None) -> dict[int, int]:
+        now = time.monotonic()
+        hit = self._c.get(pid)
+        if hit is not None and ((inode is not None and inode in hit[2]) or now - hit[0] < hit[1]):
+            return hit[2]
+        fds = socket_fds(pid)
+        done = time.monotonic()
+        self.listings += 1
+        self._c.pop(pid, None)
+        self._c[pid] = (done, max(self.min_age, self.cost_factor * (done - now)), fds)
+        if len(self._c) > self.size:
+            self._c.pop(next(iter(self._c)), None)
+        return fds
+
+    def forget(self, pid: int) -> None:
+        self._c.pop(pid, None)
 
 
 def socket_inodes(pid: int) -> set[int]:

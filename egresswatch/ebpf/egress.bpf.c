@@ -1,0 +1,428 @@
+// SPDX-License-Identifier: GPL-2.0
+/* Send-time socket ownership for egresswatch (see docs/attribution.md).
+ *
+ * Every socket that sends (TCP connect/sendmsg, UDP sendmsg/sendto, connected
+ * or not, IPv4 and IPv6) is recorded in the LRU map `flows`, keyed by its
+ * local and remote address as the kernel assigned them, with the sending
+ * thread group, thread, the group leader's start time (boot-time ns, as
+ * /proc/PID/stat counts it), network namespace and bytes sent. Entries outlive
+ * the socket (LRU eviction only), so the daemon finds the owner of a packet
+ * whose socket lived a millisecond. The first datagram of each (process,
+ * destination) UDP flow is also pushed to the ring buffer `udp_events`.
+ * At exec, the file name and the first ARGS_MAX bytes of argv are kept in
+ * `execs`, read from the new mm before the program runs a single instruction,
+ * so a later rewrite of argv/comm cannot hide what was launched. */
+#include "kernel_types.h"
+#include <bpf/bpf_helpers.h>
+#include <bpf/bpf_core_read.h>
+
+#define AF_INET 2
+#define AF_INET6 10
+#define IPPROTO_TCP 6
+#define IPPROTO_UDP 17
+#define TCP_SYN_SENT 2
+#define TCP_CLOSE 7
+#define ARGS_MAX 512
+#define FILENAME_MAX 256
+
+char LICENSE[] SEC("license") = "GPL";
+
+struct flow_key {
+	__u8 proto;
+	__u8 pad;
+	__u16 lport;            /* host order */
+	__u16 rport;            /* host order; 0 for an unconnected UDP socket */
+	__u16 pad2;
+	__u8 laddr[16];         /* IPv4 as ::ffff:a.b.c.d; unspecified as all zero */
+	__u8 raddr[16];
+};
+
+struct flow_val {
+	__u32 tgid;
+	__u32 pid;
+	__u64 start_ns;         /* group leader's start_boottime */
+	__u64 first_ns;         /* bpf_ktime_get_boot_ns() */
+	__u64 last_ns;
+	__u64 bytes;
+	__u32 netns;
+	__u32 sends;
+	char comm[16];
+};
+
+struct udp_event {
+	struct flow_key key;    /* raddr/rport: the datagram's destination */
+	struct flow_val val;
+};
+
+struct owner {
+	__u32 tgid;
+	__u32 pid;
+	__u64 start_ns;
+	char comm[16];
+};
+
+struct dest {
+	__u16 port;
+	__u16 valid;
+	__u8 addr[16];
+};
+
+struct seen_key {
+	__u32 tgid;
+	__u8 proto;
+	__u8 pad;
+	__u16 rport;
+	__u64 start_ns;
+	__u8 raddr[16];
+};
+
+struct exec_val {
+	__u64 start_ns;         /* group leader's start_boottime */
+	__u32 pid;
+	__u32 args_len;
+	char comm[16];
+	char filename[FILENAME_MAX];
+	char args[ARGS_MAX];
+};
+
+struct {
+	__uint(type, BPF_MAP_TYPE_LRU_HASH);
+	__uint(max_entries, 65536);
+	__type(key, struct flow_key);
+	__type(value, struct flow_val);
+} flows SEC(".maps");
+
+struct {
+	__uint(type, BPF_MAP_TYPE_LRU_HASH);
+	__uint(max_entries, 16384);
+	__type(key, __u64);             /* struct sock * of a connect in progress */
+	__type(value, struct owner);
+} connecting SEC(".maps");
+
+struct {
+	__uint(type, BPF_MAP_TYPE_LRU_HASH);
+	__uint(max_entries, 16384);
+	__type(key, __u32);             /* tid inside connect(2) */
+	__type(value, __u64);           /* its struct sock * */
+} connect_tid SEC(".maps");
+
+struct {
+	__uint(type, BPF_MAP_TYPE_LRU_HASH);
+	__uint(max_entries, 16384);
+	__type(key, __u32);             /* tid inside sendto/sendmsg with an address */
+	__type(value, struct dest);
+} send_dest SEC(".maps");
+
+struct {
+	__uint(type, BPF_MAP_TYPE_LRU_HASH);
+	__uint(max_entries, 16384);
+	__type(key, struct seen_key);
+	__type(value, __u8);
+} udp_seen SEC(".maps");
+
+struct {
+	__uint(type, BPF_MAP_TYPE_RINGBUF);
+	__uint(max_entries, 1 << 20);
+} udp_events SEC(".maps");
+
+struct {
+	__uint(type, BPF_MAP_TYPE_LRU_HASH);
+	__uint(max_entries, 16384);
+	__type(key, __u32);             /* tgid */
+	__type(value, struct exec_val);
+} execs SEC(".maps");
+
+struct {
+	__uint(type, BPF_MAP_TYPE_PERCPU_ARRAY);
+	__uint(max_entries, 1);
+	__type(key, __u32);
+	__type(value, struct exec_val);
+} exec_scratch SEC(".maps");
+
+static __always_inline void current_owner(struct owner *o)
+{
+	struct task_struct *task = (struct task_struct *)bpf_get_current_task();
+	__u64 id = bpf_get_current_pid_tgid();
+
+	o->tgid = id >> 32;
+	o->pid = (__u32)id;
+	o->start_ns = BPF_CORE_READ(task, group_leader, start_boottime);
+	bpf_get_current_comm(o->comm, sizeof(o->comm));
+}
+
+static __always_inline void v4_mapped(__u8 out[16], __be32 v4)
+{
+	__builtin_memset(out, 0, 16);
+	if (v4) {
+		out[10] = 0xff;
+		out[11] = 0xff;
+		__builtin_memcpy(out + 12, &v4, 4);
+	}
+}
+
+static __always_inline bool is_unspec_mapped(const __u8 a[16])
+{
+	/* ::ffff:0.0.0.0, what a dual-stack socket may hold before connect */
+	for (int i = 0; i < 16; i++) {
+		if (i == 10 || i == 11) {
+			if (a[i] != 0xff)
+				return false;
+		} else if (a[i]) {
+			return false;
+		}
+	}
+	return true;
+}
+
+/* Fills the key from the socket; false when it is not TCP/UDP over IP. */
+static __always_inline bool sock_key(struct sock *sk, struct flow_key *k)
+{
+	__u16 family = BPF_CORE_READ(sk, __sk_common.skc_family);
+	__u16 proto = BPF_CORE_READ(sk, sk_protocol);
+
+	if (proto != IPPROTO_TCP && proto != IPPROTO_UDP)
+		return false;
+	__builtin_memset(k, 0, sizeof(*k));
+	k->proto = proto;
+	k->lport = BPF_CORE_READ(sk, __sk_common.skc_num);
+	k->rport = __builtin_bswap16(BPF_CORE_READ(sk, __sk_common.skc_dport));
+	if (family == AF_INET) {
+		v4_mapped(k->laddr, BPF_CORE_READ(sk, __sk_common.skc_rcv_saddr));
+		v4_mapped(k->raddr, BPF_CORE_READ(sk, __sk_common.skc_daddr));
+	} else if (family == AF_INET6) {
+		BPF_CORE_READ_INTO(k->laddr, sk, __sk_common.skc_v6_rcv_saddr.in6_u.u6_addr8);
+		BPF_CORE_READ_INTO(k->raddr, sk, __sk_common.skc_v6_daddr.in6_u.u6_addr8);
+		if (is_unspec_mapped(k->laddr))
+			__builtin_memset(k->laddr, 0, 16);
+		if (is_unspec_mapped(k->raddr))
+			__builtin_memset(k->raddr, 0, 16);
+	} else {
+		return false;
+	}
+	return true;
+}
+
+static __always_inline void record(struct sock *sk, struct flow_key *k, struct owner *o, __s64 sent)
+{
+	__u64 now = bpf_ktime_get_boot_ns();
+	struct flow_val *v = bpf_map_lookup_elem(&flows, k);
+
+	if (v && v->tgid == o->tgid && v->start_ns == o->start_ns) {
+		v->last_ns = now;
+		v->pid = o->pid;
+		if (sent > 0)
+			__sync_fetch_and_add(&v->bytes, sent);
+		__sync_fetch_and_add(&v->sends, 1);
+		return;
+	}
+	struct flow_val nv = {};
+	nv.tgid = o->tgid;
+	nv.pid = o->pid;
+	nv.start_ns = o->start_ns;
+	nv.first_ns = now;
+	nv.last_ns = now;
+	nv.bytes = sent > 0 ? sent : 0;
+	nv.sends = sent >= 0 ? 1 : 0;
+	nv.netns = BPF_CORE_READ(sk, __sk_common.skc_net.net, ns.inum);
+	__builtin_memcpy(nv.comm, o->comm, sizeof(nv.comm));
+	bpf_map_update_elem(&flows, k, &nv, BPF_ANY);
+}
+
+static __always_inline void udp_first(struct flow_key *fk, struct flow_key *k, struct owner *o, __s64 sent)
+{
+	struct seen_key s = {};
+	__u8 one = 1;
+
+	s.tgid = o->tgid;
+	s.proto = k->proto;
+	s.rport = k->rport;
+	s.start_ns = o->start_ns;
+	__builtin_memcpy(s.raddr, k->raddr, 16);
+	if (bpf_map_update_elem(&udp_seen, &s, &one, BPF_NOEXIST) != 0)
+		return; /* this process already sent to this destination */
+	struct udp_event *e = bpf_ringbuf_reserve(&udp_events, sizeof(*e), 0);
+	if (!e)
+		return;
+	__builtin_memcpy(&e->key, k, sizeof(*k));
+	struct flow_val *v = bpf_map_lookup_elem(&flows, fk);
+	if (v) {
+		__builtin_memcpy(&e->val, v, sizeof(*v));
+	} else {
+		__builtin_memset(&e->val, 0, sizeof(e->val));
+		e->val.tgid = o->tgid;
+		e->val.pid = o->pid;
+		e->val.start_ns = o->start_ns;
+	}
+	e->val.bytes = sent > 0 ? sent : 0;
+	bpf_ringbuf_submit(e, 0);
+}
+
+SEC("raw_tracepoint/sock_send_length")
+int on_send(struct bpf_raw_tracepoint_args *ctx)
+{
+	struct sock *sk = (struct sock *)ctx->args[0];
+	__s64 ret = (__s32)ctx->args[1];
+	struct flow_key k;
+	struct owner o;
+
+	if (ret < 0 || !sock_key(sk, &k))
+		return 0;
+	current_owner(&o);
+	if (k.proto == IPPROTO_UDP && k.rport == 0) {
+		/* unconnected: the destination came with sendto/sendmsg; the owner
+		 * is filed under the local end alone, the event names the peer */
+		__u32 tid = o.pid;
+		struct dest *d = bpf_map_lookup_elem(&send_dest, &tid);
+
+		struct flow_key peer;
+
+		record(sk, &k, &o, ret);
+		__builtin_memcpy(&peer, &k, sizeof(k));
+		if (d && d->valid) {
+			peer.rport = d->port;
+			__builtin_memcpy(peer.raddr, d->addr, 16);
+			bpf_map_delete_elem(&send_dest, &tid);
+		}
+		udp_first(&k, &peer, &o, ret);
+		return 0;
+	}
+	record(sk, &k, &o, ret);
+	if (k.proto == IPPROTO_UDP)
+		udp_first(&k, &k, &o, ret);
+	return 0;
+}
+
+SEC("raw_tracepoint/inet_sock_set_state")
+int on_state(struct bpf_raw_tracepoint_args *ctx)
+{
+	struct sock *sk = (struct sock *)ctx->args[0];
+	int oldstate = (int)ctx->args[1];
+	int newstate = (int)ctx->args[2];
+	__u64 skp = (__u64)sk;
+	struct flow_key k;
+
+	if (newstate == TCP_SYN_SENT) {
+		/* inside connect(2): the caller is the owner; its port is not assigned yet */
+		struct owner o;
+		__u32 tid;
+
+		current_owner(&o);
+		tid = o.pid;
+		bpf_map_update_elem(&connecting, &skp, &o, BPF_ANY);
+		bpf_map_update_elem(&connect_tid, &tid, &skp, BPF_ANY);
+		return 0;
+	}
+	if (oldstate != TCP_SYN_SENT)
+		return 0;
+	/* SYN_SENT -> ESTABLISHED / CLOSE, in softirq: the owner saved at SYN_SENT */
+	struct owner *o = bpf_map_lookup_elem(&connecting, &skp);
+	if (o && sock_key(sk, &k))
+		record(sk, &k, o, 0);
+	bpf_map_delete_elem(&connecting, &skp);
+	return 0;
+}
+
+SEC("raw_tracepoint/tcp_receive_reset")
+int on_reset(struct bpf_raw_tracepoint_args *ctx)
+{
+	/* a connect refused by a local peer is reset inside connect(2), before
+	 * it returns, and the port is released with the CLOSE that follows:
+	 * file the socket while its port is still set */
+	struct sock *sk = (struct sock *)ctx->args[0];
+	__u64 skp = (__u64)sk;
+	struct owner *o = bpf_map_lookup_elem(&connecting, &skp);
+	struct flow_key k;
+
+	if (o && sock_key(sk, &k))
+		record(sk, &k, o, 0);
+	return 0;
+}
+
+SEC("tracepoint/syscalls/sys_exit_connect")
+int on_connect_exit(struct syscall_exit_ctx *ctx)
+{
+	/* the SYN is out and the local port assigned: file the socket now, so
+	 * the daemon finds the owner of the SYN itself */
+	__u32 tid = (__u32)bpf_get_current_pid_tgid();
+	__u64 *skp = bpf_map_lookup_elem(&connect_tid, &tid);
+
+	if (!skp)
+		return 0;
+	struct sock *sk = (struct sock *)*skp;
+	struct owner *o = bpf_map_lookup_elem(&connecting, skp);
+	struct flow_key k;
+
+	if (o && sock_key(sk, &k))
+		record(sk, &k, o, 0);
+	bpf_map_delete_elem(&connect_tid, &tid);
+	return 0;
+}
+
+static __always_inline int save_dest(void *uaddr)
+{
+	__u32 tid = (__u32)bpf_get_current_pid_tgid();
+	struct sockaddr_storage_min sa = {};
+	struct dest d = {};
+
+	if (!uaddr || bpf_probe_read_user(&sa, sizeof(sa), uaddr) != 0) {
+		bpf_map_delete_elem(&send_dest, &tid);
+		return 0;
+	}
+	if (sa.family == AF_INET) {
+		v4_mapped(d.addr, sa.v4);
+	} else if (sa.family == AF_INET6) {
+		__builtin_memcpy(d.addr, sa.v6, 16);
+	} else {
+		bpf_map_delete_elem(&send_dest, &tid);
+		return 0;
+	}
+	d.port = __builtin_bswap16(sa.port);
+	d.valid = 1;
+	bpf_map_update_elem(&send_dest, &tid, &d, BPF_ANY);
+	return 0;
+}
+
+SEC("tracepoint/syscalls/sys_enter_sendto")
+int on_sendto(struct syscall_enter_ctx *ctx)
+{
+	return save_dest((void *)ctx->args[4]);
+}
+
+SEC("tracepoint/syscalls/sys_enter_sendmsg")
+int on_sendmsg(struct syscall_enter_ctx *ctx)
+{
+	struct user_msghdr_min m = {};
+
+	if (bpf_probe_read_user(&m, sizeof(m), (void *)ctx->args[1]) != 0)
+		m.msg_name = 0;
+	return save_dest(m.msg_name);
+}
+
+SEC("raw_tracepoint/sched_process_exec")
+int on_exec(struct bpf_raw_tracepoint_args *ctx)
+{
+	struct linux_binprm *bprm = (struct linux_binprm *)ctx->args[2];
+	struct task_struct *task = (struct task_struct *)bpf_get_current_task();
+	__u32 zero = 0;
+	struct exec_val *v = bpf_map_lookup_elem(&exec_scratch, &zero);
+	if (!v)
+		return 0;
+	__u64 id = bpf_get_current_pid_tgid();
+	__u32 tgid = id >> 32;
+	v->start_ns = BPF_CORE_READ(task, group_leader, start_boottime);
+	v->pid = (__u32)id;
+	bpf_get_current_comm(v->comm, sizeof(v->comm));
+	const char *fn = BPF_CORE_READ(bprm, filename);
+	if (bpf_probe_read_kernel_str(v->filename, sizeof(v->filename), fn) < 0)
+		v->filename[0] = 0;
+	unsigned long start = BPF_CORE_READ(task, mm, arg_start);
+	unsigned long end = BPF_CORE_READ(task, mm, arg_end);
+	__u64 len = end > start ? end - start : 0;
+	if (len > ARGS_MAX)
+		len = ARGS_MAX;
+	v->args_len = len;
+	if (bpf_probe_read_user(v->args, len, (void *)start) != 0)
+		v->args_len = 0;
+	bpf_map_update_elem(&execs, &tgid, v, BPF_ANY);
+	return 0;
+}

@@ -1,0 +1,166 @@
+"""Load egress.bpf.o, attach what this kernel allows, answer lookups.
+
+``KernelFlows.open()`` returns ``(flows, reason)``: a loaded instance, or None
+and one line saying why the daemon falls back to userspace attribution
+(``EGRESSWATCH_NO_BPF=1`` set, not root, no BTF, libbpf missing, load or
+attach refused). Only ``on_send`` (tracepoint sock:sock_send_length) is
+required; every other program adds coverage and is reported in ``attached``
+/ ``missing``.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import logging
+import os
+import threading
+import time
+from collections import Counter
+from collections.abc import Callable
+from pathlib import Path
+
+from egresswatch.ebpf import libbpf
+from egresswatch.ebpf.records import (
+    ANY,
+    EXEC_VAL,
+    FLOW_KEY,
+    FLOW_VAL,
+    ExecRecord,
+    FlowOwner,
+    flow_key,
+    pack_ip,
+    parse_exec,
+    parse_flow,
+)
+
+log = logging.getLogger(__name__)
+
+OBJECT = Path(__file__).with_name("egress.bpf.o")
+BTF = Path("/sys/kernel/btf/vmlinux")
+DISABLE_ENV = "EGRESSWATCH_NO_BPF"
+REQUIRED = "on_send"
+TRACEFS = Path("/sys/kernel/tracing")
+
+
+def _ensure_tracefs() -> None:
+    """syscalls:* tracepoints are found through tracefs; mount it if nobody did."""
+    if (TRACEFS / "events").is_dir() or Path("/sys/kernel/debug/tracing/events").is_dir():
+        return
+    libc = ctypes.CDLL(None, use_errno=True)
+    if libc.mount(b"nodev", str(TRACEFS).encode(), b"tracefs", 0, None) != 0:
+        log.debug("cannot mount tracefs: %s", os.strerror(ctypes.get_errno()))
+
+
+def boot_offset() -> float:
+    """Epoch seconds at CLOCK_BOOTTIME zero."""
+    return time.time() - time.clock_gettime(time.CLOCK_BOOTTIME)
+
+
+class KernelFlows:
+    """The loaded programs and their maps."""
+
+    def __init__(self, obj: libbpf.BpfObject, attached: list[str], missing: dict[str, str]) -> None:
+        self._obj = obj
+        self.attached = attached
+        self.missing = missing
+        self._flows = obj.map_fd("flows")
+        self._execs = obj.map_fd("execs")
+        self._events = obj.map_fd("udp_events")
+        self._offset = boot_offset()
+        self.counters: Counter[str] = Counter()
+        self._ring: libbpf.RingBuffer | None = None
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
+
+    @classmethod
+    def open(cls, path: Path = OBJECT) -> tuple[KernelFlows | None, str]:
+        if os.environ.get(DISABLE_ENV, "") not in ("", "0"):
+            return None, f"disabled by {DISABLE_ENV}={os.environ[DISABLE_ENV]}"
+        if os.geteuid() != 0:
+            return None, "not root (loading BPF programs needs CAP_BPF and CAP_PERFMON)"
+        if not BTF.exists():
+            return None, f"kernel has no BTF ({BTF} missing)"
+        if not path.is_file():
+            return None, f"{path} missing (rebuild with scripts/build-bpf.sh)"
+        _ensure_tracefs()
+        try:
+            obj = libbpf.BpfObject(str(path))
+        except libbpf.BpfError as exc:
+            # one program the verifier refused: keep the required ones only
+            try:
+                obj = libbpf.BpfObject(str(path), skip=lambda n: n not in (REQUIRED, "on_state"))
+            except libbpf.BpfError:
+                return None, f"BPF load refused: {exc.strerror or exc}"
+        attached: list[str] = []
+        missing: dict[str, str] = {}
+        for name in obj.programs:
+            try:
+                obj.attach(name)
+                attached.append(name)
+            except libbpf.BpfError as exc:
+                missing[name] = f"{obj.section(name)}: {exc.strerror or exc}"
+        if REQUIRED not in attached:
+            obj.close()
+            return None, f"cannot attach {missing.get(REQUIRED, REQUIRED)}"
+        for name, why in missing.items():
+            log.warning("eBPF program %s not attached (%s): less coverage", name, why)
+        return cls(obj, attached, missing), f"libbpf {libbpf.version()}, {len(attached)} programs"
+
+    # -- lookups ------------------------------------------------------------
+    def owner(self, proto: str, local: tuple[str, int], remote: tuple[str, int]) -> FlowOwner | None:
+        """The last process that sent on the socket with this local end (and
+        this remote end, or none: unconnected UDP), wildcard binds included."""
+        try:
+            lip, rip = pack_ip(local[0]), pack_ip(remote[0])
+        except ValueError:
+            return None
+        for la, ra, rp in ((lip, rip, remote[1]), (lip, ANY, 0), (ANY, rip, remote[1]), (ANY, ANY, 0)):
+            key = flow_key(proto, la, local[1], ra, rp)
+            val = libbpf.lookup(self._flows, key, FLOW_VAL.size)
+            if val is not None:
+                self.counters["hits"] += 1
+                return parse_flow(key, val)
+        self.counters["misses"] += 1
+        return None
+
+    def epoch(self, boot_ns: int) -> float:
+        return self._offset + boot_ns / 1e9
+
+    def exec_record(self, tgid: int) -> ExecRecord | None:
+        val = libbpf.lookup(self._execs, tgid.to_bytes(4, "little"), EXEC_VAL.size)
+        return parse_exec(tgid, val) if val is not None else None
+
+    def flows(self) -> list[FlowOwner]:
+        """Every entry of the flow map (tests, diagnostics)."""
+        out = []
+        for key in libbpf.keys(self._flows, FLOW_KEY.size):
+            val = libbpf.lookup(self._flows, key, FLOW_VAL.size)
+            if val is not None:
+                out.append(parse_flow(key, val))
+        return out
+
+    # -- first datagram of each (process, destination) UDP flow ---------------
+    def start_events(self, sink: Callable[[FlowOwner], None]) -> None:
+        def on_record(raw: bytes) -> None:
+            self.counters["udp_events"] += 1
+            try:
+                sink(parse_flow(raw[: FLOW_KEY.size], raw[FLOW_KEY.size :]))
+            except Exception:
+                log.exception("udp_flow event handler failed")
+
+        self._ring = libbpf.RingBuffer(self._events, on_record)
+        self._thread = threading.Thread(target=self._poll_loop, name="bpf-events", daemon=True)
+        self._thread.start()
+
+    def _poll_loop(self) -> None:
+        while not self._stop.is_set() and self._ring is not None:
+            self._ring.poll(200)
+
+    def close(self) -> None:
+        self._stop.set()
+        if self._thread is not None:
+            self._thread.join(timeout=3)
+        if self._ring is not None:
+            self._ring.close()
+            self._ring = None
+        self._obj.close()
