@@ -10,10 +10,10 @@ from __future__ import annotations
 import ctypes
 import ipaddress
 import os
-import time
 import socket
 import struct
 import threading
+import time
 from functools import lru_cache
 
 SockKey = tuple[str, str, int]  # (proto, normalised local ip, local port)

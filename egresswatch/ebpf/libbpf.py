@@ -40,7 +40,7 @@ def lib() -> ctypes.CDLL:
 
 
 def _declare(h: ctypes.CDLL) -> None:
-    p, i, s, sz = ctypes.c_void_p, ctypes.c_int, ctypes.c_char_p, ctypes.c_size_t
+    p, i, s = ctypes.c_void_p, ctypes.c_int, ctypes.c_char_p
     sigs: dict[str, tuple[object, list[object]]] = {
         "bpf_object__open_file": (p, [s, p]),
         "bpf_object__load": (i, [p]),
