@@ -16,12 +16,14 @@ from __future__ import annotations
 
 import time
 from collections import Counter
+from collections.abc import Callable
+from dataclasses import replace
 from typing import Protocol
 
 from egresswatch.attribution import LiveAttributor
-from egresswatch.ebpf.records import FlowOwner
-from egresswatch.mcpmatch import attribution
-from egresswatch.model import Attribution, Frame, Observation
+from egresswatch.ebpf.records import ExecRecord, FlowOwner
+from egresswatch.mcpmatch import Lineage, attribution
+from egresswatch.model import Attribution, Frame, Observation, ProcessInfo
 from egresswatch.sockets import norm_ip
 
 
@@ -47,6 +49,7 @@ class KernelAttributor:
         self.kernel = kernel
         self.live = live
         self.lineage = live.lineage
+        self.exec_record: Callable[[int], ExecRecord | None] | None = getattr(kernel, "exec_record", None)
         self.counters: Counter[str] = Counter()
 
     def start(self) -> None:
@@ -80,6 +83,8 @@ class KernelAttributor:
                     info, chain, lin = self.lineage.lookup_key(near)
                     if info is not None:
                         break
+                if info is None:  # gone before the tracker filed it: tie it through its parent
+                    info, chain, lin = self._via_parent(rec)
                 if info is not None:
                     self.live.remember((obs.proto, local[0], port), info.key, frame.ts)
                     self.counters["kernel"] += 1
@@ -89,3 +94,24 @@ class KernelAttributor:
                 self.counters["kernel_later_socket"] += 1
         self.counters["fallback"] += 1
         return self.live.attribute(obs, frame)
+
+    def _via_parent(
+        self, rec: FlowOwner
+    ) -> tuple[ProcessInfo | None, tuple[ProcessInfo, ...], Lineage | None]:
+        """A process that sent and exited before the tracker heard of its fork
+        (the proc connector lags under load): the kernel named its parent at
+        send time; the child inherits the parent's lineage, as at fork, and
+        the command line it exec'd if the kernel saw an exec."""
+        parent, pchain, plin = self.lineage.lookup_key((rec.ppid, rec.parent_create_time))
+        if parent is None or not rec.ppid:
+            return None, (), None
+        cmdline, name = parent.cmdline, rec.comm or parent.name
+        seen = self.exec_record(rec.tgid) if self.exec_record is not None else None
+        if seen is not None and seen.create_time == rec.create_time and seen.argv:
+            cmdline, name = seen.argv, seen.comm or name
+        info = ProcessInfo(rec.tgid, rec.create_time, rec.ppid, name, parent.exe, cmdline, parent.user)
+        self.counters["kernel_via_parent"] += 1
+        lin = replace(plin, depth=plin.depth + 1) if plin is not None else None
+        if lin is not None and cmdline != parent.cmdline:  # it exec'd: classify its own chain
+            lin = self.lineage.classify([info, parent, *pchain]) or lin
+        return info, (parent, *pchain), lin

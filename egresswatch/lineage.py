@@ -400,6 +400,11 @@ class LineageTracker:
             return rec
         return self._held.get(key) or self._dead.get(key)
 
+    def classify(self, chain: list[ProcessInfo]) -> Lineage | None:
+        """The lineage of a chain (the process first) built outside the tracker."""
+        with self._lock:
+            return classify_with(chain, self.matcher, self._marks)
+
     def _read(self, pid: int) -> ProcessInfo | None:
         info = _read_any(pid)
         if info is None or self.exec_source is None:

@@ -47,6 +47,9 @@ struct flow_val {
 	__u32 netns;
 	__u32 sends;
 	char comm[16];
+	__u32 ppid;             /* the parent at send time, so a process the daemon */
+	__u32 pad;              /* has not heard of yet is tied through its parent */
+	__u64 pstart_ns;
 };
 
 struct udp_event {
@@ -59,6 +62,9 @@ struct owner {
 	__u32 pid;
 	__u64 start_ns;
 	char comm[16];
+	__u32 ppid;
+	__u32 pad;
+	__u64 pstart_ns;
 };
 
 struct dest {
@@ -148,6 +154,8 @@ static __always_inline void current_owner(struct owner *o)
 	o->pid = (__u32)id;
 	o->start_ns = BPF_CORE_READ(task, group_leader, start_boottime);
 	bpf_get_current_comm(o->comm, sizeof(o->comm));
+	o->ppid = BPF_CORE_READ(task, group_leader, real_parent, tgid);
+	o->pstart_ns = BPF_CORE_READ(task, group_leader, real_parent, group_leader, start_boottime);
 }
 
 static __always_inline void v4_mapped(__u8 out[16], __be32 v4)
@@ -190,8 +198,8 @@ static __always_inline bool sock_key(struct sock *sk, struct flow_key *k)
 		v4_mapped(k->laddr, BPF_CORE_READ(sk, __sk_common.skc_rcv_saddr));
 		v4_mapped(k->raddr, BPF_CORE_READ(sk, __sk_common.skc_daddr));
 	} else if (family == AF_INET6) {
-		BPF_CORE_READ_INTO(k->laddr, sk, __sk_common.skc_v6_rcv_saddr.in6_u.u6_addr8);
-		BPF_CORE_READ_INTO(k->raddr, sk, __sk_common.skc_v6_daddr.in6_u.u6_addr8);
+		bpf_core_read(k->laddr, sizeof(k->laddr), &sk->__sk_common.skc_v6_rcv_saddr);
+		bpf_core_read(k->raddr, sizeof(k->raddr), &sk->__sk_common.skc_v6_daddr);
 		if (is_unspec_mapped(k->laddr))
 			__builtin_memset(k->laddr, 0, 16);
 		if (is_unspec_mapped(k->raddr))
@@ -225,6 +233,8 @@ static __always_inline void record(struct sock *sk, struct flow_key *k, struct o
 	nv.sends = sent >= 0 ? 1 : 0;
 	nv.netns = BPF_CORE_READ(sk, __sk_common.skc_net.net, ns.inum);
 	__builtin_memcpy(nv.comm, o->comm, sizeof(nv.comm));
+	nv.ppid = o->ppid;
+	nv.pstart_ns = o->pstart_ns;
 	bpf_map_update_elem(&flows, k, &nv, BPF_ANY);
 }
 

@@ -79,6 +79,7 @@ struct task_struct {
 	pid_t tgid;
 	__u64 start_boottime;
 	struct task_struct *group_leader;
+	struct task_struct *real_parent;
 	struct mm_struct *mm;
 	struct nsproxy *nsproxy;
 } __attribute__((preserve_access_index));

@@ -13,7 +13,8 @@ from dataclasses import dataclass
 from egresswatch.proc_events import CLK_TCK, boot_time
 
 FLOW_KEY = struct.Struct("<BBHHH16s16s")  # proto, pad, lport, rport, pad, laddr, raddr
-FLOW_VAL = struct.Struct("<IIQQQQII16s")  # tgid, pid, start_ns, first_ns, last_ns, bytes, netns, sends, comm
+# tgid, pid, start_ns, first_ns, last_ns, bytes, netns, sends, comm, ppid, pad, parent's start_ns
+FLOW_VAL = struct.Struct("<IIQQQQII16sIIQ")
 EXEC_VAL = struct.Struct("<QII16s256s512s")  # start_ns, pid, args_len, comm, filename, args
 PROTOS = {"tcp": 6, "udp": 17}
 PROTO_NAMES = {v: k for k, v in PROTOS.items()}
@@ -66,6 +67,8 @@ class FlowOwner:
     netns: int
     sends: int
     comm: str
+    ppid: int  # the parent when it sent
+    parent_create_time: float
 
     @property
     def key(self) -> tuple[int, float]:
@@ -80,7 +83,7 @@ class FlowOwner:
 
 def parse_flow(key: bytes, val: bytes) -> FlowOwner:
     proto, _p, lport, rport, _p2, laddr, raddr = FLOW_KEY.unpack_from(key)
-    tgid, pid, start, first, last, nbytes, netns, sends, comm = FLOW_VAL.unpack_from(val)
+    tgid, pid, start, first, last, nbytes, netns, sends, comm, ppid, _p3, pstart = FLOW_VAL.unpack_from(val)
     return FlowOwner(
         PROTO_NAMES.get(proto, str(proto)),
         (unpack_ip(laddr), lport),
@@ -95,6 +98,8 @@ def parse_flow(key: bytes, val: bytes) -> FlowOwner:
         netns,
         sends,
         _text(comm),
+        ppid,
+        create_time(pstart),
     )
 
 
