@@ -61,7 +61,7 @@ def all_rows(db: Path) -> list[dict[str, Any]]:
 class Daemon:
     """`python -m egresswatch run` on a temporary config, database and status file."""
 
-    def __init__(self, tmp: Path, servers: dict[str, list[str]], allow: dict[str, list[str]],
+    def __init__(self, tmp: Path, lab: Lab, servers: dict[str, list[str]], allow: dict[str, list[str]],
                  env: dict[str, str] | None = None) -> None:  # fmt: skip
         self.tmp = tmp
         self.httpd = HTTPServer(("127.0.0.1", 0), Alerts)
@@ -97,7 +97,9 @@ learning = false
         self.log = open(tmp / "daemon.log", "w")
         self.proc = subprocess.Popen(
             [sys.executable, "-m", "egresswatch", "-v", "run", "--config", str(self.cfg),
-             "--status-file", str(self.status_file)],
+             "--status-file", str(self.status_file),
+             # the lab's veth only: other test suites on this machine flood their own labs
+             "--iface", lab.veth_host],
             env=self.env, cwd=REPO, stderr=self.log, text=True,
         )  # fmt: skip
         self.host: subprocess.Popen[str] | None = None
@@ -177,7 +179,7 @@ def test_every_packet_of_a_long_lived_server_is_attributed(lab: Lab, tmpdir700: 
     other_log.touch()
     args = [lab.peer4, lab.peer6]
     cmd = [sys.executable, str(SERVER), "server", *args, str(srv_log), str(go), str(resolv), str(REPS)]
-    d = Daemon(tmp, {"fake": cmd}, {"fake": ["allowed.test", "allowed.test:443"]})
+    d = Daemon(tmp, lab, {"fake": cmd}, {"fake": ["allowed.test", "allowed.test:443"]})
     other = None
     try:
         assert "attribution: ebpf" in d.status(), d.status()
@@ -280,7 +282,7 @@ def test_a_server_that_renames_itself_stays_identified(lab: Lab, tmpdir700: Path
     binary = tmp / "mcp-renamer"
     subprocess.run(["cc", "-O2", "-o", str(binary), str(DATA / "renamer.c")], check=True)
     go = tmp / "go"
-    d = Daemon(tmp, {"renamer": [str(binary), lab.peer4, "20", str(go)]}, {"renamer": ["nothing.test"]})
+    d = Daemon(tmp, lab, {"renamer": [str(binary), lab.peer4, "20", str(go)]}, {"renamer": ["nothing.test"]})
     try:
         d.launch_host()
 
@@ -322,7 +324,7 @@ def test_fallback_when_bpf_loading_is_refused(lab: Lab, tmpdir700: Path) -> None
     assert "attribution: fallback" in doctor.stdout and "EGRESSWATCH_NO_BPF" in doctor.stdout, doctor.stdout
     # the fake server of tests/test_e2e.py: sockets held 300 ms, which the userspace path catches
     cmd = [sys.executable, str(DATA / "fake_mcp_server.py"), lab.peer4, lab.peer6]
-    d = Daemon(tmp, {"fake": cmd}, {"fake": ["allowed.test", "allowed.test:443"]}, env=refuse)
+    d = Daemon(tmp, lab, {"fake": cmd}, {"fake": ["allowed.test", "allowed.test:443"]}, env=refuse)
     try:
         status = d.status()
         assert "attribution: fallback (disabled by EGRESSWATCH_NO_BPF=1)" in status, status

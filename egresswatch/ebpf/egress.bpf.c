@@ -193,6 +193,8 @@ static __always_inline bool sock_key(struct sock *sk, struct flow_key *k)
 	__builtin_memset(k, 0, sizeof(*k));
 	k->proto = proto;
 	k->lport = BPF_CORE_READ(sk, __sk_common.skc_num);
+	if (k->lport == 0)
+		return false; /* released (a connect that failed) or not bound yet */
 	k->rport = __builtin_bswap16(BPF_CORE_READ(sk, __sk_common.skc_dport));
 	if (family == AF_INET) {
 		v4_mapped(k->laddr, BPF_CORE_READ(sk, __sk_common.skc_rcv_saddr));

@@ -1,0 +1,153 @@
+"""egresswatch.ebpf: the committed object is its source's build, and the real
+kernel fills the maps as documented (root; fails in CI when it cannot load)."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import socket
+import subprocess
+import sys
+import threading
+from collections.abc import Iterator
+from pathlib import Path
+
+import psutil
+import pytest
+
+from egresswatch.ebpf import records
+from egresswatch.ebpf.loader import OBJECT, KernelFlows
+from egresswatch.lineage import kernel_view
+from egresswatch.model import ProcessInfo
+from tests.helpers.netlab import missing, wait_for
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def test_committed_object_is_rebuilt_byte_for_byte(tmp_path: Path) -> None:
+    for tool in ("clang", "llvm-strip"):
+        if shutil.which(tool) is None:
+            missing(f"{tool} not installed (scripts/setup.sh --test installs clang and llvm)")
+    if not Path("/usr/include/bpf/bpf_helpers.h").exists():
+        missing("libbpf-dev not installed")
+    out = tmp_path / "egress.bpf.o"
+    subprocess.run([str(REPO / "scripts" / "build-bpf.sh"), str(out)], check=True)
+    assert out.read_bytes() == OBJECT.read_bytes(), (
+        "egress.bpf.o is stale: run scripts/build-bpf.sh and commit"
+    )
+
+
+def test_records_round_trip() -> None:
+    assert records.pack_ip("198.18.0.1") == b"\0" * 10 + b"\xff\xff" + bytes([198, 18, 0, 1])
+    assert (
+        records.pack_ip("0.0.0.0") == records.pack_ip("::") == records.pack_ip("::ffff:0.0.0.0") == bytes(16)
+    )
+    assert records.unpack_ip(records.pack_ip("198.18.0.1")) == "198.18.0.1"
+    assert records.unpack_ip(records.pack_ip("fd00::1")) == "fd00::1"
+    key = records.flow_key("udp", records.pack_ip("10.0.0.1"), 5353, records.ANY, 0)
+    val = records.FLOW_VAL.pack(7, 8, 10**9, 1, 2, 3, 4, 5, b"comm", 6, 0, 0)
+    fo = records.parse_flow(key, val)
+    assert (fo.proto, fo.local, fo.remote, fo.tgid, fo.pid, fo.bytes_out, fo.comm, fo.ppid) == (
+        "udp", ("10.0.0.1", 5353), ("::", 0), 7, 8, 3, "comm", 6)  # fmt: skip
+    tick = 1.0 / records.CLK_TCK
+    assert [round(k[1] - fo.create_time, 6) for k in fo.near_keys()] == [round(-tick, 6), round(tick, 6)]
+
+
+def test_kernel_view_prefers_what_was_exec_d() -> None:
+    start = 5 * 10**9
+    ct = records.create_time(start)
+    info = ProcessInfo(10, ct, 1, "sshd", "/opt/evil", ("/usr/sbin/sshd", "-D"), "u")
+    raw = records.EXEC_VAL.pack(start, 10, 20, b"evil", b"/opt/evil", b"/opt/evil\0--serve\0")
+    rec = records.parse_exec(10, raw)
+    seen = kernel_view(info, rec)
+    assert (seen.cmdline, seen.name) == (("/opt/evil", "--serve"), "evil")
+    same = ProcessInfo(10, ct, 1, "evil", "/opt/evil", ("/opt/evil", "--serve"), "u")
+    assert kernel_view(same, rec) is same
+    # argv longer than the 512 bytes kept: /proc (complete) wins while it starts the same
+    long = ("/opt/evil", "x" * 600)
+    raw = records.EXEC_VAL.pack(start, 10, 512, b"evil", b"/opt/evil", "\0".join(long).encode()[:512])
+    full = ProcessInfo(10, ct, 1, "evil", "/opt/evil", long, "u")
+    assert kernel_view(full, records.parse_exec(10, raw)) is full
+
+
+@pytest.fixture(scope="module")
+def kernel() -> Iterator[KernelFlows]:
+    flows, why = KernelFlows.open()
+    if flows is None:
+        missing(f"eBPF programs did not load: {why}")
+    assert flows is not None
+    yield flows
+    flows.close()
+
+
+def me() -> tuple[int, float]:
+    return os.getpid(), psutil.Process().create_time()
+
+
+def test_unconnected_udp_closed_at_once_is_owned(kernel: KernelFlows) -> None:
+    events: list[records.FlowOwner] = []
+    kernel.start_events(events.append)
+    sink = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    sink.bind(("127.0.0.1", 0))
+    ports = []
+    for fam, dst in ((socket.AF_INET, ("127.0.0.1", sink.getsockname()[1])), (socket.AF_INET6, ("::1", 9))):
+        u = socket.socket(fam, socket.SOCK_DGRAM)
+        for _ in range(3):
+            u.sendto(b"q" * 33, dst)
+        ports.append((u.getsockname()[1], dst))
+        u.close()  # fire and forget
+    for port, dst in ports:
+        rec = kernel.owner("udp", ("127.0.0.1" if "." in dst[0] else "::1", port), dst)
+        assert rec is not None
+        assert (rec.tgid, rec.create_time) == me() and rec.remote == ("::", 0)  # filed under the local end
+        assert (rec.bytes_out, rec.sends, rec.ppid) == (99, 3, os.getppid())
+    # the first datagram of each (process, destination) flow, once
+    wait_for(lambda: len([e for e in events if e.tgid == os.getpid()]) >= 2, 5, "udp_flow events")
+    mine = [e for e in events if e.tgid == os.getpid()]
+    assert sorted(e.remote for e in mine) == sorted([("127.0.0.1", ports[0][1][1]), ("::1", 9)])
+    sink.close()
+
+
+def test_tcp_from_a_thread_and_a_refused_connect(kernel: KernelFlows) -> None:
+    srv = socket.socket(socket.AF_INET6)
+    srv.bind(("::1", 0))
+    srv.listen()
+    got: list[int] = []
+
+    def client() -> None:
+        c = socket.create_connection(("::1", srv.getsockname()[1]))
+        got.append(c.getsockname()[1])
+        c.send(b"hello")
+        c.close()
+
+    t = threading.Thread(target=client)
+    t.start()
+    t.join()
+    rec = kernel.owner("tcp", ("::1", got[0]), ("::1", srv.getsockname()[1]))
+    assert rec is not None and (rec.tgid, rec.create_time) == me() and rec.pid != os.getpid()
+    assert rec.bytes_out == 5
+    free = socket.socket()
+    free.bind(("127.0.0.1", 0))
+    port = free.getsockname()[1]
+    free.close()
+    r = socket.socket()
+    assert r.connect_ex(("127.0.0.1", port)) != 0  # reset inside connect(2): no data ever sent
+    lport = r.getsockname()[1] if r.getsockname()[1] else None
+    r.close()
+    found = [f for f in kernel.flows() if f.proto == "tcp" and f.remote == ("127.0.0.1", port)]
+    assert found and (found[0].tgid, found[0].create_time) == me()
+    assert lport is None or found[0].local[1] == lport
+    srv.close()
+
+
+def test_exec_record_is_what_the_kernel_ran(kernel: KernelFlows) -> None:
+    p = subprocess.Popen(
+        [sys.executable, "-c", "import sys; sys.stdin.read()", "marker-arg"], stdin=subprocess.PIPE
+    )
+    try:
+        rec = wait_for(lambda: kernel.exec_record(p.pid), 5, "exec record")
+        assert rec.argv == (sys.executable, "-c", "import sys; sys.stdin.read()", "marker-arg")
+        assert rec.create_time == psutil.Process(p.pid).create_time()
+        assert rec.filename == sys.executable and not rec.truncated
+    finally:
+        p.communicate(b"")
