@@ -9,10 +9,17 @@ captured on the veth with an AF_PACKET socket and attributed as they arrive by
 LiveAttributor + LineageTracker (proc connector), as the daemon does.
 
 A child counts as attributed correctly when its SYN (or query) event names
-the child's own pid and the fake server. Run as root::
+the child's own pid and the fake server.
+
+``--in-process``: no children; the server process itself, once it is older
+than 10 s, opens each socket, sends, keeps it for the lifetime and closes it
+(the attacker's case: 1 ms sockets inside a long-lived process).
+``--kernel``: attribute with the eBPF flow map first (KernelAttributor), as
+the daemon does when the programs load; without it, the userspace path only
+(the fallback). Run as root::
 
     python3 bench/attribution_bench.py [--children 200] [--mode tcp|dns|both]
-        [--no-harvest] [--gap-ms 10] [--json]
+        [--no-harvest] [--gap-ms 10] [--in-process] [--kernel] [--json]
 """
 
 from __future__ import annotations
@@ -28,6 +35,7 @@ import tempfile
 import time
 from collections import Counter
 from pathlib import Path
+from typing import Any
 
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
@@ -35,6 +43,8 @@ sys.path.insert(0, str(REPO))
 from egresswatch.attribution import LiveAttributor  # noqa: E402
 from egresswatch.decode.engine import Engine  # noqa: E402
 from egresswatch.discovery_formats import ServerDef  # noqa: E402
+from egresswatch.ebpf.loader import KernelFlows  # noqa: E402
+from egresswatch.kernel_attribution import KernelAttributor  # noqa: E402
 from egresswatch.lineage import LineageTracker  # noqa: E402
 from egresswatch.model import Event  # noqa: E402
 from egresswatch.pipeline import Pipeline  # noqa: E402
@@ -49,6 +59,27 @@ n, gap = int(sys.argv[5]), float(sys.argv[6]) / 1000
 from dnslib import DNSRecord
 fd = os.open(out, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o600)
 kids = []
+def age():
+    start = int(open("/proc/self/stat").read().rsplit(")", 1)[1].split()[19])
+    return float(open("/proc/uptime").read().split()[0]) - start / os.sysconf("SC_CLK_TCK")
+if sys.argv[7] == "inproc":
+    while age() < 10.0:
+        time.sleep(0.1)
+    for i in range(n):
+        for life in lifes:
+            t0 = time.monotonic()
+            if mode == "tcp":
+                s = socket.socket()
+                s.connect((peer, 443))
+            else:
+                s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+                s.connect((peer, 53))
+                s.send(DNSRecord.question(f"s{i}-{int(life * 1000)}.bench.test").pack())
+            os.write(fd, f"{os.getpid()} {s.getsockname()[1]} {int(life * 1000)} {time.time()}\n".encode())
+            time.sleep(max(0.0, life - (time.monotonic() - t0)))
+            s.close()
+            time.sleep(gap)
+    n = 0
 for i in range(n):
     for life in lifes:
         t0 = time.monotonic()
@@ -75,7 +106,9 @@ for k in kids:
 """
 
 
-def run(mode: str, children: int, lifes: list[int], harvest: bool, gap_ms: float) -> dict[str, object]:
+def run(
+    mode: str, children: int, lifes: list[int], harvest: bool, gap_ms: float, inproc: bool, kernel: bool
+) -> dict[str, object]:
     sys.setswitchinterval(0.0005)
     netem = True
     lab = Lab(netem_delay_ms=5)
@@ -101,7 +134,14 @@ def run(mode: str, children: int, lifes: list[int], harvest: bool, gap_ms: float
         )
         tracker = LineageTracker([srv])
         mode_used = tracker.start()
-        attributor = LiveAttributor(tracker, harvest_interval=0.01 if harvest else 0)
+        attributor: Any = LiveAttributor(tracker, harvest_interval=0.01 if harvest else 0)
+        flows = None
+        if kernel:
+            flows, why = KernelFlows.open()
+            if flows is None:
+                sys.exit(f"eBPF programs did not load: {why}")
+            tracker.exec_source = flows.exec_record
+            attributor = KernelAttributor(flows, attributor)
         attributor.start()
         sniffer = Sniffer(lab.veth_host, Pipeline(Engine(), attributor), hold=0.0 if netem else 0.005)
         cpu0 = resource.getrusage(resource.RUSAGE_SELF)
@@ -117,6 +157,7 @@ def run(mode: str, children: int, lifes: list[int], harvest: bool, gap_ms: float
                     ",".join(map(str, lifes)),
                     str(children),
                     str(gap_ms),
+                    "inproc" if inproc else "fork",
                 ],
                 check=True,
             )
@@ -131,13 +172,15 @@ def run(mode: str, children: int, lifes: list[int], harvest: bool, gap_ms: float
                 return {t[1] for t in truth} <= ports
 
             try:
-                wait_for(seen_all, 10, "every child's packet")
+                wait_for(seen_all, 10, "every packet")
             except AssertionError:
                 pass
         finally:
             sniffer.close()
             attributor.stop()
             tracker.stop()
+            if flows is not None:
+                flows.close()
         wall = time.monotonic() - t0
         cpu1 = resource.getrusage(resource.RUSAGE_SELF)
     by_port: dict[int, list[Event]] = {}
@@ -165,6 +208,8 @@ def run(mode: str, children: int, lifes: list[int], harvest: bool, gap_ms: float
         "mode": mode,
         "tracker": mode_used,
         "harvest": harvest,
+        "in_process": inproc,
+        "attribution": "ebpf" if kernel else "fallback",
         "delay": "netem 5 ms" if netem else "capture held 5 ms (no sch_netem in this kernel)",
         "per_lifetime_ms": {str(k): dict(v) for k, v in per.items()},
         "share_correct": {str(k): round(v["correct"] / max(1, v["children"]), 4) for k, v in per.items()},
@@ -185,19 +230,25 @@ def main() -> None:
     ap.add_argument("--mode", choices=("tcp", "dns", "both"), default="both")
     ap.add_argument("--gap-ms", type=float, default=10.0, help="pause between forks")
     ap.add_argument("--no-harvest", action="store_true", help="disable the background socket harvester")
+    ap.add_argument("--in-process", action="store_true", help="sockets of the long-lived server itself")
+    ap.add_argument("--kernel", action="store_true", help="eBPF flow map first (the daemon's ebpf mode)")
     ap.add_argument("--json", action="store_true")
     args = ap.parse_args()
     if os.geteuid() != 0:
         sys.exit("run as root (network namespace, proc connector)")
     lifes = [int(x) for x in args.lifetimes.split(",")]
     modes = ("tcp", "dns") if args.mode == "both" else (args.mode,)
-    results = [run(m, args.children, lifes, not args.no_harvest, args.gap_ms) for m in modes]
+    results = [
+        run(m, args.children, lifes, not args.no_harvest, args.gap_ms, args.in_process, args.kernel)
+        for m in modes
+    ]
     if args.json:
         print(json.dumps(results, indent=2))
         return
     for r in results:
         print(
-            f"mode={r['mode']} tracker={r['tracker']} harvest={r['harvest']} "
+            f"mode={r['mode']} attribution={r['attribution']} in_process={r['in_process']} "
+            f"tracker={r['tracker']} harvest={r['harvest']} "
             f"cpu={r['cpu_seconds']}s wall={r['wall_seconds']}s "
             f"latency p50/p99 ms={r['attribution_latency_ms_p50_p99']}"
         )
