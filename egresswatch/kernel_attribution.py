@@ -23,7 +23,7 @@ from typing import Protocol
 from egresswatch.attribution import LiveAttributor
 from egresswatch.ebpf.records import ExecRecord, FlowOwner
 from egresswatch.mcpmatch import Lineage, attribution
-from egresswatch.model import Attribution, Frame, Observation, ProcessInfo
+from egresswatch.model import UDP_FLOW, Attribution, Frame, Observation, ProcessInfo
 from egresswatch.sockets import norm_ip
 
 
@@ -40,6 +40,9 @@ LATER_SOCKET = 1.0
 #: a SYN is captured inside connect(2), its record written when connect returns:
 #: a packet handled within this long of its capture may wait for the record
 SETTLE = 0.005
+#: ... but waiting costs at most this share of the time, so a flood of packets that
+#: have no record (raw sockets, forwarded traffic) cannot stall the pipeline
+SETTLE_SHARE = 0.02
 
 
 class KernelAttributor:
@@ -51,6 +54,7 @@ class KernelAttributor:
         self.lineage = live.lineage
         self.exec_record: Callable[[int], ExecRecord | None] | None = getattr(kernel, "exec_record", None)
         self.counters: Counter[str] = Counter()
+        self._budget, self._budget_at = SETTLE, time.monotonic()  # seconds of waiting allowed now
 
     def start(self) -> None:
         self.live.start()
@@ -65,26 +69,11 @@ class KernelAttributor:
         remote = (norm_ip(rip), rport)
         rec = self.kernel.owner(obs.proto, local, remote)
         if rec is None and obs.outbound:
-            deadline = frame.ts + SETTLE
-            while rec is None and time.time() < deadline:
-                time.sleep(0.0005)
-                rec = self.kernel.owner(obs.proto, local, remote)
-            if rec is not None:
-                self.counters["kernel_settled"] += 1
+            rec = self._settle(obs.proto, local, remote, frame.ts)
         if rec is not None:
             first = self.kernel.epoch(rec.first_ns)
             if first <= frame.ts + LATER_SOCKET:
-                info, chain, lin = self.lineage.lookup_key(rec.key)
-                if info is None:  # not heard of yet (lookup() reads a live one from /proc)
-                    info, chain, lin = self.lineage.lookup(rec.tgid)
-                    if info is not None and info.key != rec.key:
-                        info = None
-                for near in rec.near_keys() if info is None else ():
-                    info, chain, lin = self.lineage.lookup_key(near)
-                    if info is not None:
-                        break
-                if info is None:  # gone before the tracker filed it: tie it through its parent
-                    info, chain, lin = self._via_parent(rec)
+                info, chain, lin = self.identify(rec)
                 if info is not None:
                     self.live.remember((obs.proto, local[0], port), info.key, frame.ts)
                     self.counters["kernel"] += 1
@@ -94,6 +83,54 @@ class KernelAttributor:
                 self.counters["kernel_later_socket"] += 1
         self.counters["fallback"] += 1
         return self.live.attribute(obs, frame)
+
+    def _settle(
+        self, proto: str, local: tuple[str, int], remote: tuple[str, int], ts: float
+    ) -> FlowOwner | None:
+        now = time.monotonic()
+        self._budget = min(SETTLE, self._budget + (now - self._budget_at) * SETTLE_SHARE)
+        self._budget_at = now
+        deadline = min(time.time() + self._budget, ts + SETTLE)
+        rec = None
+        while rec is None and time.time() < deadline:
+            time.sleep(0.0005)
+            rec = self.kernel.owner(proto, local, remote)
+        self._budget -= time.monotonic() - now
+        self.counters["kernel_settled" if rec is not None else "kernel_not_settled"] += 1
+        return rec
+
+    def identify(self, rec: FlowOwner) -> tuple[ProcessInfo | None, tuple[ProcessInfo, ...], Lineage | None]:
+        """The tracker's process, chain and lineage for a kernel record."""
+        info, chain, lin = self.lineage.lookup_key(rec.key)
+        if info is None:  # not heard of yet (lookup() reads a live one from /proc)
+            info, chain, lin = self.lineage.lookup(rec.tgid)
+            if info is not None and info.key != rec.key:
+                info = None
+        for near in rec.near_keys() if info is None else ():
+            info, chain, lin = self.lineage.lookup_key(near)
+            if info is not None:
+                break
+        if info is None:  # gone before the tracker filed it: tie it through its parent
+            info, chain, lin = self._via_parent(rec)
+        return info, chain, lin
+
+    def udp_flow(self, rec: FlowOwner) -> Observation | None:
+        """The ``udp_flow`` observation of a kernel record of a first datagram,
+        for processes of an MCP tree only (None for the rest of the machine).
+        DNS (port 53) and QUIC (443) are decoded from the packets already."""
+        if rec.remote[1] in (53, 443) or not rec.remote[1]:
+            return None
+        _info, _chain, lin = self.identify(rec)
+        if lin is None:
+            self.counters["udp_flow_outside_mcp"] += 1
+            return None
+        self.counters["udp_flow"] += 1
+        src = rec.local[0]
+        if src == "::" and "." in rec.remote[0]:
+            src = "0.0.0.0"
+        ts = self.kernel.epoch(rec.first_ns)
+        return Observation(ts=ts, frame=0, kind=UDP_FLOW, proto="udp", src=src, sport=rec.local[1],
+                           dst=rec.remote[0], dport=rec.remote[1])  # fmt: skip
 
     def _via_parent(
         self, rec: FlowOwner

@@ -21,7 +21,8 @@ TLS_SNI = "tls_sni"
 TLS_INCOMPLETE = "tls_incomplete"
 QUIC_SNI = "quic_sni"
 CONNECT = "connect"
-KINDS = (DNS_QUERY, DNS_ANSWER, TLS_SNI, TLS_INCOMPLETE, QUIC_SNI, CONNECT)
+UDP_FLOW = "udp_flow"  # first datagram of a (process, destination) UDP flow, from the kernel (eBPF)
+KINDS = (DNS_QUERY, DNS_ANSWER, TLS_SNI, TLS_INCOMPLETE, QUIC_SNI, CONNECT, UDP_FLOW)
 
 Proto = Literal["udp", "tcp"]
 

@@ -87,6 +87,11 @@ class Pipeline:
             return []
         return [self._handle(obs, frame) for obs in observations]
 
+    def inject(self, obs: Observation) -> Event:
+        """Handle an observation that comes from no frame (a ``udp_flow`` seen by
+        the kernel) exactly like a decoded one; its own ``ts`` is its clock."""
+        return self._handle(obs, Frame(ts=obs.ts, data=b"", linktype=0))
+
     def finish(self, last: Frame | None = None) -> list[Event]:
         """End of input: flush what the decoder still holds (incomplete hellos)."""
         frame = last or Frame(ts=0.0, data=b"", linktype=0)

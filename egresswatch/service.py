@@ -20,6 +20,7 @@ import faulthandler
 import json
 import logging
 import os
+import queue
 import signal
 import sys
 import time
@@ -108,6 +109,7 @@ class Daemon:
         self.attributor: Any = None
         self.kernel: Any = None  # egresswatch.ebpf.loader.KernelFlows when loaded
         self.attribution_mode: dict[str, Any] = {"mode": "none"}
+        self._udp_flows: queue.SimpleQueue[Any] = queue.SimpleQueue()  # kernel records of first datagrams
         self.recording: Any = None
         self.jsonl: Any = None
         self.started = time.time()
@@ -174,6 +176,7 @@ class Daemon:
             from egresswatch.kernel_attribution import KernelAttributor
 
             self.attributor = KernelAttributor(self.kernel, self.attributor)
+            self.kernel.start_events(self._on_udp_record)  # udp_flow events, handled in run()
         self.attributor.start()
         attributor: Any = self.attributor
         record = self.opts.record_procs or cfg.daemon.record_procs
@@ -272,6 +275,9 @@ class Daemon:
             while not self.flags.stop:
                 for frame in self.source.frames(tick, wake_fd=self._wake_r):
                     feed(frame)
+                    if not self._udp_flows.empty():
+                        self._drain_udp_flows()
+                self._drain_udp_flows()
                 self._drain_wakeups()
                 if self.flags.reload:
                     self.flags.reload = False
@@ -283,6 +289,29 @@ class Daemon:
         finally:
             self.shutdown()
         return 0
+
+    def _on_udp_record(self, rec: Any) -> None:
+        if self._udp_flows.qsize() >= 65536:  # the main loop is behind: bounded, counted
+            self.counters["udp_flow_dropped"] += 1
+            return
+        self._udp_flows.put(rec)
+
+    def _drain_udp_flows(self) -> None:
+        """udp_flow events: the kernel's records of the first datagram of each
+        (process, destination) UDP flow, for MCP tree processes only."""
+        inject = self.pipeline.inject if self.pipeline is not None else None
+        while inject is not None:
+            try:
+                rec = self._udp_flows.get_nowait()
+            except queue.Empty:
+                return
+            try:
+                obs = self.attributor.udp_flow(rec)
+                if obs is not None:
+                    inject(obs)
+            except Exception:
+                log.exception("udp_flow event failed")
+                self.counters["udp_flow_errors"] += 1
 
     def _drain_wakeups(self) -> None:
         try:

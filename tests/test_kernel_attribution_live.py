@@ -10,9 +10,8 @@ daemon, a fake MCP host, the attacker's case (issues #9, #17).
 - the daemon with BPF loading refused: it runs, attributes long-lived
   sockets, and ``status`` / ``doctor`` say it fell back.
 
-Not asserted: the DNS query to UDP port 5353 and the datagram to an arbitrary
-port are sent but the daemon makes no event of them (no ``udp_flow`` events
-yet: docs/attribution.md).
+The DNS query to UDP port 5353 and the datagram to an arbitrary port are seen
+through ``udp_flow`` events (the kernel's record of each first datagram).
 """
 
 from __future__ import annotations
@@ -256,10 +255,17 @@ def check_scenario(rows: list[dict[str, Any]], srv: list[dict[str, Any]], oth: l
             reasons = {r["reason"] for r in by_sport.get(("tcp", x["sport"], x["dst"]), [])}
             if "direct_ip" not in reasons:
                 bad.append(f"bare IP hello from port {x['sport']}: no direct_ip ({reasons})")
+        if x["what"] in ("dns_5353", "datagram"):
+            flows = [r for r in by_sport.get(("udp", x["sport"], lab.peer4), []) if r["kind"] == "udp_flow"]
+            expect(flows, x["pid"], x["what"] + " (udp_flow)")
         if x["what"] == "exfil":
             if {r["reason"] for r in by_name.get(x["name"], []) if r["kind"] == "dns_query"} != {"dns_exfil"}:
                 bad.append(f"exfil {x['name']}: not flagged dns_exfil")
     for x in oth:
+        if x["what"] in ("dns_5353", "datagram"):  # no udp_flow event outside MCP trees
+            flows = [r for r in by_sport.get(("udp", x["sport"], lab.peer4), []) if r["kind"] == "udp_flow"]
+            if flows:
+                bad.append(f"unrelated {x['what']}: udp_flow event {flows[0]['server']}")
         if x.get("name"):
             expect(by_name.get(x["name"], []), None, "unrelated " + x["what"])
         if x.get("sport") and x["what"] in ("resolved_tls", "bare_tls"):
