@@ -30,7 +30,14 @@ from egresswatch.sockets import norm_ip
 class FlowTable(Protocol):
     """egresswatch.ebpf.loader.KernelFlows, as far as attribution uses it."""
 
-    def owner(self, proto: str, local: tuple[str, int], remote: tuple[str, int]) -> FlowOwner | None: ...
+    def owner(
+        self,
+        proto: str,
+        local: tuple[str, int],
+        remote: tuple[str, int],
+        at: float | None = None,
+        slack: float = 1.0,
+    ) -> FlowOwner | None: ...
 
     def epoch(self, boot_ns: int) -> float: ...
 
@@ -67,7 +74,7 @@ class KernelAttributor:
         local = (norm_ip(ip), port)
         rip, rport = obs.remote()
         remote = (norm_ip(rip), rport)
-        rec = self.kernel.owner(obs.proto, local, remote)
+        rec = self.kernel.owner(obs.proto, local, remote, frame.ts, LATER_SOCKET)
         if rec is None and obs.outbound:
             rec = self._settle(obs.proto, local, remote, frame.ts)
         if rec is not None:
@@ -94,7 +101,7 @@ class KernelAttributor:
         rec = None
         while rec is None and time.time() < deadline:
             time.sleep(0.0005)
-            rec = self.kernel.owner(proto, local, remote)
+            rec = self.kernel.owner(proto, local, remote, ts, LATER_SOCKET)
         self._budget -= time.monotonic() - now
         self.counters["kernel_settled" if rec is not None else "kernel_not_settled"] += 1
         return rec

@@ -24,7 +24,7 @@ import queue
 import signal
 import sys
 import time
-from collections import Counter
+from collections import Counter, deque
 from dataclasses import dataclass, field
 from pathlib import Path
 from types import FrameType
@@ -34,6 +34,7 @@ from egresswatch import sdnotify
 from egresswatch.capture.live import LiveSource
 from egresswatch.config import Config, load_config
 from egresswatch.errors import EgresswatchError, PermissionProblem
+from egresswatch.model import Observation
 from egresswatch.pipeline import Pipeline, Sink
 
 if TYPE_CHECKING:
@@ -43,6 +44,7 @@ log = logging.getLogger(__name__)
 
 DEFAULT_STATUS_PATH = Path("/run/egresswatch/status.json")
 HOUSEKEEP = 0.5  # seconds between flush/status/watchdog work
+UDP_FLOW_HOLD = 0.2  # a udp_flow waits at most this long for the capture to pass its time
 PRUNE_EVERY = 3600.0
 SEED_LIMIT = 50_000  # learned (server, destination) pairs read back at start
 HOSTS_FILE = Path("/etc/hosts")  # its names count as resolved (start and reload)
@@ -110,6 +112,10 @@ class Daemon:
         self.kernel: Any = None  # egresswatch.ebpf.loader.KernelFlows when loaded
         self.attribution_mode: dict[str, Any] = {"mode": "none"}
         self._udp_flows: queue.SimpleQueue[Any] = queue.SimpleQueue()  # kernel records of first datagrams
+        self._udp_pending: deque[Observation] = (
+            deque()
+        )  # their udp_flow observations, waiting for the capture
+        self._last_frame_ts = 0.0
         self.recording: Any = None
         self.jsonl: Any = None
         self.started = time.time()
@@ -275,7 +281,8 @@ class Daemon:
             while not self.flags.stop:
                 for frame in self.source.frames(tick, wake_fd=self._wake_r):
                     feed(frame)
-                    if not self._udp_flows.empty():
+                    self._last_frame_ts = frame.ts
+                    if self._udp_pending or not self._udp_flows.empty():
                         self._drain_udp_flows()
                 self._drain_udp_flows()
                 self._drain_wakeups()
@@ -298,20 +305,30 @@ class Daemon:
 
     def _drain_udp_flows(self) -> None:
         """udp_flow events: the kernel's records of the first datagram of each
-        (process, destination) UDP flow, for MCP tree processes only."""
-        inject = self.pipeline.inject if self.pipeline is not None else None
-        while inject is not None:
+        (process, destination) UDP flow, for MCP tree processes only. A record
+        arrives before the packets sent just before it (a DNS answer that names
+        its destination) have left the capture ring: it waits until the capture
+        has passed its time, or UDP_FLOW_HOLD seconds when the capture is quiet."""
+        if self.pipeline is None:
+            return
+        while True:
             try:
                 rec = self._udp_flows.get_nowait()
             except queue.Empty:
-                return
+                break
             try:
                 obs = self.attributor.udp_flow(rec)
-                if obs is not None:
-                    inject(obs)
             except Exception:
                 log.exception("udp_flow event failed")
                 self.counters["udp_flow_errors"] += 1
+                continue
+            if obs is not None:
+                self._udp_pending.append(obs)
+        now = time.time()
+        while self._udp_pending and (
+            self._udp_pending[0].ts <= self._last_frame_ts or now - self._udp_pending[0].ts > UDP_FLOW_HOLD
+        ):
+            self.pipeline.inject(self._udp_pending.popleft())
 
     def _drain_wakeups(self) -> None:
         try:

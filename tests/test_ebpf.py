@@ -151,3 +151,28 @@ def test_exec_record_is_what_the_kernel_ran(kernel: KernelFlows) -> None:
         assert rec.filename == sys.executable and not rec.truncated
     finally:
         p.communicate(b"")
+
+
+def test_a_reused_port_belongs_to_its_latest_sender(kernel: KernelFlows) -> None:
+    """A connected socket's record (full 4-tuple) must not shadow a later
+    unconnected socket on the same port (filed under the local end only)."""
+    dst = ("127.0.0.1", 9)
+    threads: list[int] = []
+
+    def first() -> None:
+        a = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+        a.bind(("127.0.0.1", 0))
+        a.connect(dst)
+        a.send(b"one")
+        threads.append(a.getsockname()[1])
+        a.close()
+
+    t = threading.Thread(target=first)
+    t.start()
+    t.join()
+    b = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    b.bind(("127.0.0.1", threads[0]))
+    b.sendto(b"two", dst)
+    b.close()
+    rec = kernel.owner("udp", ("127.0.0.1", threads[0]), dst)
+    assert rec is not None and rec.pid == os.getpid() and rec.remote == ("::", 0)

@@ -100,6 +100,10 @@ learning = false
              # the lab's veth only: other test suites on this machine flood their own labs
              "--iface", lab.veth_host],
             env=self.env, cwd=REPO, stderr=self.log, text=True,
+            # ahead of the CPU burners: a daemon starved for more than the capture ring
+            # holds (64 blocks retired every 20 ms) loses packets in the kernel, which
+            # is the capture's limit, not attribution's (kernel_drops in the status)
+            preexec_fn=lambda: os.nice(-10),
         )  # fmt: skip
         self.host: subprocess.Popen[str] | None = None
         try:
@@ -262,14 +266,16 @@ def check_scenario(rows: list[dict[str, Any]], srv: list[dict[str, Any]], oth: l
                 bad.append(f"bare IP hello from port {x['sport']}: no direct_ip ({reasons})")
         if x["what"] == "datagram" or (x["what"] == "dns_5353" and x is first_5353):
             # one udp_flow per (process, destination): the first query to :5353, every datagram (new port)
-            flows = [r for r in by_sport.get(("udp", x["sport"], lab.peer4), []) if r["kind"] == "udp_flow"]
+            flows = [r for r in by_sport.get(("udp", x["sport"], lab.peer4), [])
+                     if r["kind"] == "udp_flow" and r["dport"] == x["dport"]]  # fmt: skip
             expect(flows, x["pid"], x["what"] + " (udp_flow)")
         if x["what"] == "exfil":
             if {r["reason"] for r in by_name.get(x["name"], []) if r["kind"] == "dns_query"} != {"dns_exfil"}:
                 bad.append(f"exfil {x['name']}: not flagged dns_exfil")
     for x in oth:
         if x["what"] in ("dns_5353", "datagram"):  # no udp_flow event outside MCP trees
-            flows = [r for r in by_sport.get(("udp", x["sport"], lab.peer4), []) if r["kind"] == "udp_flow"]
+            flows = [r for r in by_sport.get(("udp", x["sport"], lab.peer4), [])
+                     if r["kind"] == "udp_flow" and r["dport"] == x["dport"]]  # fmt: skip
             if flows:
                 bad.append(f"unrelated {x['what']}: udp_flow event {flows[0]['server']}")
         if x.get("name"):

@@ -107,21 +107,35 @@ class KernelFlows:
         return cls(obj, attached, missing), f"libbpf {libbpf.version()}, {len(attached)} programs"
 
     # -- lookups ------------------------------------------------------------
-    def owner(self, proto: str, local: tuple[str, int], remote: tuple[str, int]) -> FlowOwner | None:
-        """The last process that sent on the socket with this local end (and
-        this remote end, or none: unconnected UDP), wildcard binds included."""
+    def owner(
+        self,
+        proto: str,
+        local: tuple[str, int],
+        remote: tuple[str, int],
+        at: float | None = None,
+        slack: float = 1.0,
+    ) -> FlowOwner | None:
+        """The process that last sent on a socket with this local end (and this
+        remote end, or none: unconnected UDP; wildcard binds included). Ports
+        are reused, so of the records found the latest sender wins, among those
+        first seen no later than ``at + slack`` (epoch seconds) when ``at`` is given."""
         try:
             lip, rip = pack_ip(local[0]), pack_ip(remote[0])
         except ValueError:
             return None
+        best: FlowOwner | None = None
         for la, ra, rp in ((lip, rip, remote[1]), (lip, ANY, 0), (ANY, rip, remote[1]), (ANY, ANY, 0)):
             key = flow_key(proto, la, local[1], ra, rp)
             val = libbpf.lookup(self._flows, key, FLOW_VAL.size)
-            if val is not None:
-                self.counters["hits"] += 1
-                return parse_flow(key, val)
-        self.counters["misses"] += 1
-        return None
+            if val is None:
+                continue
+            rec = parse_flow(key, val)
+            if at is not None and self.epoch(rec.first_ns) > at + slack:
+                continue  # a later socket on the port
+            if best is None or rec.last_ns > best.last_ns:
+                best = rec
+        self.counters["hits" if best is not None else "misses"] += 1
+        return best
 
     def epoch(self, boot_ns: int) -> float:
         return self._offset + boot_ns / 1e9

