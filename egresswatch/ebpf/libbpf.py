@@ -53,6 +53,7 @@ def _declare(h: ctypes.CDLL) -> None:
         "bpf_program__attach": (p, [p]),
         "bpf_link__destroy": (i, [p]),
         "bpf_map__fd": (i, [p]),
+        "bpf_map__set_pin_path": (i, [p, s]),
         "bpf_map_lookup_elem": (i, [i, p, p]),
         "bpf_map_get_next_key": (i, [i, p, p]),
         "ring_buffer__new": (p, [i, _RB_CB, p, p]),
@@ -82,7 +83,11 @@ def _fail(what: str, rc: int | None = None) -> BpfError:
 class BpfObject:
     """An opened and loaded object file; programs are attached one by one."""
 
-    def __init__(self, path: str, skip: Callable[[str], bool] = lambda _n: False) -> None:
+    def __init__(
+        self, path: str, skip: Callable[[str], bool] = lambda _n: False, pins: dict[str, str] | None = None
+    ) -> None:
+        """``pins``: map name -> bpffs path; an existing pinned map is reused
+        (its contents survive a restart), else the new one is pinned there."""
         h = lib()
         self._h = h
         self._links: list[int] = []
@@ -98,6 +103,10 @@ class BpfObject:
             else:
                 self.programs[name] = prog
             prog = h.bpf_object__next_program(self._obj, prog)
+        for name, pin in (pins or {}).items():
+            m = h.bpf_object__find_map_by_name(self._obj, name.encode())
+            if m:
+                h.bpf_map__set_pin_path(m, pin.encode())
         rc = h.bpf_object__load(self._obj)
         if rc != 0:
             self.close()

@@ -40,6 +40,10 @@ BTF = Path("/sys/kernel/btf/vmlinux")
 DISABLE_ENV = "EGRESSWATCH_NO_BPF"
 REQUIRED = "on_send"
 TRACEFS = Path("/sys/kernel/tracing")
+BPFFS = Path("/sys/fs/bpf")
+#: exec records outlive the daemon: a server that renamed itself before a restart stays identified
+PINS = {"execs": str(BPFFS / "egresswatch" / "execs_v1")}
+BPF_FS_MAGIC = 0xCAFE4A11
 
 
 def _ensure_tracefs() -> None:
@@ -49,6 +53,17 @@ def _ensure_tracefs() -> None:
     libc = ctypes.CDLL(None, use_errno=True)
     if libc.mount(b"nodev", str(TRACEFS).encode(), b"tracefs", 0, None) != 0:
         log.debug("cannot mount tracefs: %s", os.strerror(ctypes.get_errno()))
+
+
+def _pins() -> dict[str, str]:
+    """PINS when a bpffs is (or can be) mounted at /sys/fs/bpf, else none."""
+    libc = ctypes.CDLL(None, use_errno=True)
+    buf = ctypes.create_string_buffer(256)  # struct statfs: f_type is the first field
+    if libc.statfs(str(BPFFS).encode(), buf) == 0 and int.from_bytes(buf.raw[:8], "little") == BPF_FS_MAGIC:
+        return PINS
+    if BPFFS.is_dir() and libc.mount(b"bpf", str(BPFFS).encode(), b"bpf", 0, b"mode=700") == 0:
+        return PINS
+    return {}
 
 
 def boot_offset() -> float:
@@ -83,8 +98,14 @@ class KernelFlows:
         if not path.is_file():
             return None, f"{path} missing (rebuild with scripts/build-bpf.sh)"
         _ensure_tracefs()
+        pins = _pins()
         try:
-            obj = libbpf.BpfObject(str(path))
+            try:
+                obj = libbpf.BpfObject(str(path), pins=pins)
+            except libbpf.BpfError:
+                for pin in pins.values():  # a pinned map of another layout: start afresh
+                    Path(pin).unlink(missing_ok=True)
+                obj = libbpf.BpfObject(str(path), pins=pins)
         except libbpf.BpfError as exc:
             # one program the verifier refused: keep the required ones only
             try:

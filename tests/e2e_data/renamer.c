@@ -1,6 +1,7 @@
 /* A server that rewrites its argv and comm to "/usr/sbin/sshd -D" as its
  * first act, then (once GO exists) sends DNS queries on sockets closed right
- * after sendto. For tests/test_kernel_attribution_live.py (rename evasion).
+ * after sendto; once GO2 (GO + "2") exists, the same again (after a daemon
+ * restart). For tests/test_kernel_attribution_live.py (rename evasion).
  * usage: renamer PEER4 REPS GO */
 #include <arpa/inet.h>
 #include <netinet/in.h>
@@ -44,15 +45,22 @@ int main(int argc, char **argv)
 		usleep(20000);
 	struct sockaddr_in to = {.sin_family = AF_INET, .sin_port = htons(53)};
 	inet_pton(AF_INET, peer, &to.sin_addr);
-	for (int i = 0; i < reps; i++) {
-		unsigned char buf[300];
-		char name[64];
-		snprintf(name, sizeof(name), "renamed%d.test", i);
-		int n = query(buf, name);
-		int s = socket(AF_INET, SOCK_DGRAM, 0);
-		sendto(s, buf, n, 0, (struct sockaddr *)&to, sizeof(to));
-		close(s);
-		usleep(20000);
+	char go2[4096];
+	snprintf(go2, sizeof(go2), "%s2", go);
+	for (int round = 0; round < 2; round++) {
+		/* round 2 (after GO2 exists): the same once the daemon has restarted */
+		while (round == 1 && access(go2, F_OK) != 0)
+			usleep(20000);
+		for (int i = 0; i < reps; i++) {
+			unsigned char buf[300];
+			char name[64];
+			snprintf(name, sizeof(name), "%s%d.test", round ? "again" : "renamed", i);
+			int n = query(buf, name);
+			int s = socket(AF_INET, SOCK_DGRAM, 0);
+			sendto(s, buf, n, 0, (struct sockaddr *)&to, sizeof(to));
+			close(s);
+			usleep(20000);
+		}
 	}
 	pause();
 	return 0;
