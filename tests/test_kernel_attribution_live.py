@@ -252,6 +252,11 @@ def check_scenario(rows: list[dict[str, Any]], srv: list[dict[str, Any]], oth: l
                     f"{what}: {r['kind']} {r['qname'] or r['sni'] or r['dst']} -> {got} ({r['attribution']})"
                 )
 
+    def near(rs: list[dict[str, Any]], x: dict[str, Any]) -> list[dict[str, Any]]:
+        # ports are reused (the server's and the unrelated process's connections to the
+        # same address): a port names this action's packets only around its time
+        return [r for r in rs if abs(r["ts"] - x["t"]) < 0.5]
+
     by_name: dict[str, list[dict[str, Any]]] = {}
     by_sport: dict[tuple[str, int, str], list[dict[str, Any]]] = {}
     for r in rows:
@@ -269,14 +274,14 @@ def check_scenario(rows: list[dict[str, Any]], srv: list[dict[str, Any]], oth: l
                 by_name.get(x["name"], []), x["pid"] if x["pid"] != server_pid else server_pid, "getaddrinfo"
             )
         if x["what"] in ("resolved_tls", "bare_tls"):
-            expect(by_sport.get(("tcp", x["sport"], x["dst"]), []), x["pid"], x["what"] + " by port")
+            expect(near(by_sport.get(("tcp", x["sport"], x["dst"]), []), x), x["pid"], x["what"] + " by port")
         if x["what"] == "bare_tls":
-            reasons = {r["reason"] for r in by_sport.get(("tcp", x["sport"], x["dst"]), [])}
+            reasons = {r["reason"] for r in near(by_sport.get(("tcp", x["sport"], x["dst"]), []), x)}
             if "direct_ip" not in reasons:
                 bad.append(f"bare IP hello from port {x['sport']}: no direct_ip ({reasons})")
         if x["what"] == "datagram" or (x["what"] == "dns_5353" and x is first_5353):
             # one udp_flow per (process, destination): the first query to :5353, every datagram (new port)
-            flows = [r for r in by_sport.get(("udp", x["sport"], lab.peer4), [])
+            flows = [r for r in near(by_sport.get(("udp", x["sport"], lab.peer4), []), x)
                      if r["kind"] == "udp_flow" and r["dport"] == x["dport"]]  # fmt: skip
             expect(flows, x["pid"], x["what"] + " (udp_flow)")
         if x["what"] == "exfil":
@@ -284,7 +289,7 @@ def check_scenario(rows: list[dict[str, Any]], srv: list[dict[str, Any]], oth: l
                 bad.append(f"exfil {x['name']}: not flagged dns_exfil")
     for x in oth:
         if x["what"] in ("dns_5353", "datagram"):  # no udp_flow event outside MCP trees
-            flows = [r for r in by_sport.get(("udp", x["sport"], lab.peer4), [])
+            flows = [r for r in near(by_sport.get(("udp", x["sport"], lab.peer4), []), x)
                      if r["kind"] == "udp_flow" and r["dport"] == x["dport"]]  # fmt: skip
             if flows:
                 bad.append(f"unrelated {x['what']}: udp_flow event {flows[0]['server']}")
@@ -292,7 +297,9 @@ def check_scenario(rows: list[dict[str, Any]], srv: list[dict[str, Any]], oth: l
             expect(by_name.get(x["name"], []), None, "unrelated " + x["what"])
         if x.get("sport") and x["what"] in ("resolved_tls", "bare_tls"):
             expect(
-                by_sport.get(("tcp", x["sport"], x["dst"]), []), None, "unrelated " + x["what"] + " by port"
+                near(by_sport.get(("tcp", x["sport"], x["dst"]), []), x),
+                None,
+                "unrelated " + x["what"] + " by port",
             )
     # the server resolved peer4 (allowed.test): no connection to it is a direct_ip
     direct = [r for r in rows if r["reason"] == "direct_ip" and r["dst"] == lab.peer4]

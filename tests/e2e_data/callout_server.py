@@ -36,7 +36,7 @@ CTX.verify_mode = ssl.CERT_NONE
 
 
 def log(**kw: object) -> None:
-    line = (json.dumps({"pid": os.getpid(), **kw}) + "\n").encode()
+    line = (json.dumps({"pid": os.getpid(), "t": time.time(), **kw}) + "\n").encode()
     fd = os.open(LOG, os.O_WRONLY | os.O_APPEND)
     os.write(fd, line)  # one write per line: children and grandchildren share the file
     os.close(fd)
