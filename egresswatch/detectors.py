@@ -148,7 +148,9 @@ class _ParentState:
 
     def suspicious(self, slow_since: float) -> bool:
         """A random-looking name seen since ``slow_since``, or TXT/NULL/ANY queries pending."""
-        return bool(self.floods) or (bool(self.slow_shaped.times) and self.slow_shaped.times[-1] >= slow_since)
+        return bool(self.floods) or (
+            bool(self.slow_shaped.times) and self.slow_shaped.times[-1] >= slow_since
+        )
 
 
 class _OwnerState:
