@@ -358,6 +358,8 @@ class Store:
         row = event_row(event)
         with self._lock:
             self._pending.append(row)
+        if self._failing:  # retried by the next flush() call (housekeeping), not per event
+            return
         ts = event.obs.ts
         if self._last_flush_ts is None:
             self._last_flush_ts = ts

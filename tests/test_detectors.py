@@ -335,7 +335,7 @@ def test_suspicious_parents_of_one_server_do_not_evict_another_servers() -> None
 
     ts = 0.0
     flagged = 0
-    for i in range(12):
+    for _ in range(12):
         flagged += det.observe("victim", f"{rnd()}.exfil-sink.com", 1, ts) is not None
         for j in range(300):  # a noisy server with a random-looking name under each of 300 parents
             det.observe("noisy", f"{rnd()}.p{j}.com", 1, ts + 0.01 * j)
