@@ -54,7 +54,7 @@ SEED_LIMIT = 50_000  # learned (server, destination) pairs read back at start
 HOSTS_FILE = Path("/etc/hosts")  # its names count as resolved (start and reload)
 # SIGTERM: read what the capture ring still holds for up to this long (the
 # systemd unit's TimeoutStopSec is 30 s), until no frame came for DRAIN_QUIET.
-DRAIN_SECONDS = 10.0
+DRAIN_SECONDS = 20.0
 DRAIN_QUIET = 0.2
 
 

@@ -96,6 +96,7 @@ class Daemon:
             self.notify.wait("READY=1", timeout=60)
         except AssertionError:
             raise AssertionError(f"no READY=1; log:\n{self.log_path.read_text()[-3000:]}") from None
+        wait_for(self.status.exists, 10, "the first status file")
         return self
 
     def stop(self) -> int:
