@@ -122,11 +122,14 @@ def test_files_in_sticky_or_user_symlinked_directories_are_refused(
     cfg = config(private)
     shutil.copy(cfg, private / "conf" / "config.toml")
     (private / "dbdir").mkdir(mode=0o700)
+    sticky_cfg = public / "config.toml"  # root's own file, but the user can plant names beside it
+    shutil.copy(cfg, sticky_cfg)
     user.run("ln", "-s", str(private / "conf"), str(public / "conflink"))  # the user can repoint these
     user.run("ln", "-s", str(private / "dbdir"), str(public / "dblink"))
     cases = [
         ("a config through a user's symlink", ("--config", str(public / "conflink" / "config.toml")),
          "symbolic link owned by uid"),
+        ("a config in a sticky directory", ("--config", str(sticky_cfg)), "refusing to use config"),
         ("a database in a sticky directory", ("--config", str(cfg), "--db", str(public / "events.db")),
          "refusing to use database"),
         ("a database through a user's symlink", ("--config", str(cfg), "--db", str(public / "dblink" / "e.db")),
@@ -140,7 +143,11 @@ def test_files_in_sticky_or_user_symlinked_directories_are_refused(
         proc = ew_run(*args, "--status-file", str(private / "status.json"))
         line = refused(proc, what)
         assert words in line, (what, line)
-    assert sorted(p.name for p in public.iterdir()) == ["conflink", "dblink"]  # nothing written there
+    assert sorted(p.name for p in public.iterdir()) == [
+        "config.toml",
+        "conflink",
+        "dblink",
+    ]  # nothing written
     assert list((private / "dbdir").iterdir()) == []
 
 
