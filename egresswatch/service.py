@@ -146,6 +146,9 @@ class Daemon:
             raise PermissionProblem(f"refusing to use database {db}: {problems[0]}")
         self._check_outputs()
         try:
+            from egresswatch.store import make_db_dir
+
+            make_db_dir(db, self.config.daemon.db_group)  # the lock lives beside the database
             self.locks.append(InstanceLock(Path(f"{db}.lock"), f"database {db}").acquire())
             status = self.opts.status_path
             self.locks.append(InstanceLock(Path(f"{status}.lock"), f"status file {status}").acquire())

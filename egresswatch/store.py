@@ -158,8 +158,8 @@ def _connect(path: Path, readonly: bool) -> sqlite3.Connection:
     return conn
 
 
-def _create_file(path: Path, group: str | None) -> None:
-    """Create the database directory and file with restrictive modes."""
+def make_db_dir(path: Path, group: str | None) -> int:
+    """Create the database's directory (0750, group ``group``) if missing; the group id or -1."""
     gid = -1
     if group is not None:
         try:
@@ -171,6 +171,12 @@ def _create_file(path: Path, group: str | None) -> None:
         os.chmod(path.parent, 0o750)
         if gid >= 0 and os.geteuid() == 0:
             os.chown(path.parent, 0, gid)
+    return gid
+
+
+def _create_file(path: Path, group: str | None) -> None:
+    """Create the database directory and file with restrictive modes."""
+    gid = make_db_dir(path, group)
     if path.exists():
         return
     mode = 0o640 if gid >= 0 else 0o600

@@ -151,7 +151,7 @@ def test_second_daemon_on_the_same_database_or_status_file_is_refused(private: P
     others = []
     try:
         # the same database, another status file; then the same status file, another database
-        for other in (Daemon(lab, private, "b"), Daemon(lab, private, "c", args=("--db", str(private / "other.db")),
+        for other in (Daemon(lab, private, "b"), Daemon(lab, private, "c", args=("--db", str(private / "new" / "other.db")),
                                                      status=first.status)):  # fmt: skip
             others.append(other)
             try:
