@@ -297,21 +297,28 @@ class Daemon:
 
     def drain(self) -> None:
         """After SIGTERM: feed what the capture ring still holds (a burst just
-        before the signal), until no frame came for DRAIN_QUIET seconds or
-        DRAIN_SECONDS passed; the pipeline and the sinks are flushed next."""
+        before the signal): every frame the kernel stamped before now, i.e.
+        until a later frame shows up or none came for DRAIN_QUIET seconds (the
+        kernel hands a partly filled block over after 20 ms), at most
+        DRAIN_SECONDS; the pipeline and the sinks are flushed next."""
         assert self.source is not None and self.pipeline is not None
         sdnotify.stopping()
         start = time.monotonic()
+        cutoff = time.time()  # frames carry the kernel's wall-clock receive time
         deadline = start + DRAIN_SECONDS
         feed = self.pipeline.feed
         n = 0
-        while time.monotonic() < deadline:
+        caught_up = False
+        while not caught_up and time.monotonic() < deadline:
             if self._watchdog:
                 sdnotify.watchdog_ping()
             before = n
             for frame in self.source.frames(min(DRAIN_QUIET, max(0.0, deadline - time.monotonic()))):
                 feed(frame)
                 n += 1
+                if frame.ts > cutoff:  # the ring is in arrival order: all earlier frames are read
+                    caught_up = True
+                    break
             if n == before:
                 break
         (log.warning if time.monotonic() >= deadline else log.info)(
