@@ -11,6 +11,7 @@ import click
 
 from egresswatch import __version__
 from egresswatch.errors import EgresswatchError
+from egresswatch.textsafe import SafeFormatter
 
 # command name -> module defining it (each module has a COMMANDS list). Modules are
 # imported only when their command runs, so `replay` does not pay for sqlite-utils
@@ -56,7 +57,9 @@ def cli(verbose: int) -> None:
     per-server allowlists and detectors, stores and alerts.
     """
     level = logging.WARNING - 10 * min(verbose, 2)
-    logging.basicConfig(level=level, stream=sys.stderr, format="%(levelname)s %(name)s: %(message)s")
+    handler = logging.StreamHandler(sys.stderr)
+    handler.setFormatter(SafeFormatter("%(levelname)s %(name)s: %(message)s"))  # escapes user text
+    logging.basicConfig(level=level, handlers=[handler])
 
 
 def main() -> None:

@@ -91,8 +91,10 @@ def _pid_alive(pid: object) -> bool:
 def status(status_file: Path, as_json: bool) -> None:
     """Show the daemon's counters and whether it is healthy (exit 1 if not).
 
-    Healthy means: the status file names a live process and was updated
-    within the last few housekeeping intervals.
+    Healthy means: the status file names a live process, was updated within
+    the last few housekeeping intervals, and the daemon found no loss of
+    events (kernel drops, database errors or a lost database file, dropped
+    alerts, failing exports); each problem is shown.
     """
     data = read_status(status_file)
     if data is None:
@@ -101,13 +103,21 @@ def status(status_file: Path, as_json: bool) -> None:
     age = time.time() - float(data.get("updated", 0))
     alive = _pid_alive(data.get("pid"))
     fresh = age <= 3 * float(data.get("interval", 1.0)) + 5
-    healthy = alive and fresh and data.get("state") == "running"
+    problems = [str(p) for p in data.get("problems") or [] if data.get("state") == "running"]
+    if not alive:
+        problems.insert(0, "the daemon is not running")
+    elif not fresh:
+        problems.insert(0, f"the status file is {age:.0f}s old (the daemon is stuck)")
+    healthy = alive and fresh and data.get("state") == "running" and data.get("healthy", True) is not False
     if as_json:
-        click.echo(json.dumps({**data, "age": age, "alive": alive, "healthy": healthy}, indent=1))
+        click.echo(json.dumps({**data, "age": age, "alive": alive, "healthy": healthy, "problems": problems},
+                              indent=1))  # fmt: skip
     else:
         state = "healthy" if healthy else "NOT HEALTHY"
         click.echo(f"egresswatch: {state} (pid {data.get('pid')} {'alive' if alive else 'not running'},"
                    f" state {safe(data.get('state'))}, updated {age:.1f}s ago)")  # fmt: skip
+        for problem in problems:
+            click.echo(f"problem: {safe(problem)}")
         click.echo(f"database: {safe(data.get('database'))}")
         attr = data.get("attribution") or {}
         click.echo(f"attribution: {safe(attr.get('mode', 'unknown'))} ({safe(attr.get('reason', '?'))})")

@@ -146,6 +146,24 @@ class _ParentState:
         self.slow_names = _Recent()  # the same over the slow window
         self.slow_shaped = _Recent()
 
+    def suspicious(self, slow_since: float) -> bool:
+        """A random-looking name seen since ``slow_since``, or TXT/NULL/ANY queries pending."""
+        return bool(self.floods) or (
+            bool(self.slow_shaped.times) and self.slow_shaped.times[-1] >= slow_since
+        )
+
+
+class _OwnerState:
+    """One server's parents: ``plain`` ones (evictable, least recently used
+    first) and ``marked`` ones that carry a random-looking name or a TXT flood
+    within the slow window (kept until that window has passed)."""
+
+    __slots__ = ("plain", "marked")
+
+    def __init__(self) -> None:
+        self.plain: OrderedDict[str, _ParentState] = OrderedDict()
+        self.marked: OrderedDict[str, _ParentState] = OrderedDict()
+
 
 class _Recent:
     """Distinct names last seen within a window, most recent last, as two flat
@@ -198,20 +216,64 @@ class DnsExfilDetector:
     ``slow_unique_subdomains`` names or ``slow_suspicious_names`` shaped ones
     (low and slow). Labels of 16+ random-looking characters that together
     exceed ``max_label_len`` flag at once (a payload cut into several labels).
-    Memory is bounded: ``max_parents`` parents (least recently used
-    evicted), and per parent only as many names as a threshold needs.
+    State is kept per server (``owner``). Memory is bounded: ``max_parents``
+    (server, parent) states in all, and per parent only as many names as a
+    threshold needs (~27 MiB worst case for 4,096). When full, the least
+    recently used parent that does not look suspicious is dropped from the
+    server holding the most such parents, so one server's noise evicts its own
+    state, never another's; a parent with a random-looking name or a TXT flood
+    still in its window is dropped only when every state is such a parent
+    (``counters['suspicious_evicted']``).
     """
 
     def __init__(self, cfg: ExfilConfig | None = None, max_parents: int = 4096) -> None:
         self.cfg = cfg or ExfilConfig()
         self.max_parents = max(1, max_parents)
-        self._state: OrderedDict[tuple[str, str], _ParentState] = OrderedDict()
+        self._owners: dict[str, _OwnerState] = {}
+        self._count = 0
+        self.counters: Counter[str] = Counter()
 
     def configure(self, cfg: ExfilConfig) -> None:
         self.cfg = cfg
 
     def __len__(self) -> int:
-        return len(self._state)
+        return self._count
+
+    def _state(self, owner: str, parent: str, ts: float) -> _ParentState:
+        own = self._owners.get(owner)
+        if own is None:
+            own = self._owners[owner] = _OwnerState()
+        st = own.marked.get(parent)
+        if st is not None:
+            own.marked.move_to_end(parent)
+            return st
+        st = own.plain.get(parent)
+        if st is not None:
+            own.plain.move_to_end(parent)
+            return st
+        st = own.plain[parent] = _ParentState()
+        self._count += 1
+        while self._count > self.max_parents:
+            self._evict(ts, keep=st)
+        return st
+
+    def _evict(self, ts: float, keep: _ParentState) -> None:
+        """Drop one state: the least recently used unsuspicious parent of the
+        server holding the most of them (so a noisy server evicts its own);
+        a suspicious parent only when every state is suspicious (counted)."""
+        since = ts - self.cfg.slow_window_seconds
+        owners = [o for o in self._owners.values() if o.plain and next(iter(o.plain.values())) is not keep]
+        if owners:
+            own = max(owners, key=lambda o: len(o.plain))
+            own.plain.popitem(last=False)
+        else:
+            own = max(self._owners.values(), key=lambda o: len(o.marked))
+            _, st = own.marked.popitem(last=False)
+            if st.suspicious(since):
+                self.counters["suspicious_evicted"] += 1
+        self._count -= 1
+        if not own.plain and not own.marked:
+            self._owners = {k: v for k, v in self._owners.items() if v is not own}
 
     def observe(self, owner: str, qname: str | None, qtype: int | None, ts: float) -> ExfilHit | None:
         if not qname:
@@ -242,14 +304,7 @@ class DnsExfilDetector:
                 signals.append("encoded_labels")
                 detail.append(f"{encoded} bytes in random-looking labels")
 
-        key = (owner, parent)
-        st = self._state.get(key)
-        if st is None:
-            st = self._state[key] = _ParentState()
-            while len(self._state) > self.max_parents:
-                self._state.popitem(last=False)
-        else:
-            self._state.move_to_end(key)
+        st = self._state(owner, parent, ts)
         since = ts - cfg.window_seconds
         window = f"{cfg.window_seconds:g}s"
         if not parent.endswith(REVERSE_ZONES):  # PTR lookups of many addresses are normal
@@ -284,6 +339,11 @@ class DnsExfilDetector:
         if len(st.floods) > cfg.txt_flood:
             signals.append("txt_flood")
             detail.append(f"more than {cfg.txt_flood} TXT/NULL/ANY queries in {window}")
+        own = self._owners[owner]
+        marked = parent in own.marked
+        if st.suspicious(slow_since) != marked:  # a parent that looks suspicious is kept
+            table, other = (own.marked, own.plain) if marked else (own.plain, own.marked)
+            other[parent] = table.pop(parent)
         if not signals:
             return None
         return ExfilHit(parent=parent, signals=tuple(signals), detail=f"{parent}: " + "; ".join(detail))

@@ -17,8 +17,9 @@ from collections import Counter
 from pathlib import Path
 from typing import TextIO
 
-from egresswatch.errors import StoreError
+from egresswatch.errors import PermissionProblem, StoreError
 from egresswatch.model import Event
+from egresswatch.safefiles import open_append
 
 log = logging.getLogger(__name__)
 
@@ -37,14 +38,12 @@ class JsonlSink:
             self._open()
         except OSError as exc:
             raise StoreError(f"{self.path}: cannot open for appending: {exc.strerror}") from None
+        except PermissionProblem as exc:
+            raise StoreError(str(exc)) from None
 
     def _open(self) -> None:
-        fd = os.open(
-            self.path, os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_NOFOLLOW | os.O_CLOEXEC, self.mode
-        )
+        fd = open_append(self.path, self.mode)  # no symlink, a regular file of ours
         st = os.fstat(fd)
-        if st.st_uid == os.geteuid() and st.st_mode & 0o777 != self.mode:
-            os.fchmod(fd, self.mode)
         self._fh = os.fdopen(fd, "w", buffering=1, encoding="utf-8", newline="\n")
         self._ino = (st.st_dev, st.st_ino)
 
@@ -75,7 +74,7 @@ class JsonlSink:
             assert self._fh is not None
             self._fh.write(json.dumps(event.to_dict(), separators=(",", ":")) + "\n")
             self.counters["lines"] += 1
-        except OSError as exc:
+        except (OSError, PermissionProblem) as exc:
             self.counters["write_errors"] += 1
             if self.counters["write_errors"] == 1:
                 log.error("cannot write %s: %s", self.path, exc)

@@ -37,6 +37,7 @@ from egresswatch.errors import EgresswatchError
 from egresswatch.mcpmatch import Matcher, attribution, classify_with
 from egresswatch.model import UNKNOWN, Attribution, Frame, Observation, ProcessInfo
 from egresswatch.pipeline import Attributor
+from egresswatch.safefiles import open_append
 from egresswatch.sockets import norm_ip
 
 MAX_COMMENT = 65536
@@ -115,7 +116,7 @@ class RecordingAttributor:
     def __init__(self, inner: Attributor, path: Path) -> None:
         self.inner = inner
         self.path = path
-        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o600)
+        fd = open_append(path, 0o600)  # never through a symlink (egresswatch.safefiles)
         self._out: TextIO = os.fdopen(fd, "a", encoding="utf-8", buffering=1)
         self._lock = threading.Lock()
 

@@ -11,7 +11,12 @@ Foreground, logs to stderr (journald/launchd capture it), ``Type=notify``:
   prune old events once an hour in bounded chunks;
 - signals go through a self-pipe (``signal.set_wakeup_fd``) and only set
   flags: SIGHUP reloads the config and allowlists (a bad config is logged and
-  the old one kept), SIGTERM/SIGINT flush everything and exit 0.
+  the old one kept), SIGTERM/SIGINT drain the capture ring, flush everything
+  and exit 0.
+
+One daemon per database and per status file: each holds an exclusive lock
+(``<file>.lock``, root's, in a root-only directory). The status file says
+whether events are being lost and why (:mod:`egresswatch.health`).
 """
 
 from __future__ import annotations
@@ -34,8 +39,10 @@ from egresswatch import sdnotify
 from egresswatch.capture.live import LiveSource
 from egresswatch.config import Config, load_config
 from egresswatch.errors import EgresswatchError, PermissionProblem
+from egresswatch.health import Health
 from egresswatch.model import Observation
 from egresswatch.pipeline import Pipeline, Sink
+from egresswatch.safefiles import InstanceLock, make_dir, require_trusted, write_atomic
 
 if TYPE_CHECKING:
     from egresswatch.discovery import Discovery
@@ -48,6 +55,10 @@ UDP_FLOW_HOLD = 0.2  # a udp_flow waits at most this long for the capture to pas
 PRUNE_EVERY = 3600.0
 SEED_LIMIT = 50_000  # learned (server, destination) pairs read back at start
 HOSTS_FILE = Path("/etc/hosts")  # its names count as resolved (start and reload)
+# SIGTERM: read what the capture ring still holds for up to this long (the
+# systemd unit's TimeoutStopSec is 30 s), until no frame came for DRAIN_QUIET.
+DRAIN_SECONDS = 20.0
+DRAIN_QUIET = 0.2
 
 
 @dataclass
@@ -76,14 +87,10 @@ def trusted_file_problems(path: Path) -> list[str]:
 
 
 def write_status(path: Path, data: dict[str, Any]) -> None:
-    """Atomically replace the status file (readable by all: counters only)."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    with open(tmp, "w", encoding="utf-8") as fh:
-        json.dump(data, fh, indent=1, sort_keys=True)
-        fh.write("\n")
-    os.chmod(tmp, 0o644)
-    os.replace(tmp, path)
+    """Atomically replace the status file (readable by all: counters only),
+    through an O_EXCL temporary file (the daemon checked the directory is root's)."""
+    make_dir(path.parent)
+    write_atomic(path, (json.dumps(data, indent=1, sort_keys=True) + "\n").encode(), 0o644)
 
 
 def read_status(path: Path) -> dict[str, Any] | None:
@@ -122,6 +129,8 @@ class Daemon:
         self._wake_r = -1
         self._wake_w = -1
         self._watchdog: float | None = None
+        self.health = Health()
+        self.locks: list[InstanceLock] = []
 
     # -- start-up ----------------------------------------------------------------
     def load(self) -> Config:
@@ -145,16 +154,43 @@ class Daemon:
         problems = trusted_file_problems(db)
         if problems:
             raise PermissionProblem(f"refusing to use database {db}: {problems[0]}")
-        ifaces = self.opts.interfaces or self.config.daemon.interfaces
-        self.source = LiveSource(
-            interfaces=ifaces, rcvbuf=int(self.config.daemon.capture_buffer_mb * (1 << 20))
-        ).open()
+        self._check_outputs()
         try:
-            self._build(db)
+            from egresswatch.store import make_db_dir
+
+            make_db_dir(db, self.config.daemon.db_group)  # the lock lives beside the database
+            self.locks.append(InstanceLock(Path(f"{db}.lock"), f"database {db}").acquire())
+            status = self.opts.status_path
+            self.locks.append(InstanceLock(Path(f"{status}.lock"), f"status file {status}").acquire())
+            ifaces = self.opts.interfaces or self.config.daemon.interfaces
+            self.source = LiveSource(
+                interfaces=ifaces, rcvbuf=int(self.config.daemon.capture_buffer_mb * (1 << 20))
+            ).open()
+            try:
+                self._build(db)
+            except BaseException:
+                self.source.close()
+                raise
         except BaseException:
-            self.source.close()
+            self._release_locks()
             raise
         self._install_signals()
+
+    def _check_outputs(self) -> None:
+        """Every file the daemon writes must be in a directory only root can
+        write (no planted symlink or hard link can redirect it)."""
+        make_dir(self.opts.status_path.parent)
+        require_trusted(self.opts.status_path, "status file")
+        record = self.opts.record_procs or self.config.daemon.record_procs
+        if record is not None:
+            require_trusted(record, "--record-procs file")
+        if self.config.daemon.jsonl_path is not None:
+            require_trusted(self.config.daemon.jsonl_path, "daemon.jsonl_path")
+
+    def _release_locks(self) -> None:
+        for lock in self.locks:
+            lock.release()
+        self.locks.clear()
 
     def _build(self, db: Path) -> None:
         from egresswatch.alerts import Alerter
@@ -293,6 +329,9 @@ class Daemon:
                 if time.monotonic() >= next_prune:
                     next_prune = time.monotonic() + PRUNE_EVERY
                     self._prune()
+            self.drain()
+            self._last_frame_ts = float("inf")  # stopping: every pending udp_flow goes in
+            self._drain_udp_flows()
         finally:
             self.shutdown()
         return 0
@@ -330,6 +369,36 @@ class Daemon:
         ):
             self.pipeline.inject(self._udp_pending.popleft())
 
+    def drain(self) -> None:
+        """After SIGTERM: feed what the capture ring still holds (a burst just
+        before the signal): every frame the kernel stamped before now, i.e.
+        until a later frame shows up or none came for DRAIN_QUIET seconds (the
+        kernel hands a partly filled block over after 20 ms), at most
+        DRAIN_SECONDS; the pipeline and the sinks are flushed next."""
+        assert self.source is not None and self.pipeline is not None
+        sdnotify.stopping()
+        start = time.monotonic()
+        cutoff = time.time()  # frames carry the kernel's wall-clock receive time
+        deadline = start + DRAIN_SECONDS
+        feed = self.pipeline.feed
+        n = 0
+        caught_up = False
+        while not caught_up and time.monotonic() < deadline:
+            if self._watchdog:
+                sdnotify.watchdog_ping()
+            before = n
+            for frame in self.source.frames(min(DRAIN_QUIET, max(0.0, deadline - time.monotonic()))):
+                feed(frame)
+                n += 1
+                if frame.ts > cutoff:  # the ring is in arrival order: all earlier frames are read
+                    caught_up = True
+                    break
+            if n == before:
+                break
+        (log.warning if time.monotonic() >= deadline else log.info)(
+            "stopping: %d frames drained from the capture ring in %.2fs", n, time.monotonic() - start
+        )
+
     def _drain_wakeups(self) -> None:
         try:
             while os.read(self._wake_r, 512):
@@ -343,10 +412,11 @@ class Daemon:
         now = time.time()
         try:
             self.store.flush()
+            self.store.check_file()
             self.alerter.tick(now)
         except Exception:  # the store logs and counts its own failures
             log.exception("housekeeping failed")
-        self._write_status(now, healthy=True)
+        self._write_status(now)
 
     def _prune(self) -> None:
         try:
@@ -412,6 +482,7 @@ class Daemon:
         dc = self.pipeline.decoder.counters
         out = {
             "captured": self.source.counters["captured"],
+            "kernel_packets": self.source.counters["kernel_packets"],
             "kernel_drops": self.source.counters["kernel_drops"],
             "duplicates": self.source.counters["duplicates"],
             "unattributed": pc["unattributed"],
@@ -423,21 +494,38 @@ class Daemon:
             "events_stored": self.store.counters["events_written"],
             "store_errors": self.store.counters["write_errors"],
             "sink_errors": pc["sink_errors"],
+            # every way an event or alert can be lost or held back
+            "events_dropped": self.store.counters["events_dropped"],
+            "events_pending": self.store.pending,
+            "db_file_lost": self.store.counters["db_file_lost"],
+            "db_reopened": self.store.counters["db_reopened"],
+            "alerts_dropped": self.alerter.counters["alerts_dropped"],
+            "alerts_suppressed": self.alerter.counters["alerts_suppressed"],
+            "decode_errors": pc["decode_errors"],
+            "attribution_errors": pc["attribution_errors"],
+            "jsonl_errors": self.jsonl.counters["write_errors"] if self.jsonl is not None else 0,
+            "status_errors": 0,
         }
         out.update(self.counters)
         return out
 
-    def _write_status(self, now: float, healthy: bool, state: str = "running") -> None:
+    def _write_status(self, now: float, state: str = "running") -> None:
+        counters = self.stats()
+        if state == "running":
+            problems = self.health.check(time.monotonic(), counters, self.store.problem)
+        else:
+            problems = [f"daemon {state}"]
         data = {
             "pid": os.getpid(),
             "updated": now,
             "started": self.started,
             "state": state,
-            "healthy": healthy,
+            "healthy": not problems,
+            "problems": problems,
             "database": str(self.db_path()),
             "config": str(self.config.source) if self.config.source else None,
             "interval": HOUSEKEEP,
-            "counters": self.stats(),
+            "counters": counters,
             "decoder": dict(self.pipeline.decoder.counters) if self.pipeline else {},
             "attribution": self.attribution_mode,
         }
@@ -464,9 +552,10 @@ class Daemon:
                 except Exception:
                     log.exception("stopping %s failed", type(part).__name__)
         if self.pipeline is not None:
-            self._write_status(time.time(), healthy=False, state="stopped")
+            self._write_status(time.time(), state="stopped")
         if self.source is not None:
             self.source.close()
+        self._release_locks()
 
 
 def run(opts: RunOptions) -> int:

@@ -29,6 +29,7 @@ import sqlite_utils
 from egresswatch.config import RetentionConfig
 from egresswatch.errors import StoreError
 from egresswatch.model import Event
+from egresswatch.safefiles import trust_problems
 
 log = logging.getLogger(__name__)
 
@@ -49,6 +50,7 @@ ALERT_FIELDS: tuple[str, ...] = (
     "pid", "process", "count", "targets", "result", "error", "attempts", "title", "body",
 )  # fmt: skip
 _ALERT_INT = {"pid", "count", "attempts"}
+MAX_PENDING = 50_000  # rows kept in memory while the database cannot be written
 
 MIGRATIONS = sqlite_utils.Migrations("egresswatch")
 
@@ -156,10 +158,8 @@ def _connect(path: Path, readonly: bool) -> sqlite3.Connection:
     return conn
 
 
-def _create_file(path: Path, group: str | None) -> None:
-    """Create the database directory and file with restrictive modes; an
-    existing root-owned database is given ``group`` (when it was created
-    before the group was configured, or a start failed half-way)."""
+def make_db_dir(path: Path, group: str | None) -> int:
+    """Create the database's directory (0750, group ``group``) if missing; the group id or -1."""
     gid = -1
     if group is not None:
         try:
@@ -171,6 +171,14 @@ def _create_file(path: Path, group: str | None) -> None:
         os.chmod(path.parent, 0o750)
         if gid >= 0 and os.geteuid() == 0:
             _chown(path.parent, None, gid)
+    return gid
+
+
+def _create_file(path: Path, group: str | None) -> None:
+    """Create the database directory and file with restrictive modes; an
+    existing root-owned database is given ``group`` (when it was created
+    before the group was configured, or a start failed half-way)."""
+    gid = make_db_dir(path, group)
     if path.exists():
         if gid >= 0 and os.geteuid() == 0:
             fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC | os.O_NONBLOCK)
@@ -227,13 +235,26 @@ def _match_sidecars(path: Path) -> None:
             os.chown(side, st.st_uid, st.st_gid)
 
 
+def _remove_stale_sidecars(path: Path) -> None:
+    """-wal/-shm left by the deleted database (another connection still had it
+    open) must not be replayed into the new one."""
+    for suffix in ("-wal", "-shm"):
+        side = Path(f"{path}{suffix}")
+        try:
+            st = os.lstat(side)
+        except FileNotFoundError:
+            continue
+        if stat.S_ISREG(st.st_mode) or stat.S_ISLNK(st.st_mode):
+            os.unlink(side)
+
+
 def check_permissions(path: Path | str) -> list[str]:
     """Problems that let a user other than root (or the owner running us) change
-    the database: writable by group/others, foreign owner, or a writable directory."""
+    the database: the checks of :func:`egresswatch.safefiles.trust_problems` on
+    the file and its directories, and on the -wal/-shm files beside it."""
     path = Path(path)
-    me = os.geteuid()
-    problems: list[str] = []
-    for p in (path, Path(f"{path}-wal"), Path(f"{path}-shm")):
+    problems = trust_problems(path)
+    for p in (Path(f"{path}-wal"), Path(f"{path}-shm")):
         try:
             st = os.lstat(p)
         except FileNotFoundError:
@@ -244,22 +265,10 @@ def check_permissions(path: Path | str) -> list[str]:
         if stat.S_ISLNK(st.st_mode):
             problems.append(f"{p}: is a symbolic link")
             continue
-        if st.st_uid not in (0, me):
+        if st.st_uid not in (0, os.geteuid()):
             problems.append(f"{p}: owned by uid {st.st_uid}, not root")
         if st.st_mode & 0o022:
             problems.append(f"{p}: writable by group or others (mode {stat.S_IMODE(st.st_mode):04o})")
-    d = path.resolve().parent if path.exists() else path.parent.absolute()
-    for parent in (d, *d.parents):
-        try:
-            st = os.stat(parent)
-        except OSError:
-            continue
-        if st.st_uid not in (0, me):
-            problems.append(f"{parent}: directory owned by uid {st.st_uid}, not root")
-        if st.st_mode & 0o022 and not st.st_mode & stat.S_ISVTX:
-            problems.append(
-                f"{parent}: directory writable by group or others (mode {stat.S_IMODE(st.st_mode):04o})"
-            )
     return problems
 
 
@@ -288,27 +297,87 @@ class Store:
         self._closed = False
         self._longest = 0.0
         self._failing = False
-        if not readonly:
-            _create_file(self.path, group)
-        conn = _connect(self.path, readonly)
-        self.db = sqlite_utils.Database(conn)
-        if readonly:
-            if not self.db["events"].exists():
+        self.group = group
+        self.problem: str | None = None  # why writes fail right now (status health)
+        self._identity: tuple[int, int] | None = None
+        self._lost: str | None = None
+        self.db = self._open()
+
+    def _open(self) -> sqlite_utils.Database:
+        if not self.readonly:
+            _create_file(self.path, self.group)
+        conn = _connect(self.path, self.readonly)
+        db = sqlite_utils.Database(conn)
+        if self.readonly:
+            if not db["events"].exists():
                 conn.close()
                 raise StoreError(f"{self.path}: not an egresswatch database (no events table)")
-            return
+            return db
         try:
-            if not self.db["events"].exists():
+            if not db["events"].exists():
                 conn.execute("PRAGMA auto_vacuum=INCREMENTAL")
             conn.execute("PRAGMA journal_mode=WAL")
             conn.execute("PRAGMA synchronous=NORMAL")
             conn.execute("PRAGMA cache_size=-32768")  # 32 MiB: index inserts stay in memory
             conn.execute("PRAGMA wal_autocheckpoint=4000")  # fewer, larger checkpoints
-            MIGRATIONS.apply(self.db)
-        except sqlite3.DatabaseError as exc:
+            MIGRATIONS.apply(db)
+            st = os.stat(self.path)
+        except (sqlite3.DatabaseError, OSError) as exc:
             conn.close()
             raise StoreError(f"{self.path}: cannot prepare database: {exc}") from None
+        self._identity = (st.st_dev, st.st_ino)
         _match_sidecars(self.path)
+        return db
+
+    def file_problem(self) -> str | None:
+        """Why the database path no longer names the file being written
+        (deleted, replaced, turned into a symlink), or None."""
+        if self.readonly or self._identity is None:
+            return None
+        try:
+            st = os.lstat(self.path)
+        except FileNotFoundError:
+            return "deleted"
+        except OSError as exc:
+            return f"cannot stat: {exc.strerror}"
+        if stat.S_ISLNK(st.st_mode):
+            return "replaced by a symbolic link"
+        if (st.st_dev, st.st_ino) != self._identity:
+            return "replaced by another file"
+        return None
+
+    def _reopen_if_moved(self) -> bool:
+        """Called with the lock held before each batch: if the database file was
+        deleted or replaced, open (or create) the file now at the path, never
+        through a symlink or a file another user could write. False when the
+        path cannot be used (rows stay pending). Logged once per incident."""
+        problem = self.file_problem()
+        if problem is None:
+            return True
+        first = self._lost != problem
+        if first:
+            self._lost = problem
+            self.counters["db_file_lost"] += 1
+        try:
+            problems = check_permissions(self.path)
+            if problems:
+                raise StoreError(f"refusing to open a new one: {problems[0]}")
+            self.db.conn.close()  # checkpoints into the old file; its -wal goes with it
+            if problem == "deleted":
+                _remove_stale_sidecars(self.path)
+            self.db = self._open()
+        except (StoreError, OSError) as exc:
+            self.problem = f"database {self.path} was {problem}; {exc}"
+            if first:
+                log.error("%s", self.problem)
+                self.counters["write_errors"] += 1
+            self._failing = True
+            return False
+        log.error("database %s was %s; opened a new one there", self.path, problem)
+        self.counters["db_reopened"] += 1
+        self._lost = self.problem = None
+        self._failing = False
+        return True
 
     @property
     def conn(self) -> sqlite3.Connection:
@@ -321,6 +390,8 @@ class Store:
         row = event_row(event)
         with self._lock:
             self._pending.append(row)
+        if self._failing:  # retried by the next flush() call (housekeeping), not per event
+            return
         ts = event.obs.ts
         if self._last_flush_ts is None:
             self._last_flush_ts = ts
@@ -338,26 +409,49 @@ class Store:
         if self.readonly or self._closed:
             return
         with self._lock:
-            rows, self._pending = self._pending, []
-            if not rows:
+            if not self._pending or not self._reopen_if_moved():
+                self._drop_excess()
                 return
+            rows, self._pending = self._pending, []
             try:
                 with self.db.atomic():
                     self.conn.executemany(_INSERT_EVENT, rows)
             except sqlite3.Error as exc:
                 self.counters["write_errors"] += 1
+                self.problem = f"cannot write events to {self.path}: {exc}"
                 if not self._failing:  # once per failure streak, not once per batch
                     log.error("cannot write %d events to %s: %s", len(rows), self.path, exc)
                 self._failing = True
-                if len(rows) + len(self._pending) <= 50_000:
-                    self._pending[:0] = rows
-                else:
-                    self.counters["events_dropped"] += len(rows)
+                self._pending[:0] = rows
+                self._drop_excess()
                 return
             self.counters["events_written"] += len(rows)
             if self._failing:
                 self._failing = False
+                self.problem = None
                 log.warning("writing to %s works again", self.path)
+
+    def _drop_excess(self) -> None:
+        """While writes fail, keep at most MAX_PENDING rows; drop (and count) the oldest."""
+        excess = len(self._pending) - MAX_PENDING
+        if excess > 0:
+            del self._pending[:excess]
+            self.counters["events_dropped"] += excess
+
+    @property
+    def pending(self) -> int:
+        """Rows waiting for the next batch (they pile up while writes fail)."""
+        return len(self._pending)
+
+    def check_file(self) -> str | None:
+        """Reopen the database if its file was deleted or replaced (see flush);
+        the problem that remains, or None."""
+        if self.readonly or self._closed:
+            return None
+        with self._lock:
+            self._reopen_if_moved()
+            problem = self.file_problem()
+        return f"database {self.path} was {problem}" if problem else None
 
     def close(self) -> None:
         if self._closed:
@@ -459,11 +553,35 @@ class AlertLog:
 
     def __init__(self, path: Path) -> None:
         self.path = path
-        self.conn = sqlite3.connect(str(path), isolation_level=None, timeout=5.0)
-        self.conn.execute("PRAGMA busy_timeout=5000")
-        self.conn.execute("PRAGMA synchronous=NORMAL")
+        self.conn = self._connect()
+
+    def _connect(self) -> sqlite3.Connection:
+        conn = sqlite3.connect(str(self.path), isolation_level=None, timeout=5.0)
+        conn.execute("PRAGMA busy_timeout=5000")
+        conn.execute("PRAGMA synchronous=NORMAL")
+        st = os.stat(self.path)
+        self._identity = (st.st_dev, st.st_ino)
+        return conn
+
+    def _follow(self) -> None:
+        """Reconnect when the daemon's Store has opened a new file at the path
+        (deleted or replaced database); never to a symlink or a missing file."""
+        try:
+            st = os.lstat(self.path)
+        except OSError:
+            return
+        if not stat.S_ISREG(st.st_mode) or (st.st_dev, st.st_ino) == self._identity:
+            return
+        try:
+            conn = self._connect()
+            conn.execute("SELECT 1 FROM alerts LIMIT 1")
+        except (sqlite3.Error, OSError):
+            return  # not ready yet: the Store creates the table; try at the next alert
+        self.conn.close()
+        self.conn = conn
 
     def insert(self, row: dict[str, Any]) -> int | None:
+        self._follow()
         cols = [f for f in ALERT_FIELDS if f in row]
         sql = f"INSERT INTO alerts ({', '.join(cols)}) VALUES ({', '.join('?' * len(cols))})"
         try:
@@ -474,6 +592,7 @@ class AlertLog:
 
     def insert_many(self, rows: Sequence[dict[str, Any]]) -> None:
         """Several rows in one transaction (held-back and dropped alerts)."""
+        self._follow()
         try:
             self.conn.execute("BEGIN")
             for row in rows:
@@ -487,6 +606,7 @@ class AlertLog:
             log.error("cannot record %d alerts in %s: %s", len(rows), self.path, exc)
 
     def update(self, row_id: int, **fields: Any) -> None:
+        self._follow()
         cols = [f for f in ALERT_FIELDS if f in fields]
         sql = f"UPDATE alerts SET {', '.join(c + ' = ?' for c in cols)} WHERE id = ?"
         try:

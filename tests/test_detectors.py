@@ -298,3 +298,48 @@ def test_exfil_detector_never_raises_and_is_deterministic(
         return [det.observe("s", q, qtype, float(i)) for i, q in enumerate(qnames)]
 
     assert run_once() == run_once()
+
+
+def _slow_exfil(noise_owner: str | None, queries: int = 12) -> list[bool]:
+    """One 30-character random label under exfil-sink.com every 290 s (frame
+    time) from server "victim"; between two, 5,000 other parents queried."""
+    rng = random.Random(7)
+    det = DnsExfilDetector()
+    ts, flagged = 1_000_000.0, []
+    for _ in range(queries):
+        label = "".join(rng.choice("abcdefghijklmnopqrstuvwxyz0123456789") for _ in range(30))
+        flagged.append(det.observe("victim", f"{label}.exfil-sink.com", 1, ts) is not None)
+        if noise_owner is not None:
+            for j in range(5000):
+                det.observe(noise_owner, f"www.site{j}.com", 1, ts + 1 + j * 0.05)
+        assert len(det) <= det.max_parents
+        ts += 290
+    return flagged
+
+
+@pytest.mark.parametrize("noise_owner", ["noisy", "victim"])
+def test_slow_exfil_survives_5000_other_parents(noise_owner: str) -> None:
+    alone = _slow_exfil(None)
+    # slow_suspicious_names (10) random-looking names within the hour: from the
+    # 10th query on, every one is flagged
+    assert alone == [False] * 9 + [True] * 3
+    assert _slow_exfil(noise_owner) == alone
+
+
+def test_suspicious_parents_of_one_server_do_not_evict_another_servers() -> None:
+    det = DnsExfilDetector(max_parents=100)
+    rng = random.Random(3)
+
+    def rnd() -> str:
+        return "".join(rng.choice("abcdefghijklmnopqrstuvwxyz0123456789") for _ in range(30))
+
+    ts = 0.0
+    flagged = 0
+    for _ in range(12):
+        flagged += det.observe("victim", f"{rnd()}.exfil-sink.com", 1, ts) is not None
+        for j in range(300):  # a noisy server with a random-looking name under each of 300 parents
+            det.observe("noisy", f"{rnd()}.p{j}.com", 1, ts + 0.01 * j)
+        ts += 290
+    assert len(det) <= 100
+    assert flagged == 3  # the 10th, 11th and 12th: the victim's parent kept its names
+    assert det.counters["suspicious_evicted"] > 0  # the noisy server's own were dropped

@@ -113,3 +113,46 @@ def test_doctor_reports_each_check(private: Path) -> None:
     assert out.returncode == 1
     cfg.write_text("")
     assert ew("doctor", "--config", str(cfg), "--db", str(private / "e.db")).returncode == 0
+
+
+def test_status_shows_why_it_is_unhealthy(private: Path) -> None:
+    path = private / "status.json"
+    problem = "cannot write events to /x.db: database or disk is full"
+    data = {"pid": os.getpid(), "updated": time.time(), "state": "running", "interval": 1.0,
+            "database": "/x.db", "healthy": False, "problems": [problem],
+            "counters": {"events_dropped": 3, "alerts_dropped": 0}}  # fmt: skip
+    write_status(path, data)
+    out = CliRunner().invoke(cli, ["status", "--status-file", str(path)])
+    assert out.exit_code == 1 and "NOT HEALTHY" in out.output
+    assert f"problem: {problem}" in out.output and "events_dropped: 3" in out.output
+
+
+def test_health_fails_on_losses_and_logs_each_once(caplog: pytest.LogCaptureFixture) -> None:
+    from egresswatch.health import Health
+
+    h = Health(window=60)
+    zero = {"kernel_packets": 0, "kernel_drops": 0}
+    assert h.check(0.0, zero, None) == []
+    assert h.check(1.0, {"kernel_packets": 1000, "kernel_drops": 5}, None) == []  # under the threshold
+    drops = {"kernel_packets": 10_000, "kernel_drops": 8_500}
+    for t in (2.0, 2.5, 3.0):
+        (problem,) = h.check(t, drops, None)
+    assert "the kernel dropped 8500 of 10000 packets" in problem
+    assert h.check(70.0, drops, None) == []  # nothing new for a window: healthy again
+    assert h.check(71.0, {**drops, "events_dropped": 2}, "cannot write events: disk full") == [
+        "cannot write events: disk full",
+        "events dropped (the database could not take them): 2 in the last 60s",
+    ]
+    assert [r.message.split(":")[0] for r in caplog.records].count("unhealthy") == 3
+
+
+def test_log_messages_are_escaped() -> None:
+    import logging
+
+    from egresswatch.textsafe import SafeFormatter
+
+    fmt = SafeFormatter("%(levelname)s %(name)s: %(message)s")
+    record = logging.LogRecord(
+        "egresswatch.x", logging.WARNING, __file__, 1, "discovery: %s", ("/p\x1b[2J\nINFO forged",), None
+    )
+    assert fmt.format(record) == "WARNING egresswatch.x: discovery: /p\\x1b[2J\\x0aINFO forged"
