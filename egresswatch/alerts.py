@@ -76,7 +76,8 @@ def _when(ts: float) -> str:
 
 
 def destination_of(event: Event) -> str:
-    return event.dst_name or event.obs.qname or event.obs.sni or event.obs.dst
+    """The event's own flow's destination (SNI, else the candidate names, ...)."""
+    return event.destination()
 
 
 def _summary(event: Event) -> str:
@@ -191,6 +192,8 @@ class Alerter:
     # -- sink ----------------------------------------------------------------
     def write(self, event: Event) -> None:
         v = event.verdict
+        if not event.decides:  # not its flow's decision (egresswatch.flows): one alert per flow
+            return
         if v.verdict != FLAGGED or _rank(v.severity) < self.min_rank or self._closed:
             return
         ts = event.obs.ts

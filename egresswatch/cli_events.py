@@ -70,6 +70,10 @@ _config_option = click.option(
 @click.option(
     "--follow", "-f", is_flag=True, help="Keep printing new events as they are stored (Ctrl-C stops)."
 )
+@click.option(
+    "--flows", is_flag=True,
+    help="One line per flow (SYN + hello): its deciding event; the filters apply to that event.",
+)  # fmt: skip
 @_db_option
 @_config_option
 def events(
@@ -84,12 +88,15 @@ def events(
     limit: int,
     fmt: str,
     follow: bool,
+    flows: bool,
     db: Path | None,
     config: Path | None,
 ) -> None:
     """Show stored events, newest first (with --follow: oldest first, then new ones)."""
     if follow and fmt == "json":
         raise click.UsageError("--follow cannot write one JSON list; use --format jsonl")
+    if follow and flows:
+        raise click.UsageError("--flows cannot be combined with --follow")
     store = _open(db, config)
     filters: dict[str, Any] = dict(
         since=since, until=until, server=server, pid=pid, process=process,
@@ -97,7 +104,7 @@ def events(
     )  # fmt: skip
     out = EventWriter(fmt, sys.stdout)
     try:
-        rows = query_events(store, limit=limit or None, **filters)
+        rows = query_events(store, limit=limit or None, flows=flows, **filters)
         if not follow:
             out.write(rows)
             return

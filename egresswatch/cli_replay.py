@@ -15,6 +15,7 @@ from egresswatch.capture.pcapfile import read_frames
 from egresswatch.config import Config, load_config
 from egresswatch.decode.engine import Engine
 from egresswatch.errors import EgresswatchError
+from egresswatch.flows import FlowTracker
 from egresswatch.model import Event, Frame
 from egresswatch.names import NameMemory
 from egresswatch.pipeline import Attributor, Pipeline, Sink
@@ -34,12 +35,14 @@ def event_row(event: Event) -> str:
     if o.is_dns:
         name = o.qname if o.qname is not None else "<no parsable question>"
     else:
-        name = o.sni or event.dst_name or ""
+        name = o.sni or event.dst_name or " | ".join(event.candidates)
     extra = ""
     if o.kind == "dns_answer" and o.answers:
         extra = " -> " + ",".join(o.answers)
     if o.ech:
         extra += " [ech outer name]"
+    if not event.decides:
+        extra += " [provisional]"
     who = event.attr.server or "-"
     if event.attr.process is not None:
         who += f" {event.attr.process.name}[{event.attr.process.pid}]"
@@ -81,14 +84,15 @@ def replay_files(
     procs: Path | None = None,
 ) -> Iterator[tuple[Path, Pipeline]]:
     """Replay each file through a fresh decoder, sharing attribution, names,
-    policy and sinks (a capture split over files reads as one). Raises
+    policy, flows and sinks (a capture split over files reads as one). Raises
     EgresswatchError (one line) for the first unreadable file, after its events."""
     names = NameMemory()
     policy = Policy(config, resolved=names.resolved)
     attributor = build_attributor(procs, config)
+    flows = FlowTracker()
     for path in files:
         engine = Engine()
-        pipeline = Pipeline(engine, attributor, policy, names, sinks)
+        pipeline = Pipeline(engine, attributor, policy, names, sinks, flows)
         feed = pipeline.feed
         last: Frame | None = None
         try:

@@ -23,6 +23,9 @@ QUIC_SNI = "quic_sni"
 CONNECT = "connect"
 UDP_FLOW = "udp_flow"  # first datagram of a (process, destination) UDP flow, from the kernel (eBPF)
 KINDS = (DNS_QUERY, DNS_ANSWER, TLS_SNI, TLS_INCOMPLETE, QUIC_SNI, CONNECT, UDP_FLOW)
+#: Kinds that belong to a flow (5-tuple, first packet to last): the SYN and the hellos.
+FLOW_KINDS = (CONNECT, TLS_SNI, TLS_INCOMPLETE, QUIC_SNI)
+HELLO_KINDS = (TLS_SNI, TLS_INCOMPLETE, QUIC_SNI)
 
 Proto = Literal["udp", "tcp"]
 
@@ -243,18 +246,42 @@ class Event:
     """An observation with its attribution and verdict: the unit stored and alerted.
 
     ``dst_name`` is the name the destination is known by: the SNI or query name
-    itself, or for a connection to an IP the domain that this process (or its
-    server) resolved to that IP.
+    itself, or for a connection to an IP the one domain that this process (or
+    its server) resolved to that IP. ``candidates`` (connections and hellos
+    without SNI) lists every name it resolved to that IP, so several names
+    sharing one address are all judged; ``dst_name`` is None when there are
+    several. ``flow_id`` links the events of one flow (the SYN and its hello);
+    ``decides`` is False for an event whose verdict is not its flow's decision
+    (the SYN's provisional verdict once a hello decided the flow, or a record
+    after the decision): only deciding events are alerted.
     """
 
     obs: Observation
     attr: Attribution = UNKNOWN
     verdict: Verdict = field(default_factory=Verdict)
     dst_name: str | None = None
+    candidates: tuple[str, ...] = ()
+    flow_id: str | None = None
+    decides: bool = True
+
+    def destination(self) -> str:
+        """What this event's own flow went to: the SNI or query name, the one
+        name resolved to the address, else every candidate name, else the address."""
+        o = self.obs
+        name = self.dst_name or o.qname or o.sni
+        if name:
+            return name
+        if self.candidates:
+            return " | ".join(self.candidates)
+        return o.dst
 
     def to_dict(self) -> dict[str, Any]:
         d = self.obs.to_dict()
         d["dst_name"] = self.dst_name
+        if self.obs.kind in FLOW_KINDS:
+            d["candidates"] = list(self.candidates)
+            d["flow_id"] = self.flow_id
+            d["decides"] = self.decides
         d.update(self.attr.to_dict())
         d["verdict"] = self.verdict.verdict
         d["reason"] = self.verdict.reason

@@ -87,18 +87,35 @@ class _Entry:
     expires: float
 
 
+#: Names remembered per (owner, address); the oldest answer is dropped beyond it.
+MAX_NAMES_PER_ADDRESS = 32
+
+
 class NameMemory:
-    """Remembers DNS answers per owner and names connection destinations."""
+    """Remembers DNS answers per owner and names connection destinations.
+
+    Every name an owner resolved to an address is kept (up to
+    :data:`MAX_NAMES_PER_ADDRESS`, each with its own expiry), not only the
+    last one: names behind one CDN address share it, and a connection without
+    SNI to that address could be to any of them (see :meth:`candidates`).
+    ``max_entries`` bounds the names kept in all (least recently used
+    addresses dropped first).
+    """
 
     def __init__(self, max_entries: int = 65536) -> None:
         self.max_entries = max(1, max_entries)
-        self._map: OrderedDict[tuple[Owner, str], _Entry] = OrderedDict()
+        # (owner, ip) -> {queried name: entry}, least recently answered first
+        self._map: OrderedDict[tuple[Owner, str], dict[str, _Entry]] = OrderedDict()
+        self._count = 0
 
     def __len__(self) -> int:
-        return len(self._map)
+        return self._count
 
     def observe(self, obs: Observation, attr: Attribution) -> str | None:
-        """Record a DNS answer; return the event's destination name (see module doc)."""
+        """Record a DNS answer; return the event's destination name: the query
+        name, the SNI, or for a connection without SNI the one name the owner
+        resolved to the address (None when unknown or when several names share
+        it: :meth:`candidates` lists them)."""
         if obs.kind == DNS_ANSWER:
             self.record(owner_key(obs, attr), obs)
             if attr.server is None and attr.process is not None and attr.process.name in SYSTEM_RESOLVERS:
@@ -108,8 +125,18 @@ class NameMemory:
             return _norm_name(obs.qname) if obs.qname else None
         if obs.sni:
             return _norm_name(obs.sni)
+        found = self.candidates(obs, attr)
+        return found[0] if len(found) == 1 else None
+
+    def candidates(self, obs: Observation, attr: Attribution) -> tuple[str, ...]:
+        """For a connection (or a hello without SNI): every name the owner
+        resolved to its destination address and that has not expired at frame
+        time, sorted; else those of the host's resolver (:data:`SYSTEM`).
+        Empty for DNS and for hellos that carry an SNI."""
+        if obs.is_dns or obs.sni:
+            return ()
         owner = owner_key(obs, attr)
-        return self.lookup(owner, obs.dst, obs.ts) or self.lookup(SYSTEM, obs.dst, obs.ts)
+        return self.queried(owner, obs.dst, obs.ts) or self.queried(SYSTEM, obs.dst, obs.ts)
 
     def record(self, owner: Owner, obs: Observation) -> int:
         """Remember every A/AAAA address reached from the question through the
@@ -147,40 +174,69 @@ class NameMemory:
 
     def _put(self, owner: Owner, ip: str, names: tuple[str, ...], expires: float) -> None:
         key = (owner, _norm_ip(ip))
-        self._map[key] = _Entry(names, expires)
+        entries = self._map.get(key)
+        if entries is None:
+            entries = self._map[key] = {}
+        else:
+            self._map.move_to_end(key)
+            if entries.pop(names[0], None) is not None:
+                self._count -= 1
+        entries[names[0]] = _Entry(names, expires)  # the latest answer last
+        self._count += 1
+        if len(entries) > MAX_NAMES_PER_ADDRESS:
+            del entries[next(iter(entries))]
+            self._count -= 1
+        while self._count > self.max_entries and self._map:
+            _, dropped = self._map.popitem(last=False)
+            self._count -= len(dropped)
+
+    def _live(self, owner: Owner, ip: str, ts: float | None) -> list[_Entry]:
+        """The entries of (owner, ip) not expired at ``ts``, latest answer first."""
+        key = (owner, _norm_ip(ip))
+        entries = self._map.get(key)
+        if not entries:
+            return []
+        if ts is not None:
+            for name in [n for n, e in entries.items() if ts > e.expires]:
+                del entries[name]
+                self._count -= 1
+            if not entries:
+                del self._map[key]
+                return []
         self._map.move_to_end(key)
-        while len(self._map) > self.max_entries:
-            self._map.popitem(last=False)
+        return list(reversed(entries.values()))
 
     def names(self, owner: Owner, ip: str, ts: float | None = None) -> tuple[str, ...]:
-        """Every name (query, then CNAME targets) ``owner`` resolved to ``ip``;
-        empty when unknown or expired at frame time ``ts``."""
-        key = (owner, _norm_ip(ip))
-        entry = self._map.get(key)
-        if entry is None:
-            return ()
-        if ts is not None and ts > entry.expires:
-            del self._map[key]
-            return ()
-        self._map.move_to_end(key)
-        return entry.names
+        """Every name (queries, then their CNAME targets; the latest answer
+        first) ``owner`` resolved to ``ip``; empty when unknown or expired at
+        frame time ``ts``."""
+        return tuple(dict.fromkeys(n for e in self._live(owner, ip, ts) for n in e.names))
+
+    def queried(self, owner: Owner, ip: str, ts: float | None = None) -> tuple[str, ...]:
+        """The names ``owner`` asked for that resolved to ``ip`` (not expired at ``ts``), sorted."""
+        return tuple(sorted(e.names[0] for e in self._live(owner, ip, ts)))
 
     def lookup(self, owner: Owner, ip: str, ts: float | None = None) -> str | None:
-        """The name ``owner`` asked for that resolved to ``ip`` (latest answer wins)."""
-        found = self.names(owner, ip, ts)
-        return found[0] if found else None
+        """The name ``owner`` asked for that most recently resolved to ``ip``."""
+        found = self._live(owner, ip, ts)
+        return found[0].names[0] if found else None
 
     def resolved(self, owner: Owner, ip: str, ts: float | None = None) -> bool:
         """Did ``owner`` resolve any name to ``ip`` (not yet expired at ``ts``)?
         Answers of the host's caching resolver and /etc/hosts (:data:`SYSTEM`)
         count too: with nss-resolve or nscd they are the owner's answers."""
-        return bool(self.names(owner, ip, ts)) or bool(self.names(SYSTEM, ip, ts))
+        return bool(self._live(owner, ip, ts)) or bool(self._live(SYSTEM, ip, ts))
 
     def load_hosts(self, text: str) -> int:
         """Remember the entries of an /etc/hosts file under :data:`SYSTEM`
         (replacing earlier ones); returns how many addresses were stored."""
-        for key in [k for k, e in self._map.items() if k[0] == SYSTEM and e.expires == _FOREVER]:
-            del self._map[key]
+        for key in [k for k in self._map if k[0] == SYSTEM]:
+            entries = self._map[key]
+            for name in [n for n, e in entries.items() if e.expires == _FOREVER]:
+                del entries[name]
+                self._count -= 1
+            if not entries:
+                del self._map[key]
         stored = 0
         for ip, names in parse_hosts(text):
             self._put(SYSTEM, ip, names, _FOREVER)

@@ -1,10 +1,12 @@
 """The one pipeline shared by live capture and replay.
 
-    frames -> Engine (decode) -> Attributor -> NameMemory -> Policy -> sinks
+    frames -> Engine (decode) -> Attributor -> NameMemory -> Policy -> FlowTracker -> sinks
 
 A source yields :class:`Frame` objects with their own timestamps; the frame's
 timestamp is the only clock. A failing sink is logged and isolated, never
-allowed to stop the pipeline.
+allowed to stop the pipeline. With a flow tracker (egresswatch.flows) a SYN
+reaches the sinks once its flow is decided: with its hello, or when its hello
+window passed in frame time (:meth:`Pipeline.expire`), or at :meth:`Pipeline.finish`.
 """
 
 from __future__ import annotations
@@ -12,9 +14,12 @@ from __future__ import annotations
 import logging
 from collections import Counter
 from collections.abc import Iterable
-from typing import Protocol
+from typing import TYPE_CHECKING, Protocol
 
 from egresswatch.model import UNKNOWN, Attribution, Event, Frame, Observation, Verdict
+
+if TYPE_CHECKING:
+    from egresswatch.flows import FlowTracker
 
 log = logging.getLogger(__name__)
 
@@ -38,7 +43,9 @@ class Attributor(Protocol):
 class Judge(Protocol):
     """Decides a verdict (egresswatch.policy.Policy)."""
 
-    def judge(self, obs: Observation, attr: Attribution, dst_name: str | None) -> Verdict: ...
+    def judge(
+        self, obs: Observation, attr: Attribution, dst_name: str | None, candidates: tuple[str, ...] = ()
+    ) -> Verdict: ...
 
 
 class Sink(Protocol):
@@ -55,7 +62,9 @@ class NullAttributor:
 class UnwatchedJudge:
     """Used when no policy is configured: nothing is judged."""
 
-    def judge(self, obs: Observation, attr: Attribution, dst_name: str | None) -> Verdict:
+    def judge(
+        self, obs: Observation, attr: Attribution, dst_name: str | None, candidates: tuple[str, ...] = ()
+    ) -> Verdict:
         return Verdict()
 
 
@@ -67,25 +76,35 @@ class Pipeline:
         judge: Judge | None = None,
         names: NameMemoryLike | None = None,
         sinks: Iterable[Sink] = (),
+        flows: FlowTracker | None = None,
     ) -> None:
         self.decoder = decoder
         self.attributor = attributor or NullAttributor()
         self.judge = judge or UnwatchedJudge()
         self.names = names
         self.sinks = list(sinks)
+        self.flows = flows
         self.counters: Counter[str] = Counter()
 
     def feed(self, frame: Frame) -> list[Event]:
-        """Decode one frame and handle what it completes (most frames: nothing)."""
+        """Decode one frame; return the events it completes or decides (most frames: none)."""
+        out = self.expire(frame.ts) if self.flows is not None and frame.ts >= self.flows.next_due else []
         try:
             observations = self.decoder.feed(frame)
         except Exception:  # a decoder bug must never stop capture
             log.exception("decoder failed on frame %d", frame.index)
             self.counters["decode_errors"] += 1
+            return out
+        for obs in observations:
+            out += self._emit(self._judge(obs, frame))
+        return out
+
+    def expire(self, ts: float) -> list[Event]:
+        """Decide (and emit) the flows whose hello window has passed at time ``ts``.
+        Called for every frame; the live daemon also calls it while capture is idle."""
+        if self.flows is None:
             return []
-        if not observations:
-            return []
-        return [self._handle(obs, frame) for obs in observations]
+        return [e for held in self.flows.expire(ts) for e in self._emit(held, admitted=True)]
 
     def inject(self, obs: Observation) -> Event:
         """Handle an observation that comes from no frame (a ``udp_flow`` seen by
@@ -93,11 +112,15 @@ class Pipeline:
         return self._handle(obs, Frame(ts=obs.ts, data=b"", linktype=0))
 
     def finish(self, last: Frame | None = None) -> list[Event]:
-        """End of input: flush what the decoder still holds (incomplete hellos)."""
+        """End of input: flush what the decoder still holds (incomplete hellos),
+        then decide every flow still waiting for its hello."""
         frame = last or Frame(ts=0.0, data=b"", linktype=0)
-        return [self._handle(obs, frame) for obs in self.decoder.finish()]
+        out = [e for obs in self.decoder.finish() for e in self._emit(self._judge(obs, frame))]
+        if self.flows is not None:
+            out += [e for held in self.flows.flush() for e in self._emit(held, admitted=True)]
+        return out
 
-    def _handle(self, obs: Observation, frame: Frame) -> Event:
+    def _judge(self, obs: Observation, frame: Frame) -> Event:
         self.counters[obs.kind] += 1
         try:
             attr = self.attributor.attribute(obs, frame)
@@ -108,20 +131,28 @@ class Pipeline:
         if attr.process is None:
             self.counters["unattributed"] += 1
         dst_name = None
+        candidates: tuple[str, ...] = ()
         if self.names is not None:
             dst_name = self.names.observe(obs, attr)
+            if not obs.is_dns and not obs.sni:
+                candidates = self.names.candidates(obs, attr)
         elif obs.sni or obs.qname:
             dst_name = obs.sni or obs.qname
-        verdict = self.judge.judge(obs, attr, dst_name)
-        event = Event(obs=obs, attr=attr, verdict=verdict, dst_name=dst_name)
-        self.counters[f"verdict_{verdict.verdict}"] += 1
-        for sink in self.sinks:
-            try:
-                sink.write(event)
-            except Exception:
-                log.exception("sink %s failed", type(sink).__name__)
-                self.counters["sink_errors"] += 1
-        return event
+        verdict = self.judge.judge(obs, attr, dst_name, candidates)
+        return Event(obs=obs, attr=attr, verdict=verdict, dst_name=dst_name, candidates=candidates)
+
+    def _emit(self, event: Event, admitted: bool = False) -> list[Event]:
+        """Pass a judged event through the flow tracker, then to every sink."""
+        events = [event] if admitted or self.flows is None else self.flows.admit(event)
+        for ev in events:
+            self.counters[f"verdict_{ev.verdict.verdict}"] += 1
+            for sink in self.sinks:
+                try:
+                    sink.write(ev)
+                except Exception:
+                    log.exception("sink %s failed", type(sink).__name__)
+                    self.counters["sink_errors"] += 1
+        return events
 
     def close(self) -> None:
         for sink in self.sinks:
@@ -136,7 +167,10 @@ class NameMemoryLike(Protocol):
 
     ``observe`` records DNS answers for the answering process/server and returns
     the destination name for the event: the SNI or qname, or for a connection
-    to a bare IP the name that this process (or its server) resolved to it.
+    to a bare IP the one name that this process (or its server) resolved to it.
+    ``candidates`` lists every name it resolved to a connection's address.
     """
 
     def observe(self, obs: Observation, attr: Attribution) -> str | None: ...
+
+    def candidates(self, obs: Observation, attr: Attribution) -> tuple[str, ...]: ...

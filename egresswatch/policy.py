@@ -260,7 +260,12 @@ class Policy:
             self._learned.popitem(last=False)
         return True
 
-    def judge(self, obs: Observation, attr: Attribution, dst_name: str | None) -> Verdict:
+    def judge(
+        self, obs: Observation, attr: Attribution, dst_name: str | None, candidates: tuple[str, ...] = ()
+    ) -> Verdict:
+        """The verdict for one observation. ``candidates``: every name the
+        server resolved to the destination of a connection (or hello) without
+        SNI; with several, each is judged (see docs/policy.md)."""
         server = attr.server
         if server is None:
             return verdict("outside_mcp")
@@ -272,13 +277,19 @@ class Policy:
             name, ip, port = obs.qname, None, None
         else:
             name, ip, port = obs.sni or dst_name, obs.dst, obs.dport
+        shared = () if obs.is_dns or obs.sni or len(candidates) < 2 else candidates
         ech = " (ECH: outer name)" if obs.ech else ""
         doh = detectors.doh_dot(obs, dst_name)
+        for cand in shared:
+            doh = doh or detectors.doh_dot(obs, cand)
         if doh and self._doh_allow.match(name, ip, port) is None:
             return verdict("doh_dot", doh)
         if exfil is not None:
             return verdict("dns_exfil", exfil.detail)
-        entry = self._matcher(server, attr.phase == "install").match(name, ip, port)
+        matcher = self._matcher(server, attr.phase == "install")
+        if shared:
+            return self._judge_shared(server, obs, attr, matcher, shared)
+        entry = matcher.match(name, ip, port)
         if entry is not None:
             return verdict("allowlist", entry.describe() + ech)
         if (
@@ -301,3 +312,31 @@ class Policy:
                 return verdict("first_seen", dest + ech)
             return verdict("learned", dest + ech)
         return verdict("not_allowlisted", (dest + ech) if dest else None)
+
+    def _judge_shared(
+        self, server: str, obs: Observation, attr: Attribution, matcher: Matcher, names: tuple[str, ...]
+    ) -> Verdict:
+        """A connection without SNI to an address several resolved names share:
+        allowed when an address entry covers it or when every name is allowed;
+        else judged as the address, the rule naming every candidate."""
+        ip, port = obs.dst, obs.dport
+        entry = matcher.match(None, ip, port)
+        if entry is not None:
+            return verdict("allowlist", entry.describe())
+        entries = [matcher.match(n, None, port) for n in names]
+        if all(e is not None for e in entries):
+            rules = dict.fromkeys(e.describe() for e in entries if e is not None)
+            return verdict("allowlist", f"{'; '.join(rules)} (every name of {ip})")
+        outside = [n for n, e in zip(names, entries, strict=True) if e is None]
+        dest = f"{ip} (one of {', '.join(names)}; not allowlisted: {', '.join(outside)})"
+        if attr.phase == "install":
+            return verdict("install_egress", dest)
+        if self.learning(server):
+            known = all((server, n) in self._learned for n in names)
+            if not self._learn((server, ip)) or known:
+                return verdict("learned", dest)
+            since = self._since.setdefault(server, obs.ts)
+            if obs.ts - since > self.config.policy.learning_hours * 3600:
+                return verdict("new_destination", dest)
+            return verdict("first_seen", dest)
+        return verdict("not_allowlisted", dest)

@@ -12,7 +12,7 @@ import sqlite3
 from datetime import datetime
 from typing import Any
 
-from egresswatch.model import DNS_ANSWER, DNS_QUERY, QUIC_SNI, TLS_INCOMPLETE, TLS_SNI
+from egresswatch.model import DNS_ANSWER, DNS_QUERY, FLOW_KINDS, QUIC_SNI, TLS_INCOMPLETE, TLS_SNI
 from egresswatch.store import JSON_FIELDS, Store
 from egresswatch.textsafe import safe
 
@@ -101,10 +101,13 @@ def query_events(
     kind: str | None = None,
     limit: int | None = 50,
     after_id: int | None = None,
+    flows: bool = False,
 ) -> list[dict[str, Any]]:
     """Matching events, newest first; with ``after_id`` the rows after that id,
-    oldest first (for following new rows)."""
-    where: list[str] = []
+    oldest first (for following new rows). With ``flows``: one row per flow,
+    its deciding event (filters apply to it), with ``flow_kinds``, the kinds
+    of the flow's records in order."""
+    where: list[str] = [_DECIDING] if flows else []
     params: list[Any] = []
     for col, op, val in (
         ("ts", ">=", since),
@@ -137,7 +140,28 @@ def query_events(
             params += p
         cond = (" WHERE " + " AND ".join(where)) if where else ""
         sql = f"SELECT * FROM events{cond}{order}{lim}"
-    return [row_to_dict(r) for r in store.execute(sql, params)]
+    rows = [row_to_dict(r) for r in store.execute(sql, params)]
+    if flows and rows:
+        ids = list(dict.fromkeys(r["flow_id"] for r in rows))
+        kinds: dict[str, list[str]] = {}
+        for i in range(0, len(ids), 500):
+            part = ids[i : i + 500]
+            for r in store.execute(
+                f"SELECT flow_id, kind FROM events WHERE flow_id IN ({', '.join('?' * len(part))}) ORDER BY id",
+                part,
+            ):
+                kinds.setdefault(r["flow_id"], []).append(r["kind"])
+        for row in rows:
+            row["flow_kinds"] = kinds.get(row["flow_id"], [])
+    return rows
+
+
+# The latest deciding event of its flow (an escalation after an allowed
+# decision is a later deciding event of the same flow).
+_DECIDING = (
+    "flow_id IS NOT NULL AND decides = 1 AND NOT EXISTS (SELECT 1 FROM events later"
+    " WHERE later.flow_id = events.flow_id AND later.decides = 1 AND later.id > events.id)"
+)
 
 
 def _json(v: Any) -> Any:
@@ -175,7 +199,12 @@ def row_to_dict(row: sqlite3.Row) -> dict[str, Any]:
             d["quic_version"] = r["quic_version"]
     if r["note"] is not None:
         d["note"] = r["note"]
-    for f in ("dst_name", "pid", "process", "exe", "cmdline", "user"):
+    d["dst_name"] = r["dst_name"]
+    if kind in FLOW_KINDS:
+        d["candidates"] = r.get("candidates") or []
+        d["flow_id"] = r.get("flow_id")
+        d["decides"] = r.get("decides") is None or bool(r["decides"])  # rows before flows: each decided
+    for f in ("pid", "process", "exe", "cmdline", "user"):
         d[f] = r[f]
     d["chain"] = r["chain"] if r["chain"] is not None else []
     for f in ("server", "host", "phase", "attribution", "verdict", "reason", "rule", "severity"):

@@ -24,6 +24,7 @@ EVENT_KEYS: tuple[str, ...] = (
     "id", "ts", "frame", "kind", "proto", "src", "sport", "dst", "dport",
     "qname", "qtype", "rcode", "answers", "dns_id", "records",
     "sni", "alpn", "ech", "tls_versions", "quic_version", "note", "dst_name",
+    "candidates", "flow_id", "decides",
     "pid", "process", "exe", "cmdline", "user", "chain", "server", "host", "phase", "attribution",
     "verdict", "reason", "rule", "severity",
 )  # fmt: skip
@@ -52,7 +53,7 @@ def local_time(ts: float | None) -> str:
 
 def destination(d: dict[str, Any]) -> str:
     """What an event went to: the name (with the port for connections), or the address."""
-    name = d.get("dst_name") or d.get("qname") or d.get("sni")
+    name = d.get("dst_name") or d.get("qname") or d.get("sni") or " | ".join(d.get("candidates") or ())
     kind = d.get("kind")
     if kind in ("dns_query", "dns_answer"):
         return f"{name or '-'}" + (f" (type {d['qtype']})" if d.get("qtype") is not None else "")
@@ -71,6 +72,8 @@ def table_cells(d: dict[str, Any]) -> dict[str, str]:
     pid = d.get("pid")
     process = f"{safe(proc) if proc else '?'}[{pid}]" if pid is not None else safe(proc or "-")
     reason = safe(d.get("reason") or "-")
+    if d.get("decides") is False:  # not its flow's verdict (docs/events.md)
+        reason = ("(provisional) " if d.get("kind") == "connect" else "(after the decision) ") + reason
     if d.get("rule"):
         reason += f" ({safe(d['rule'])})"
     return {
@@ -78,7 +81,7 @@ def table_cells(d: dict[str, Any]) -> dict[str, str]:
         "verdict": safe(d.get("verdict") or "-"),
         "server": _cut(safe(d.get("server") or "-"), _MAX["server"]),
         "process": _cut(process, _MAX["process"]),
-        "kind": safe(d.get("kind") or "-"),
+        "kind": safe("+".join(d["flow_kinds"]) if d.get("flow_kinds") else d.get("kind") or "-"),
         "destination": _cut(safe(destination(d)), _MAX["destination"]),
         "reason": reason,
     }

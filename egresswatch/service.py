@@ -196,6 +196,7 @@ class Daemon:
         from egresswatch.alerts import Alerter
         from egresswatch.attribution import LiveAttributor
         from egresswatch.decode.engine import Engine
+        from egresswatch.flows import FlowTracker
         from egresswatch.lineage import LineageTracker
         from egresswatch.names import NameMemory
         from egresswatch.policy import Policy
@@ -238,7 +239,7 @@ class Daemon:
 
             self.jsonl = JsonlSink(cfg.daemon.jsonl_path)
             sinks.append(self.jsonl)
-        self.pipeline = Pipeline(Engine(), attributor, self.policy, names, sinks)
+        self.pipeline = Pipeline(Engine(), attributor, self.policy, names, sinks, FlowTracker())
 
     def _load_kernel(self) -> None:
         """Send-time attribution from eBPF programs, else the userspace path
@@ -411,6 +412,8 @@ class Daemon:
             sdnotify.watchdog_ping()
         now = time.time()
         try:
+            if self.pipeline is not None:  # flows whose hello window passed while capture was idle
+                self.pipeline.expire(now)  # (kernel frame times are wall-clock times)
             self.store.flush()
             self.store.check_file()
             self.alerter.tick(now)

@@ -40,11 +40,13 @@ EVENT_FIELDS: tuple[str, ...] = (
     "sni", "alpn", "ech", "tls_versions", "quic_version", "note", "dst_name",
     "pid", "process", "exe", "cmdline", "user", "chain", "server", "host", "phase", "attribution",
     "verdict", "reason", "rule", "severity",
+    "candidates", "flow_id", "decides",  # migration 0003
 )  # fmt: skip
-JSON_FIELDS = frozenset({"answers", "records", "alpn", "tls_versions", "cmdline", "chain"})
+_V1_FIELDS = EVENT_FIELDS[: EVENT_FIELDS.index("candidates")]  # the columns of migration 0001
+JSON_FIELDS = frozenset({"answers", "records", "alpn", "tls_versions", "cmdline", "chain", "candidates"})
 # Reversed lower-case names so that suffix globs (*.example.com) use an index.
 NAME_FIELDS = ("rname", "ralt")
-_INT = {"frame", "sport", "dport", "qtype", "rcode", "dns_id", "ech", "quic_version", "pid"}
+_INT = {"frame", "sport", "dport", "qtype", "rcode", "dns_id", "ech", "quic_version", "pid", "decides"}
 ALERT_FIELDS: tuple[str, ...] = (
     "ts", "recorded", "kind", "server", "host", "destination", "reason", "severity",
     "pid", "process", "count", "targets", "result", "error", "attempts", "title", "body",
@@ -58,7 +60,7 @@ MIGRATIONS = sqlite_utils.Migrations("egresswatch")
 @MIGRATIONS(name="0001_events_alerts")
 def _m0001(db: sqlite_utils.Database) -> None:
     cols: dict[str, Any] = {"id": int}
-    for f in (*EVENT_FIELDS, *NAME_FIELDS):
+    for f in (*_V1_FIELDS, *NAME_FIELDS):
         cols[f] = float if f == "ts" else int if f in _INT else str
     db.table("events").create(cols, pk="id", not_null={"ts", "kind", "verdict"}, strict=True)
     for idx in (
@@ -86,6 +88,17 @@ def _m0002(db: sqlite_utils.Database) -> None:
     db.execute(
         "CREATE INDEX IF NOT EXISTS events_server_ts_dest ON events(server, ts, kind, verdict, dst_name, dst)"
     )
+
+
+@MIGRATIONS(name="0003_flows")
+def _m0003(db: sqlite_utils.Database) -> None:
+    """One verdict per flow: the events of a flow share ``flow_id``; ``decides``
+    marks the one whose verdict is the flow's; ``candidates`` (JSON) the names
+    an SNI-less destination address was resolved from. Older rows keep NULLs."""
+    db.execute("ALTER TABLE events ADD COLUMN candidates TEXT")
+    db.execute("ALTER TABLE events ADD COLUMN flow_id TEXT")
+    db.execute("ALTER TABLE events ADD COLUMN decides INTEGER")
+    db.execute("CREATE INDEX events_flow_id ON events(flow_id) WHERE flow_id IS NOT NULL")
 
 
 def event_row(event: Event) -> tuple[Any, ...]:

@@ -128,7 +128,11 @@ def test_schema_strict_wal_and_migrations_idempotent(tmp_path: Path) -> None:
     Store(p).close()
     s = Store(p)  # second open applies nothing new
     assert MIGRATIONS.pending(s.db) == []
-    assert [m.name for m in MIGRATIONS.applied(s.db)] == ["0001_events_alerts", "0002_events_server_ts_dest"]
+    assert [m.name for m in MIGRATIONS.applied(s.db)] == [
+        "0001_events_alerts",
+        "0002_events_server_ts_dest",
+        "0003_flows",
+    ]
     assert s.conn.execute("PRAGMA journal_mode").fetchone()[0] == "wal"
     assert s.conn.execute("PRAGMA synchronous").fetchone()[0] == 1  # NORMAL
     sql = s.conn.execute("SELECT sql FROM sqlite_master WHERE name = 'events'").fetchone()[0]
