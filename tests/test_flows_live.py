@@ -1,0 +1,185 @@
+"""Live: one verdict per flow, named by what the flow itself says (issue #15).
+
+The real daemon watches a fake MCP server (tests/e2e_data/flows_mcp_server.py)
+that resolves three names to the one address of a lab namespace (its DNS
+server answers every name with it), the allowed name last, and then opens an
+allowed-SNI, a foreign-SNI, an SNI-less, a hello-less and an ECH connection to
+that address (a real openssl TLS server). The stored events and the alerts
+the daemon raised must match pcaps/mcp-flows.pcap's verdicts.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import sqlite3
+import subprocess
+import sys
+import threading
+from collections.abc import Iterator
+from http.server import HTTPServer
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from egresswatch.query import query_events
+from egresswatch.store import Store
+from tests.helpers.flowcheck import Sent, check
+from tests.helpers.netlab import Lab, wait_for
+from tests.test_e2e import Alerts, Notify
+
+pytestmark = pytest.mark.live
+REPO = Path(__file__).resolve().parents[1]
+DATA = Path(__file__).resolve().parent / "e2e_data"
+NAMES = ["api.notes.test", "collector.exfil-sink.test", "ech-front.cdn.test"]
+
+
+@pytest.fixture
+def lab() -> Iterator[Lab]:
+    with Lab() as lab:
+        lab.start_dns()  # every name -> lab.peer4
+        lab.start_tls(443)
+        yield lab
+
+
+def flow_rows(db: Path) -> list[dict[str, Any]]:
+    if not db.exists():
+        return []
+    try:
+        with Store(db, readonly=True) as s:
+            return sorted(query_events(s, server="notes", limit=None), key=lambda r: r["id"])
+    except Exception:
+        return []
+
+
+def alert_rows(db: Path) -> list[dict[str, Any]]:
+    conn = sqlite3.connect(f"file:{db}?mode=ro", uri=True)
+    conn.row_factory = sqlite3.Row
+    try:
+        sql = "SELECT * FROM alerts WHERE kind = 'alert' AND server = 'notes' ORDER BY id"
+        return [dict(r) for r in conn.execute(sql)]
+    finally:
+        conn.close()
+
+
+def test_live_flows_get_one_verdict_named_by_themselves(lab: Lab, tmp_path: Path) -> None:
+    tmp = tmp_path / "ew"
+    tmp.mkdir(mode=0o700)
+    os.chmod(tmp_path, 0o700)
+    httpd = HTTPServer(("127.0.0.1", 0), Alerts)
+    threading.Thread(target=httpd.serve_forever, daemon=True).start()
+    Alerts.received = []
+    cfg = tmp / "config.toml"
+    cfg.write_text(f"""
+[daemon]
+database = "{tmp}/events.db"
+# only the lab's link: other tests' floods on this host must not fill the capture buffer
+interfaces = ["{lab.veth_host}"]
+[discovery]
+extra_homes = ["{tmp}/home"]
+[alerts]
+urls = ["json://127.0.0.1:{httpd.server_address[1]}/"]
+min_severity = "low"
+window_seconds = 0.001
+desktop = false
+[policy]
+learning = false
+[servers.notes]
+allow = ["api.notes.test"]
+""")
+    os.chmod(cfg, 0o600)
+    home = tmp / "home" / ".cursor"
+    home.mkdir(parents=True)
+    server_cmd = [sys.executable, str(DATA / "flows_mcp_server.py"), lab.peer4]
+    (home / "mcp.json").write_text(
+        json.dumps({"mcpServers": {"notes": {"command": server_cmd[0], "args": server_cmd[1:]}}})
+    )
+    notify = Notify(tmp / "notify.sock")
+    env = {**os.environ, "NOTIFY_SOCKET": str(tmp / "notify.sock"), "PYTHONPATH": str(REPO)}
+    log = open(tmp / "daemon.log", "w")
+    daemon = subprocess.Popen(
+        [sys.executable, "-m", "egresswatch", "run", "--config", str(cfg), "--status-file", str(tmp / "status.json")],
+        env=env, cwd=REPO, stderr=log, text=True,
+    )  # fmt: skip
+    host = None
+    db = tmp / "events.db"
+    try:
+        notify.wait("READY=1")
+        host = subprocess.Popen([sys.executable, str(DATA / "fake_mcp_host.py"), str(home / "mcp.json")],
+                                stdout=subprocess.PIPE, text=True, cwd=REPO, start_new_session=True)  # fmt: skip
+        assert host.stdout is not None
+        assert host.stdout.readline().strip() == "done"  # the server finished its five connections
+
+        def decided() -> list[dict[str, Any]] | None:
+            rows = flow_rows(db)
+            flows = {r["flow_id"] for r in rows if r.get("flow_id")}
+            done = {r["flow_id"] for r in rows if r.get("flow_id") and r["decides"]}
+            return rows if len(flows) >= 5 and flows == done else None
+
+        # the hello-less flow is decided once its hello window (5 s) has passed
+        try:
+            rows = wait_for(decided, 45, "five decided flows of the notes server")
+        except AssertionError:
+            conn = sqlite3.connect(f"file:{db}?mode=ro", uri=True)
+            seen = conn.execute(
+                "SELECT kind, sni, qname, sport, verdict, reason, decides, server, process, attribution FROM events"
+                " WHERE dst = ? OR src = ?",
+                (lab.peer4, lab.peer4),
+            ).fetchall()
+            conn.close()
+            raise AssertionError(f"stored: {seen}") from None
+        flows: dict[str, list[dict[str, Any]]] = {}
+        for r in rows:
+            if r.get("flow_id"):
+                flows.setdefault(r["flow_id"], []).append(r)
+        assert len(flows) == 5, flows
+        got = set()
+        for recs in flows.values():
+            (d,) = [r for r in recs if r["decides"]]
+            syn = min(recs, key=lambda r: r["ts"])
+            assert syn["kind"] == "connect"  # the SYN stays a record of its flow
+            assert syn["candidates"] == NAMES and syn["dst_name"] is None
+            got.add((d["kind"], d.get("sni"), d.get("ech", False), d["verdict"], d["reason"],
+                     tuple(d["candidates"]), d["rule"]))  # fmt: skip
+        every = f"{lab.peer4} (one of {', '.join(NAMES)}; not allowlisted: {', '.join(NAMES[1:])})"
+        assert got == {
+            ("tls_sni", "api.notes.test", False, "allowed", "allowlist", (), "servers.notes.allow: api.notes.test"),
+            ("tls_sni", "collector.exfil-sink.test", False, "flagged", "not_allowlisted", (),
+             "collector.exfil-sink.test"),
+            ("tls_sni", None, False, "flagged", "not_allowlisted", tuple(NAMES), every),
+            ("connect", None, False, "flagged", "not_allowlisted", tuple(NAMES), every),
+            ("tls_sni", "ech-front.cdn.test", True, "flagged", "not_allowlisted", (),
+             "ech-front.cdn.test (ECH: outer name)"),
+        }  # fmt: skip
+
+        # alerts: the two flagged DNS queries, one per flagged flow, each named by its own flow
+        def raised() -> list[dict[str, Any]] | None:
+            got = [a for a in alert_rows(db) if a["result"] not in ("held", "dropped")]
+            return got if len(got) >= 6 else None
+
+        alerts = wait_for(raised, 30, "six alerts")
+        check(rows, [Sent(a["ts"], a["pid"], a["destination"], a["reason"]) for a in alerts])
+        assert sorted(a["destination"] for a in alerts) == sorted(
+            ["collector.exfil-sink.test", "ech-front.cdn.test"]  # the queries
+            + ["collector.exfil-sink.test", " | ".join(NAMES), " | ".join(NAMES), "ech-front.cdn.test"]
+        )
+        assert {a["result"] for a in alerts} == {"sent"}
+        mine = [a for a in Alerts.received if "MCP server notes" in json.dumps(a)]
+        assert len(mine) >= 6 and not any("contacted api.notes.test (" in json.dumps(a) for a in mine)
+        daemon.send_signal(signal.SIGTERM)
+        assert daemon.wait(timeout=30) == 0
+    finally:
+        if host is not None:
+            try:
+                os.killpg(host.pid, signal.SIGTERM)
+            except ProcessLookupError:
+                pass
+            host.wait(timeout=10)
+        if daemon.poll() is None:
+            daemon.kill()
+        daemon.wait(timeout=10)
+        log.close()
+        httpd.shutdown()
+        notify.close()
