@@ -6,7 +6,8 @@ Order of checks (first that decides wins), documented in docs/policy.md:
 2. DNS answer                          -> allowed / dns_answer (the query carries the verdict)
 3. encrypted-DNS resolver (DoH/DoT/DoQ) -> flagged / doh_dot (high), unless policy.doh_allow
 4. DNS exfiltration shape (queries)    -> flagged / dns_exfil (high)
-5. allowlist entry matches             -> allowed / allowlist
+5. allowlist entry matches             -> allowed / allowlist (an SNI-less connection to
+   an address several resolved names share: an address entry, or every name)
 6. connection to a never-resolved IP   -> flagged / direct_ip (high)
 7. install phase (package runner hooks) -> flagged / install_egress (medium), never learned
 8. learning mode: first contact        -> flagged / first_seen (low) within the server's
