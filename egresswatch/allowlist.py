@@ -84,7 +84,8 @@ def suggest(
     """Per MCP server, a minimal allowlist covering the destinations in
     ``events`` (Event.to_dict() / stored rows). Only events of ``server`` when
     given; never events outside MCP trees, of the install phase (policy.install_allow
-    judges those) or flagged dns_exfil/doh_dot/direct_ip; never
+    judges those), not deciding their flow (a SYN whose hello named it) or
+    flagged dns_exfil/doh_dot/direct_ip; never
     destinations for which ``skip(dest, event)`` is true (e.g. already in
     policy.global_allow). Unusable names (bytes outside host-name syntax) are
     left out and counted in ``notes``. A dict may stand for several identical
@@ -98,6 +99,8 @@ def suggest(
             continue
         dest = _destination(ev)
         if dest is None:
+            continue
+        if ev.get("decides") is False:  # a SYN its hello decided: the hello names the flow
             continue
         n = ev.get("count", 1)
         if ev.get("reason") in NEVER_SUGGEST:

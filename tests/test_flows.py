@@ -343,3 +343,13 @@ def test_events_flows_one_line_per_flow(tmp_path: Path) -> None:
         == 2
     )
     conn.close()
+
+
+def test_allowlist_suggest_names_a_flow_by_its_hello_not_its_syn() -> None:
+    from egresswatch.allowlist import suggest
+
+    rig = Rig()
+    shared(rig)
+    rig(syn(2.0))
+    rig(hello(2.1, "api.notes.example"))
+    assert suggest([e.to_dict() for e in rig.out]) == {"notes": ["api.notes.example"]}
