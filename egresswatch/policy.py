@@ -332,12 +332,13 @@ class Policy:
         dest = f"{ip} (one of {', '.join(names)}; not allowlisted: {', '.join(outside)})"
         if attr.phase == "install":
             return verdict("install_egress", dest)
-        if self.learning(server):
+        if self.learning(server):  # the address is what is learned
+            seen = f"{ip} (one of {', '.join(names)})"
             known = all((server, n) in self._learned for n in names)
             if not self._learn((server, ip)) or known:
-                return verdict("learned", dest)
+                return verdict("learned", seen)
             since = self._since.setdefault(server, obs.ts)
             if obs.ts - since > self.config.policy.learning_hours * 3600:
-                return verdict("new_destination", dest)
-            return verdict("first_seen", dest)
+                return verdict("new_destination", seen)
+            return verdict("first_seen", seen)
         return verdict("not_allowlisted", dest)

@@ -273,6 +273,7 @@ def test_shared_address_in_learning_mode_learns_the_address() -> None:
     rig(syn(3.0, sport=40001))
     first, second = rig.finish()
     assert (first.verdict.reason, second.verdict.reason) == ("first_seen", "learned")
+    assert first.verdict.rule == "198.51.100.77 (one of api.notes.example, collector.evil.example)"
 
 
 def test_shared_address_with_a_doh_name_is_doh() -> None:
