@@ -234,8 +234,9 @@ def stats(
     flagged events by reason. One index range per server (events_server_ts_dest).
     With ``top``, only the ``top`` most contacted destinations are listed, and
     ``destination_count`` says how many there were (a server that floods random
-    names costs one row each, not one dict each)."""
-    where, params = ["server = ?"], []
+    names costs one row each, not one dict each). A flow counts once, by its
+    deciding event (not its provisional SYN)."""
+    where, params = ["server = ?", "(decides IS NULL OR decides = 1)"], []
     if since is not None:
         where.append("ts >= ?")
         params.append(since)

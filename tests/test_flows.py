@@ -354,3 +354,19 @@ def test_allowlist_suggest_names_a_flow_by_its_hello_not_its_syn() -> None:
     rig(syn(2.0))
     rig(hello(2.1, "api.notes.example"))
     assert suggest([e.to_dict() for e in rig.out]) == {"notes": ["api.notes.example"]}
+
+
+def test_stats_count_a_flow_once_by_its_decision(tmp_path: Path) -> None:
+    from egresswatch.query import stats
+
+    rig = Rig()
+    shared(rig)
+    rig(syn(2.0))
+    rig(hello(2.1, "api.notes.example"))  # allowed; its SYN was provisionally flagged
+    with Store(tmp_path / "e.db") as s:
+        for e in rig.out:
+            s.write(e)
+        s.flush()
+        (srv,) = stats(s)
+    assert (srv["events"], srv["flagged"], srv["flagged_by_reason"]) == (1, 0, {})
+    assert [d["destination"] for d in srv["destinations"]] == ["api.notes.example"]
