@@ -7,7 +7,8 @@ Foreground, logs to stderr (journald/launchd capture it), ``Type=notify``:
   attribution, build the one :class:`~egresswatch.pipeline.Pipeline`, then
   ``READY=1``;
 - loop on the main thread: frames -> pipeline; every ``HOUSEKEEP`` seconds
-  flush the store, tick the alerter, write the status file, ping the watchdog;
+  decide flows whose hello window passed while capture was idle, flush the
+  store, tick the alerter, write the status file, ping the watchdog;
   prune old events once an hour in bounded chunks;
 - signals go through a self-pipe (``signal.set_wakeup_fd``) and only set
   flags: SIGHUP reloads the config and allowlists (a bad config is logged and
