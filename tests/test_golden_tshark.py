@@ -71,7 +71,7 @@ def test_golden_capture_agrees_with_tshark(capture: str) -> None:
     assert theirs - ours == set(), f"egresswatch misses: {sorted(map(str, theirs - ours))}"
 
 
-@pytest.mark.parametrize("script", ["make_link.py", "make_linkmore.py", "make_verdicts.py"])
+@pytest.mark.parametrize("script", ["make_link.py", "make_linkmore.py", "make_verdicts.py", "make_flows.py"])
 def test_generator_scripts_write_the_committed_bytes(script: str, tmp_path: Path) -> None:
     """Each script rewrites its captures byte for byte (make_tls_dns.py and
     make_quic.py are checked in test_engine.py and test_quic.py)."""
