@@ -85,9 +85,11 @@ class Pipeline:
         self.sinks = list(sinks)
         self.flows = flows
         self.counters: Counter[str] = Counter()
+        self.frames = 0  # frames fed (the daemon decides idle flows only when none came)
 
     def feed(self, frame: Frame) -> list[Event]:
         """Decode one frame; return the events it completes or decides (most frames: none)."""
+        self.frames += 1
         out = self.expire(frame.ts) if self.flows is not None and frame.ts >= self.flows.next_due else []
         try:
             observations = self.decoder.feed(frame)

@@ -111,6 +111,7 @@ class Daemon:
         self.config: Config = Config()
         self.source: LiveSource | None = None
         self.pipeline: Pipeline | None = None
+        self._frames_seen = -1  # pipeline.frames at the last housekeeping tick
         self.store: Any = None
         self.alerter: Any = None
         self.policy: Any = None
@@ -413,8 +414,11 @@ class Daemon:
             sdnotify.watchdog_ping()
         now = time.time()
         try:
-            if self.pipeline is not None:  # flows whose hello window passed while capture was idle
-                self.pipeline.expire(now)  # (kernel frame times are wall-clock times)
+            # capture idle since the last tick (no frame drove the clock): decide the flows
+            # whose hello window passed by wall time (kernel frame times are wall-clock times)
+            if self.pipeline is not None and self.pipeline.frames == self._frames_seen:
+                self.pipeline.expire(now)
+            self._frames_seen = self.pipeline.frames if self.pipeline is not None else 0
             self.store.flush()
             self.store.check_file()
             self.alerter.tick(now)
