@@ -370,3 +370,25 @@ def test_stats_count_a_flow_once_by_its_decision(tmp_path: Path) -> None:
         (srv,) = stats(s)
     assert (srv["events"], srv["flagged"], srv["flagged_by_reason"]) == (1, 0, {})
     assert [d["destination"] for d in srv["destinations"]] == ["api.notes.example"]
+
+
+def test_stats_counting_flows_once_still_reads_only_the_covering_index(tmp_path: Path) -> None:
+    from egresswatch.query import stats
+
+    rig = Rig()
+    shared(rig)
+    rig(syn(2.0))
+    rig(hello(2.1, "api.notes.example"))
+    with Store(tmp_path / "e.db") as s:
+        for e in rig.out:
+            s.write(e)
+        s.flush()
+        seen: list[str] = []
+        s.conn.set_trace_callback(seen.append)
+        stats(s, since=0.0)
+        s.conn.set_trace_callback(None)
+        grouped = [q for q in seen if "GROUP BY destination" in q]
+        assert grouped
+        for q in grouped:
+            plan = " ".join(str(tuple(r)) for r in s.conn.execute("EXPLAIN QUERY PLAN " + q))
+            assert "COVERING INDEX events_server_ts_dest" in plan, plan

@@ -129,12 +129,13 @@ def server_rows(store: Store, server: str, win: Window) -> list[dict[str, Any]]:
     """One pass over a server's events in the window: the distinct (kind, names,
     verdict, reason, phase) with their count and first/last time. The server
     page's destination tables, flagged reasons and allowlist proposal are all
-    computed from these rows."""
+    computed from these rows. A flow counts once, by its deciding event (not
+    its provisional SYN: docs/policy.md, one verdict per flow)."""
     cond, params = _range(win)
     rows = store.execute(
         "SELECT kind, qname, sni, dst_name, dst, verdict, reason, phase,"
         " count(*) AS count, min(ts) AS first_seen, max(ts) AS last_seen"
-        f" FROM events WHERE server = ?{cond}"
+        f" FROM events WHERE server = ? AND (decides IS NULL OR decides = 1){cond}"
         " GROUP BY kind, qname, sni, dst_name, dst, verdict, reason, phase",
         [server, *params],
     )
