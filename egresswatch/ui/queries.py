@@ -201,7 +201,7 @@ def timeline(
     rows = store.execute(
         f"SELECT CAST((ts - ?) / ? AS INTEGER) AS b, verdict, coalesce(dst_name, dst) AS destination,"
         f" count(*) AS n FROM events WHERE server = ?{cond} AND kind != 'dns_answer'"
-        " GROUP BY b, verdict, destination",
+        " AND (decides IS NULL OR decides = 1) GROUP BY b, verdict, destination",
         [win.since, width, server, *params],
     )
     by_verdict: dict[str, list[int]] = {}
