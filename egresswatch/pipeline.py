@@ -111,7 +111,9 @@ class Pipeline:
     def inject(self, obs: Observation) -> Event:
         """Handle an observation that comes from no frame (a ``udp_flow`` seen by
         the kernel) exactly like a decoded one; its own ``ts`` is its clock."""
-        return self._handle(obs, Frame(ts=obs.ts, data=b"", linktype=0))
+        event = self._judge(obs, Frame(ts=obs.ts, data=b"", linktype=0))
+        self._emit(event)
+        return event
 
     def finish(self, last: Frame | None = None) -> list[Event]:
         """End of input: flush what the decoder still holds (incomplete hellos),
