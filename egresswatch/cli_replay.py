@@ -13,8 +13,9 @@ import click
 
 from egresswatch.capture.pcapfile import read_frames
 from egresswatch.config import Config, load_config
+from egresswatch.decode import link, linkmore
 from egresswatch.decode.engine import Engine
-from egresswatch.errors import EgresswatchError
+from egresswatch.errors import CaptureFileError, EgresswatchError
 from egresswatch.model import Event, Frame
 from egresswatch.names import NameMemory
 from egresswatch.pipeline import Attributor, Pipeline, Sink
@@ -29,7 +30,18 @@ def event_json(event: Event) -> str:
     return _ENCODER.encode(event.to_dict())
 
 
-def event_row(event: Event) -> str:
+def event_json_in(event: Event, file: str) -> str:
+    """event_json with the capture file's name after ``frame`` (replay output)."""
+    d = event.to_dict()
+    out: dict[str, object] = {}
+    for k, v in d.items():
+        out[k] = v
+        if k == "frame":
+            out["file"] = file
+    return _ENCODER.encode(out)
+
+
+def event_row(event: Event, file: str | None = None) -> str:
     o = event.obs
     if o.is_dns:
         name = o.qname if o.qname is not None else "<no parsable question>"
@@ -43,21 +55,47 @@ def event_row(event: Event) -> str:
     who = event.attr.server or "-"
     if event.attr.process is not None:
         who += f" {event.attr.process.name}[{event.attr.process.pid}]"
+    where = f"{o.frame:>6}" if file is None else f"{file}:{o.frame}"
     return safe(
-        f"{o.ts:.6f} {o.frame:>6} {o.kind:<14} {o.proto} {o.src}:{o.sport} > {o.dst}:{o.dport} "
+        f"{o.ts:.6f} {where} {o.kind:<14} {o.proto} {o.src}:{o.sport} > {o.dst}:{o.dport} "
         f"{name}{extra}  {event.verdict.verdict}:{event.verdict.reason} {who}"
     )
 
 
+class OutputClosed(BaseException):
+    """stdout's reader went away (``| head``). A BaseException, so that it passes
+    the pipeline's guard around sinks (which logs and carries on) and stops the replay."""
+
+
 class _Printer:
-    def __init__(self, fmt: str, out: IO[str]) -> None:
+    """Prints events; ``file`` (the capture being read) goes into each line."""
+
+    def __init__(self, fmt: str, out: IO[str], show_file_in_table: bool = False) -> None:
         self.fmt, self.out = fmt, out
+        self.file = ""
+        self.show_file_in_table = show_file_in_table
+        self.closed = False
 
     def write(self, event: Event) -> None:
-        self.out.write((event_json(event) if self.fmt == "jsonl" else event_row(event)) + "\n")
+        if self.closed:
+            return
+        if self.fmt == "jsonl":
+            line = event_json_in(event, self.file)
+        else:
+            line = event_row(event, self.file if self.show_file_in_table else None)
+        try:
+            self.out.write(line + "\n")
+        except BrokenPipeError:
+            self.closed = True
+            raise OutputClosed() from None
 
     def close(self) -> None:
-        self.out.flush()
+        if self.closed:
+            return
+        try:
+            self.out.flush()
+        except BrokenPipeError:
+            self.closed = True
 
 
 def build_attributor(procs: Path | None, config: Config) -> Attributor:
@@ -79,10 +117,12 @@ def replay_files(
     config: Config,
     sinks: list[Sink],
     procs: Path | None = None,
+    errors: list[str] | None = None,
 ) -> Iterator[tuple[Path, Pipeline]]:
     """Replay each file through a fresh decoder, sharing attribution, names,
-    policy and sinks (a capture split over files reads as one). Raises
-    EgresswatchError (one line) for the first unreadable file, after its events."""
+    policy and sinks (a capture split over files reads as one). An unreadable
+    file raises CaptureFileError (one line) after its events; with ``errors``
+    given, its message is appended there instead and the next file is read."""
     names = NameMemory()
     policy = Policy(config, resolved=names.resolved)
     attributor = build_attributor(procs, config)
@@ -91,15 +131,33 @@ def replay_files(
         pipeline = Pipeline(engine, attributor, policy, names, sinks)
         feed = pipeline.feed
         last: Frame | None = None
+        warned: set[int] = set()
         try:
             # the engine's raw-bytes check drops bulk data before Frames are built,
             # as the kernel filter does for live capture
             for frame in read_frames(path, skip=engine.skip_raw):
+                if last is None or frame.linktype != last.linktype:
+                    _check_linktype(path, frame.linktype, warned)
                 last = frame
                 feed(frame)
+        except CaptureFileError as exc:
+            if errors is None:
+                raise
+            errors.append(str(exc))
         finally:
             pipeline.finish(last)
         yield path, pipeline
+
+
+def _check_linktype(path: Path, linktype: int, warned: set[int]) -> None:
+    """Warn once per file about a link type no decoder reads (its frames count as non_ip)."""
+    if linktype in link.LINKTYPES or linktype in linkmore.LINKTYPES or linktype in warned:
+        return
+    warned.add(linktype)
+    click.echo(
+        f"egresswatch: warning: {safe(path)}: link type {linktype} is not decoded; its frames are skipped",
+        err=True,
+    )
 
 
 @click.command()
@@ -142,43 +200,43 @@ def replay(
 ) -> None:
     """Replay pcap/pcapng FILES offline and print one event per line.
 
-    Needs no privileges. A corrupt or truncated file prints the events that
-    could be read, then a one-line error, and exits 1.
+    Needs no privileges. Each event names its file and its frame number in
+    that file. A corrupt or truncated file prints the events that could be
+    read and a one-line error; the other files are still read; exit 1.
     """
-    try:
-        config = load_config(config_path)
-    except EgresswatchError as exc:
-        raise click.ClickException(str(exc)) from None
+    config = load_config(config_path)
     # Millions of short-lived frames and events, almost no reference cycles:
     # run the cycle collector rarely (6% of replay time at the default threshold).
     gc.freeze()
     gc.set_threshold(100_000, 50, 100)
-    sinks: list[Sink] = [_Printer(fmt, sys.stdout)]
+    printer = _Printer(fmt, sys.stdout, show_file_in_table=len(files) > 1)
+    sinks: list[Sink] = [printer]
     store = None
     if db is not None:
         from egresswatch.store import Store
 
-        try:
-            store = Store(db)
-        except EgresswatchError as exc:
-            raise click.ClickException(str(exc)) from None
+        store = Store(db)
         sinks.append(store)
-    failed = None
+    errors: list[str] = []
     try:
-        for path, pipeline in replay_files(list(files), config, sinks, procs):
+        runs = replay_files(list(files), config, sinks, procs, errors)
+        for path in files:
+            printer.file = str(path)
+            path, pipeline = next(runs)
             if stats:
                 counters = dict(sorted((dict(pipeline.decoder.counters) | dict(pipeline.counters)).items()))
                 click.echo(f"{safe(path)}: {json.dumps(counters)}", err=True)
-    except EgresswatchError as exc:
-        failed = str(exc)
-    except OSError as exc:
-        failed = f"{exc.filename}: {exc.strerror}"
+    except OutputClosed:
+        pass  # `| head`: stop reading, store what was decoded, exit quietly
     finally:
         for sink in sinks:
             sink.close()
-    if failed:
-        click.echo(f"egresswatch: error: {safe(failed)}", err=True)
-        sys.exit(1)
+    if store is not None and (store.counters["write_errors"] or store.counters["events_dropped"]):
+        errors.append(f"{db}: some events could not be stored (see the log line above)")
+    for message in errors[:-1]:
+        click.echo(f"egresswatch: error: {safe(message)}", err=True)
+    if errors:
+        raise EgresswatchError(errors[-1])
 
 
 COMMANDS = [replay]

@@ -27,7 +27,7 @@ from urllib.parse import quote
 import sqlite_utils
 
 from egresswatch.config import RetentionConfig
-from egresswatch.errors import StoreError
+from egresswatch.errors import StoreError, permission_hint
 from egresswatch.model import Event
 
 log = logging.getLogger(__name__)
@@ -154,6 +154,35 @@ def _connect(path: Path, readonly: bool) -> sqlite3.Connection:
         conn.close()
         raise StoreError(f"{path}: not a usable SQLite database ({exc})") from None
     return conn
+
+
+def _check_path(path: Path, readonly: bool) -> None:
+    """Refuse, in one line, a database path that cannot work: a directory, a
+    path under a regular file, a file in /proc or /sys, no permission."""
+    if path.absolute().resolve().parts[1:2] in (("proc",), ("sys",), ("dev",)):
+        raise StoreError(f"{path}: a kernel file system is no place for a database")
+    for parent in path.absolute().parents:
+        try:
+            st = os.stat(parent)
+        except FileNotFoundError:
+            continue
+        if not stat.S_ISDIR(st.st_mode):
+            raise StoreError(f"{path}: {parent} is not a directory")
+        break
+    try:
+        st = os.stat(path)
+    except FileNotFoundError:
+        if readonly:
+            raise StoreError(f"{path}: no such database") from None
+        return
+    if not stat.S_ISREG(st.st_mode):
+        raise StoreError(f"{path}: not a regular file")
+    if readonly and not os.access(path, os.R_OK):
+        raise PermissionError(13, "Permission denied", str(path))
+    if not readonly and os.statvfs(path).f_flag & os.ST_RDONLY:
+        raise StoreError(f"{path}: on a read-only file system")
+    if not readonly and not os.access(path, os.R_OK | os.W_OK):
+        raise PermissionError(13, "Permission denied", str(path))
 
 
 def _create_file(path: Path, group: str | None) -> None:
@@ -288,9 +317,15 @@ class Store:
         self._closed = False
         self._longest = 0.0
         self._failing = False
-        if not readonly:
-            _create_file(self.path, group)
-        conn = _connect(self.path, readonly)
+        try:
+            _check_path(self.path, readonly)
+            if not readonly:
+                _create_file(self.path, group)
+            conn = _connect(self.path, readonly)
+        except PermissionError:
+            raise StoreError(f"{self.path}: permission denied{permission_hint(database=True)}") from None
+        except OSError as exc:
+            raise StoreError(f"{exc.filename or self.path}: {exc.strerror or exc}") from None
         self.db = sqlite_utils.Database(conn)
         if readonly:
             if not self.db["events"].exists():
