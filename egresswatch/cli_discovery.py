@@ -124,14 +124,16 @@ _format = click.option(
 )
 
 
-def _discover(homes: tuple[Path, ...], files: tuple[Path, ...], projects: tuple[Path, ...]) -> Discovery:
+def _discover(
+    homes: tuple[Path, ...], files: tuple[Path, ...], projects: tuple[Path, ...], warn: bool = True
+) -> Discovery:
     if not projects:
         from egresswatch.lineage import host_project_dirs
 
         # where MCP hosts run now: their project-scope configs
         projects = tuple(host_project_dirs())
     d = discover(homes or None, files, projects)
-    for w in d.warnings:
+    for w in d.warnings if warn else ():
         click.echo(f"egresswatch: warning: {safe(w)}", err=True)
     return d
 
@@ -202,8 +204,8 @@ def audit_cmd(
     """Find risky MCP server definitions (unpinned packages, plain-text secrets,
     lookalike names, unsafe containers, curl|sh, writable configs) before they run.
     Static: nothing is launched or downloaded."""
-    d = _discover(homes, files, projects)
-    findings = audit(d.servers, d.files)
+    d = _discover(homes, files, projects, warn=False)  # the warnings are findings here
+    findings = audit(d.servers, d.files, d.warnings)
     if fmt == "json":
         click.echo(json.dumps([f.to_dict() for f in findings], indent=2, ensure_ascii=True))
     else:
