@@ -37,6 +37,18 @@ LAZY_COMMANDS: dict[str, str] = {
 }
 
 
+#: output formats: every command that prints records offers these (or the subset that makes sense)
+FORMATS = ("table", "json", "jsonl", "csv")
+
+
+def format_option(choices: tuple[str, ...] = FORMATS, default: str = "table") -> Any:
+    """The one ``--format`` option (dest ``fmt``)."""
+    return click.option(
+        "--format", "fmt", type=click.Choice(choices), default=default, show_default=True,
+        help="table: aligned text for people; json: one list; jsonl: one object per line; csv: flat rows.",
+    )  # fmt: skip
+
+
 def error_exit(message: str, code: int = EXIT_ERROR) -> NoReturn:
     """Print ``egresswatch: error: WHERE: WHAT`` (one line, escaped) and exit."""
     text = " ".join(safe(message).splitlines()) or "failed"
@@ -48,6 +60,9 @@ def _usage_where(exc: click.UsageError) -> str:
     ctx = exc.ctx
     where = ctx.command_path.removeprefix("egresswatch").strip() if ctx is not None else ""
     param = getattr(exc, "param", None)
+    hint = getattr(exc, "param_hint", None)
+    if isinstance(exc, click.BadParameter) and param is None and isinstance(hint, str):
+        return f"{where} {hint}".strip()
     if isinstance(exc, click.BadParameter) and param is not None:
         names = [o for o in getattr(param, "opts", []) if o.startswith("--")] or [param.name or "?"]
         name = names[0] if param.param_type_name == "option" else names[0].upper()

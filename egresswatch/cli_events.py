@@ -12,7 +12,7 @@ import click
 from egresswatch.config import load_config
 from egresswatch.errors import EgresswatchError
 from egresswatch.model import KINDS, VERDICTS
-from egresswatch.query import parse_time, query_events, stats
+from egresswatch.query import count_events, parse_time, query_events, stats
 from egresswatch.render import FORMATS, EventWriter, render_stats
 from egresswatch.store import Store
 
@@ -31,6 +31,13 @@ class TimeParam(click.ParamType):
             return parse_time(str(value), time.time())
         except ValueError as exc:
             self.fail(str(exc), param, ctx)
+
+
+def _is_tty(stream: Any) -> bool:
+    try:
+        return bool(stream.isatty())
+    except (AttributeError, ValueError):
+        return False
 
 
 def _db_path(db: Path | None, config: Path | None) -> Path:
@@ -100,6 +107,10 @@ def events(
         rows = query_events(store, limit=limit or None, **filters)
         if not follow:
             out.write(rows)
+            if limit and len(rows) == limit and _is_tty(sys.stderr):
+                total = count_events(store, **filters)
+                if total > limit:
+                    click.echo(f"{limit} of {total} shown (--limit 0 for all)", err=True)
             return
         rows.reverse()
         out.write(rows)

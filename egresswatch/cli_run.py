@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import logging
+import math
 import os
 import plistlib
 import shutil
@@ -13,12 +14,14 @@ import sys
 import time
 from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 from urllib.parse import urlsplit
 
 import click
 
 from egresswatch.config import Config, load_config
-from egresswatch.errors import EgresswatchError
+from egresswatch.cli import format_option
+from egresswatch.errors import EgresswatchError, permission_hint
 from egresswatch.service import DEFAULT_STATUS_PATH, RunOptions, read_status, trusted_file_problems
 from egresswatch.textsafe import safe
 
@@ -59,6 +62,17 @@ def run(config_path: Path | None, db: Path | None, record_procs: Path | None, if
     """
     from egresswatch.service import run as run_daemon
 
+    for name in ifaces:
+        try:
+            socket.if_nametoindex(name)
+        except OSError:
+            raise click.BadParameter(f"{name!r}: no such network interface", param_hint="--iface") from None
+    if record_procs is not None:
+        _check_writable(record_procs)
+    ok, why = _capabilities()
+    if not ok:
+        raise EgresswatchError(f"run: {why} (try sudo)")
+
     root = logging.getLogger()
     if root.level > logging.INFO:  # a daemon says what it does (journald keeps it); -v for debug
         root.setLevel(logging.INFO)
@@ -73,6 +87,19 @@ def run(config_path: Path | None, db: Path | None, record_procs: Path | None, if
     sys.exit(code)
 
 
+def _check_writable(path: Path) -> None:
+    """One line, before the daemon starts, for a file it could never write."""
+    parent = path.absolute().parent
+    if path.is_dir():
+        raise EgresswatchError(f"{path}: is a directory")
+    if not parent.is_dir():
+        raise EgresswatchError(f"{path}: {parent} is not a directory")
+    if os.statvfs(parent).f_flag & os.ST_RDONLY:
+        raise EgresswatchError(f"{path}: on a read-only file system")
+    if not os.access(parent, os.W_OK) or (path.exists() and not os.access(path, os.W_OK)):
+        raise EgresswatchError(f"{path}: permission denied{permission_hint(path)}")
+
+
 def _pid_alive(pid: object) -> bool:
     if not isinstance(pid, int) or pid <= 0:
         return False
@@ -85,33 +112,67 @@ def _pid_alive(pid: object) -> bool:
     return True
 
 
+def _load_status(path: Path) -> dict[str, Any]:
+    """The status file as a dict with the fields `status` reads checked (one-line errors)."""
+    try:
+        text = path.read_text(encoding="utf-8")
+    except FileNotFoundError:
+        raise EgresswatchError(f"{path}: no status (is the daemon running?)") from None
+    except PermissionError:
+        raise EgresswatchError(f"{path}: permission denied{permission_hint(path)}") from None
+    except (OSError, UnicodeDecodeError) as exc:
+        raise EgresswatchError(f"{path}: cannot read: {getattr(exc, 'strerror', None) or exc}") from None
+    data = read_status(path)
+    if data is None:
+        try:
+            json.loads(text)
+        except ValueError as exc:
+            raise EgresswatchError(f"{path}: malformed status file (not JSON: {exc})") from None
+        raise EgresswatchError(f"{path}: malformed status file (not a JSON object)")
+    for key in ("updated", "interval"):
+        value = data.get(key, 0)
+        if isinstance(value, bool) or not isinstance(value, int | float) or not math.isfinite(value):
+            raise EgresswatchError(f"{path}: malformed status file ({key} is not a number)")
+    counters = data.get("counters")
+    if counters is not None and not isinstance(counters, dict):
+        raise EgresswatchError(f"{path}: malformed status file (counters is not an object)")
+    return data
+
+
 @click.command()
 @status_option
-@click.option("--json", "as_json", is_flag=True, help="Print the status file as JSON.")
-def status(status_file: Path, as_json: bool) -> None:
+@format_option(("table", "json"), default="table")
+@click.option("--json", "as_json", is_flag=True, hidden=True, help="Same as --format json.")
+def status(status_file: Path, fmt: str, as_json: bool) -> None:
     """Show the daemon's counters and whether it is healthy (exit 1 if not).
 
     Healthy means: the status file names a live process and was updated
     within the last few housekeeping intervals.
     """
-    data = read_status(status_file)
-    if data is None:
-        _fail(f"{status_file}: no status (is the daemon running?)")
-        return
+    data = _load_status(status_file)
     age = time.time() - float(data.get("updated", 0))
     alive = _pid_alive(data.get("pid"))
     fresh = age <= 3 * float(data.get("interval", 1.0)) + 5
     healthy = alive and fresh and data.get("state") == "running"
-    if as_json:
+    if as_json or fmt == "json":
         click.echo(json.dumps({**data, "age": age, "alive": alive, "healthy": healthy}, indent=1))
     else:
         state = "healthy" if healthy else "NOT HEALTHY"
-        click.echo(f"egresswatch: {state} (pid {data.get('pid')} {'alive' if alive else 'not running'},"
+        click.echo(f"egresswatch: {state} (pid {safe(data.get('pid'))} {'alive' if alive else 'not running'},"
                    f" state {safe(data.get('state'))}, updated {age:.1f}s ago)")  # fmt: skip
         click.echo(f"database: {safe(data.get('database'))}")
         for key, value in sorted((data.get("counters") or {}).items()):
             click.echo(f"  {safe(key)}: {safe(value)}")
     sys.exit(0 if healthy else 1)
+
+
+MIN_INTERVAL, MAX_INTERVAL = 0.05, 3600.0
+
+
+def _check_interval(ctx: click.Context, param: click.Parameter, value: float) -> float:
+    if not math.isfinite(value) or not MIN_INTERVAL <= value <= MAX_INTERVAL:
+        raise click.BadParameter(f"{value!r}: must be a number from {MIN_INTERVAL} to {MAX_INTERVAL:g} seconds")
+    return value
 
 
 # -- doctor --------------------------------------------------------------------------
@@ -222,6 +283,10 @@ def doctor(config_path: Path | None, db: Path | None) -> None:
     for name, fn in checks:
         try:
             ok, detail = fn()
+        except PermissionError as exc:
+            ok, detail = False, f"{exc.filename or name}: permission denied{permission_hint(exc.filename)}"
+        except OSError as exc:
+            ok, detail = False, f"{exc.filename or name}: {exc.strerror or exc}"
         except Exception as exc:  # a check must never crash the doctor
             ok, detail = False, f"{type(exc).__name__}: {exc}"
         failed += not ok
@@ -237,8 +302,9 @@ def doctor(config_path: Path | None, db: Path | None) -> None:
     "--url", default=None, help="apprise URL to notify (default: dbus:// on Linux, macosx:// on macOS)."
 )
 @click.option(
-    "--interval", type=float, default=1.0, show_default=True, help="Seconds between database polls."
-)
+    "--interval", type=float, default=1.0, show_default=True, callback=_check_interval,
+    help=f"Seconds between database polls ({MIN_INTERVAL} to {MAX_INTERVAL:g}).",
+)  # fmt: skip
 def notifier(config_path: Path | None, db: Path | None, url: str | None, interval: float) -> None:
     """Show the daemon's alerts as desktop notifications (run in the user's session).
 

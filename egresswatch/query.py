@@ -104,21 +104,7 @@ def query_events(
 ) -> list[dict[str, Any]]:
     """Matching events, newest first; with ``after_id`` the rows after that id,
     oldest first (for following new rows)."""
-    where: list[str] = []
-    params: list[Any] = []
-    for col, op, val in (
-        ("ts", ">=", since),
-        ("ts", "<", until),
-        ("server", "=", server),
-        ("pid", "=", pid),
-        ("process", "=", process),
-        ("verdict", "=", verdict),
-        ("kind", "=", kind),
-        ("id", ">", after_id),
-    ):
-        if val is not None:
-            where.append(f"{col} {op} ?")
-            params.append(val)
+    where, params = _where(since, until, server, pid, process, verdict, kind, after_id)
     order = " ORDER BY id ASC" if after_id is not None else " ORDER BY ts DESC, id DESC"
     lim = f" LIMIT {int(limit)}" if limit is not None and limit > 0 else ""
     if domain_glob and lim:
@@ -138,6 +124,55 @@ def query_events(
         cond = (" WHERE " + " AND ".join(where)) if where else ""
         sql = f"SELECT * FROM events{cond}{order}{lim}"
     return [row_to_dict(r) for r in store.execute(sql, params)]
+
+
+def _where(
+    since: float | None,
+    until: float | None,
+    server: str | None,
+    pid: int | None,
+    process: str | None,
+    verdict: str | None,
+    kind: str | None,
+    after_id: int | None = None,
+) -> tuple[list[str], list[Any]]:
+    where: list[str] = []
+    params: list[Any] = []
+    for col, op, val in (
+        ("ts", ">=", since),
+        ("ts", "<", until),
+        ("server", "=", server),
+        ("pid", "=", pid),
+        ("process", "=", process),
+        ("verdict", "=", verdict),
+        ("kind", "=", kind),
+        ("id", ">", after_id),
+    ):
+        if val is not None:
+            where.append(f"{col} {op} ?")
+            params.append(val)
+    return where, params
+
+
+def count_events(
+    store: Store,
+    since: float | None = None,
+    until: float | None = None,
+    server: str | None = None,
+    pid: int | None = None,
+    process: str | None = None,
+    domain_glob: str | None = None,
+    verdict: str | None = None,
+    kind: str | None = None,
+) -> int:
+    """How many events :func:`query_events` would return without a limit."""
+    where, params = _where(since, until, server, pid, process, verdict, kind)
+    if domain_glob:
+        c, p = domain_condition(domain_glob)
+        where.append(c)
+        params += p
+    cond = (" WHERE " + " AND ".join(where)) if where else ""
+    return int(store.execute(f"SELECT count(*) FROM events{cond}", params)[0][0])
 
 
 def _json(v: Any) -> Any:

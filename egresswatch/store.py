@@ -331,6 +331,8 @@ class Store:
             if not self.db["events"].exists():
                 conn.close()
                 raise StoreError(f"{self.path}: not an egresswatch database (no events table)")
+        if readonly:
+            self._check_schema()
             return
         try:
             if not self.db["events"].exists():
@@ -339,11 +341,29 @@ class Store:
             conn.execute("PRAGMA synchronous=NORMAL")
             conn.execute("PRAGMA cache_size=-32768")  # 32 MiB: index inserts stay in memory
             conn.execute("PRAGMA wal_autocheckpoint=4000")  # fewer, larger checkpoints
+            if self.db["events"].exists() and not self.db["_sqlite_migrations"].exists():
+                self._check_schema()  # a table someone else made: say so, not "already exists"
             MIGRATIONS.apply(self.db)
         except sqlite3.DatabaseError as exc:
             conn.close()
             raise StoreError(f"{self.path}: cannot prepare database: {exc}") from None
+        self._check_schema()
         _match_sidecars(self.path)
+
+    def _check_schema(self) -> None:
+        """Refuse an SQLite file whose ``events`` table is not ours (one line)."""
+        try:
+            columns = set(self.db["events"].columns_dict)
+        except sqlite3.DatabaseError as exc:
+            self.conn.close()
+            raise StoreError(f"{self.path}: not a usable SQLite database ({exc})") from None
+        missing = [f for f in ("id", *EVENT_FIELDS, *NAME_FIELDS) if f not in columns]
+        if missing:
+            self.conn.close()
+            more = ", ..." if len(missing) > 3 else ""
+            raise StoreError(
+                f"{self.path}: not an egresswatch database (its events table lacks {', '.join(missing[:3])}{more})"
+            )
 
     @property
     def conn(self) -> sqlite3.Connection:
