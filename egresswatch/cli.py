@@ -7,6 +7,7 @@ import importlib
 import logging
 import os
 import sys
+from collections.abc import Sequence
 from typing import Any, NoReturn, cast
 
 import click
@@ -115,10 +116,18 @@ def handle_errors(run: Any) -> Any:
 
 
 class LazyGroup(click.Group):
-    def main(self, *args: Any, standalone_mode: bool = True, **kwargs: Any) -> Any:  # type: ignore[override]
+    def main(
+        self,
+        args: Sequence[str] | None = None,
+        prog_name: str | None = None,
+        complete_var: str | None = None,
+        standalone_mode: bool = True,
+        **extra: Any,
+    ) -> Any:
+        base = click.Group.main
         if not standalone_mode:
-            return super().main(*args, standalone_mode=False, **kwargs)
-        rv = handle_errors(lambda: super(LazyGroup, self).main(*args, standalone_mode=False, **kwargs))
+            return base(self, args, prog_name, complete_var, False, **extra)
+        rv = handle_errors(lambda: base(self, args, prog_name, complete_var, False, **extra))
         sys.exit(rv if isinstance(rv, int) else 0)
 
     def list_commands(self, ctx: click.Context) -> list[str]:

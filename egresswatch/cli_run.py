@@ -19,8 +19,8 @@ from urllib.parse import urlsplit
 
 import click
 
-from egresswatch.config import Config, load_config
 from egresswatch.cli import format_option
+from egresswatch.config import Config, load_config
 from egresswatch.errors import EgresswatchError, permission_hint
 from egresswatch.service import DEFAULT_STATUS_PATH, RunOptions, read_status, trusted_file_problems
 from egresswatch.textsafe import safe
@@ -171,7 +171,9 @@ MIN_INTERVAL, MAX_INTERVAL = 0.05, 3600.0
 
 def _check_interval(ctx: click.Context, param: click.Parameter, value: float) -> float:
     if not math.isfinite(value) or not MIN_INTERVAL <= value <= MAX_INTERVAL:
-        raise click.BadParameter(f"{value!r}: must be a number from {MIN_INTERVAL} to {MAX_INTERVAL:g} seconds")
+        raise click.BadParameter(
+            f"{value!r}: must be a number from {MIN_INTERVAL} to {MAX_INTERVAL:g} seconds"
+        )
     return value
 
 

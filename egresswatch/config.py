@@ -196,7 +196,9 @@ def parse_config(data: dict[str, Any], source: Path | None = None) -> Config:
             re.compile(pattern)
         except re.error as exc:
             # the key replaces the built-in list: one typo would disable detection
-            raise ConfigError(f"discovery.launcher_patterns[{i}]: invalid regular expression: {exc}") from None
+            raise ConfigError(
+                f"discovery.launcher_patterns[{i}]: invalid regular expression: {exc}"
+            ) from None
     if cfg.alerts.min_severity not in ("info", "low", "medium", "high"):
         raise ConfigError("alerts.min_severity: must be info, low, medium or high")
     return cfg

@@ -93,7 +93,9 @@ def read_status(path: Path) -> dict[str, Any] | None:
 
 
 def _unusable(n: int) -> str:
-    return f"; {n} unusable alert URL{'s' if n != 1 else ''} ignored, see `egresswatch doctor`" if n > 0 else ""
+    return (
+        f"; {n} unusable alert URL{'s' if n != 1 else ''} ignored, see `egresswatch doctor`" if n > 0 else ""
+    )
 
 
 class Daemon:
