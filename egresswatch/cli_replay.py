@@ -2,16 +2,19 @@
 
 from __future__ import annotations
 
+import csv
 import gc
+import io
 import json
 import sys
 from collections.abc import Iterator
 from pathlib import Path
-from typing import IO
+from typing import IO, Any
 
 import click
 
 from egresswatch.capture.pcapfile import read_frames
+from egresswatch.cli import format_option
 from egresswatch.config import Config, load_config
 from egresswatch.decode import link, linkmore
 from egresswatch.decode.engine import Engine
@@ -20,6 +23,7 @@ from egresswatch.model import Event, Frame
 from egresswatch.names import NameMemory
 from egresswatch.pipeline import Attributor, Pipeline, Sink
 from egresswatch.policy import Policy
+from egresswatch.render import EVENT_KEYS, csv_value
 from egresswatch.textsafe import safe
 
 _ENCODER = json.JSONEncoder(ensure_ascii=True, separators=(", ", ": "))
@@ -67,24 +71,46 @@ class OutputClosed(BaseException):
     the pipeline's guard around sinks (which logs and carries on) and stops the replay."""
 
 
+REPLAY_CSV_KEYS = tuple(k for k in EVENT_KEYS if k != "id")
+REPLAY_CSV_KEYS = (*REPLAY_CSV_KEYS[:2], "file", *REPLAY_CSV_KEYS[2:])  # ts, frame, file, ...
+
+
 class _Printer:
-    """Prints events; ``file`` (the capture being read) goes into each line."""
+    """Prints events as they come; ``file`` (the capture being read) goes into each."""
 
     def __init__(self, fmt: str, out: IO[str], show_file_in_table: bool = False) -> None:
         self.fmt, self.out = fmt, out
         self.file = ""
         self.show_file_in_table = show_file_in_table
         self.closed = False
+        self.count = 0
+        self._csv: Any = None
+
+    def _line(self, event: Event) -> str:
+        if self.fmt == "jsonl":
+            return event_json_in(event, self.file) + "\n"
+        if self.fmt == "json":  # one list, streamed
+            return ("[\n" if self.count == 0 else ",\n") + event_json_in(event, self.file)
+        if self.fmt == "csv":
+            buf = io.StringIO()
+            w = csv.writer(buf, lineterminator="\n")
+            if self.count == 0:
+                w.writerow(REPLAY_CSV_KEYS)
+            d = event.to_dict() | {"file": self.file}
+            w.writerow([csv_value(d.get(k)) for k in REPLAY_CSV_KEYS])
+            return buf.getvalue()
+        return event_row(event, self.file if self.show_file_in_table else None) + "\n"
 
     def write(self, event: Event) -> None:
         if self.closed:
             return
-        if self.fmt == "jsonl":
-            line = event_json_in(event, self.file)
-        else:
-            line = event_row(event, self.file if self.show_file_in_table else None)
+        line = self._line(event)
+        self.count += 1
+        self._put(line)
+
+    def _put(self, text: str) -> None:
         try:
-            self.out.write(line + "\n")
+            self.out.write(text)
         except BrokenPipeError:
             self.closed = True
             raise OutputClosed() from None
@@ -93,6 +119,8 @@ class _Printer:
         if self.closed:
             return
         try:
+            if self.fmt == "json":
+                self.out.write("[]\n" if self.count == 0 else "\n]\n")
             self.out.flush()
         except BrokenPipeError:
             self.closed = True
@@ -162,14 +190,7 @@ def _check_linktype(path: Path, linktype: int, warned: set[int]) -> None:
 
 @click.command()
 @click.argument("files", nargs=-1, required=True, type=click.Path(dir_okay=False, path_type=Path))
-@click.option(
-    "--format",
-    "fmt",
-    type=click.Choice(["jsonl", "table"]),
-    default="jsonl",
-    show_default=True,
-    help="jsonl: one JSON object per event (fields in docs/events.md); table: one line per event.",
-)
+@format_option(default="jsonl")
 @click.option(
     "--db",
     type=click.Path(dir_okay=False, path_type=Path),
