@@ -62,10 +62,50 @@ def _glob_tokens(pattern: str) -> list[str]:
     return toks
 
 
+def domain_forms(pattern: str) -> list[str]:
+    """``pattern`` and the other spellings of the same name as names are stored:
+    a Unicode label as IDNA (``xn--...``) and as its UTF-8 bytes in ``\\DDD``
+    form; an ``xn--`` label as the ``\\DDD`` form of its Unicode. Glob labels
+    (``*``) stay as they are."""
+    from encodings import idna
+
+    from egresswatch.decode.dns import presentation
+
+    labels = pattern.split(".")
+    ascii_form, byte_form = [], []
+    for label in labels:
+        if any(c in label for c in "*?["):
+            ascii_form.append(label)
+            byte_form.append(label)
+            continue
+        try:
+            if not label.isascii():
+                ascii_form.append(idna.ToASCII(label).decode("ascii"))
+                byte_form.append(presentation(label.encode("utf-8")))
+                continue
+            if label.lower().startswith("xn--"):
+                ascii_form.append(label)
+                byte_form.append(presentation(idna.ToUnicode(label).encode("utf-8")))
+                continue
+        except UnicodeError:
+            pass
+        ascii_form.append(label)
+        byte_form.append(label)
+    return list(dict.fromkeys([pattern, ".".join(ascii_form), ".".join(byte_form)]))
+
+
 def domain_conditions(pattern: str) -> list[tuple[str, list[Any]]]:
-    """SQL conditions, one per name column (rname, ralt), matching ``pattern`` (GLOB,
-    case-insensitive) against dst_name, qname or sni. Names are stored reversed,
-    so a suffix pattern becomes an index range."""
+    """SQL conditions, one per name column (rname, ralt) and spelling of the
+    name (:func:`domain_forms`), matching ``pattern`` (GLOB, case-insensitive)
+    against dst_name, qname or sni. Names are stored reversed, so a suffix
+    pattern becomes an index range."""
+    out: list[tuple[str, list[Any]]] = []
+    for form in domain_forms(pattern):
+        out += _conditions(form)
+    return out
+
+
+def _conditions(pattern: str) -> list[tuple[str, list[Any]]]:
     toks = _glob_tokens(pattern.lower())
     rev = "".join(reversed(toks))
     prefix = ""
