@@ -166,6 +166,8 @@ def _coerce(default: Any, value: Any, where: str) -> Any:
     if default is None or isinstance(default, str):
         if not isinstance(value, str):
             raise TypeError("expected a string")
+        if default is None and value == "":  # db_group = "": none (the default)
+            return None
         return value
     raise TypeError("unsupported value")
 
