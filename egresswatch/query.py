@@ -81,7 +81,7 @@ def domain_forms(pattern: str) -> list[str]:
         try:
             if not label.isascii():
                 ascii_form.append(idna.ToASCII(label).decode("ascii"))
-                byte_form.append(presentation(label.encode("utf-8")))
+                byte_form.append(presentation(label.lower().encode("utf-8")))
                 continue
             if label.lower().startswith("xn--"):
                 ascii_form.append(label)
