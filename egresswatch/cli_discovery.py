@@ -155,21 +155,21 @@ _home = click.option(
     "--home",
     "homes",
     multiple=True,
-    type=click.Path(path_type=Path),
+    type=click.Path(readable=False, path_type=Path),
     help="Home directory to scan (repeatable; default: every user when root, else yours).",
 )
 _project = click.option(
     "--project",
     "projects",
     multiple=True,
-    type=click.Path(path_type=Path),
+    type=click.Path(readable=False, path_type=Path),
     help="Project directory whose .mcp.json, .vscode/mcp.json ... to read (repeatable).",
 )
 _file = click.option(
     "--file",
     "files",
     multiple=True,
-    type=click.Path(path_type=Path),
+    type=click.Path(readable=False, path_type=Path),
     help="Extra config file to read; its format is guessed (repeatable).",
 )
 _format = format_option()

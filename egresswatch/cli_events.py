@@ -54,11 +54,11 @@ def _open(db: Path | None, config: Path | None) -> Store:
 
 
 _db_option = click.option(
-    "--db", type=click.Path(path_type=Path, dir_okay=False), default=None,
+    "--db", type=click.Path(readable=False, path_type=Path, dir_okay=False), default=None,
     help="Event database (default: daemon.database from the config, /var/lib/egresswatch/events.db).",
 )  # fmt: skip
 _config_option = click.option(
-    "--config", "config", type=click.Path(path_type=Path, dir_okay=False), default=None,
+    "--config", "config", type=click.Path(readable=False, path_type=Path, dir_okay=False), default=None,
     help="Config file to read daemon.database from (default /etc/egresswatch/config.toml).",
 )  # fmt: skip
 

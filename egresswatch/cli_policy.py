@@ -25,11 +25,11 @@ def allowlist_group() -> None:
 @allowlist_group.command("suggest")
 @click.option("--server", help="Only this MCP server (default: every server with events).")
 @click.option(
-    "--db", type=click.Path(path_type=Path, dir_okay=False), default=None,
+    "--db", type=click.Path(readable=False, path_type=Path, dir_okay=False), default=None,
     help="Event database (default: daemon.database from the config).",
 )  # fmt: skip
 @click.option(
-    "--config", "config_path", type=click.Path(path_type=Path, dir_okay=False), default=None,
+    "--config", "config_path", type=click.Path(readable=False, path_type=Path, dir_okay=False), default=None,
     help="Config file (default /etc/egresswatch/config.toml); its global/install allowlists are left out.",
 )  # fmt: skip
 @click.option(
@@ -100,10 +100,12 @@ def _load(path: Path, yaml_ok: bool) -> Any:
 
 @allowlist_group.command("import")
 @click.option(
-    "--toolhive", type=click.Path(path_type=Path, dir_okay=False, exists=True), help="ToolHive registry JSON."
+    "--toolhive",
+    type=click.Path(readable=False, path_type=Path, dir_okay=False, exists=True),
+    help="ToolHive registry JSON.",
 )
 @click.option(
-    "--docker-catalog", type=click.Path(path_type=Path, dir_okay=False, exists=True),
+    "--docker-catalog", type=click.Path(readable=False, path_type=Path, dir_okay=False, exists=True),
     help="Docker MCP catalog (YAML or JSON) or a docker/mcp-registry server.yaml.",
 )  # fmt: skip
 def import_cmd(toolhive: Path | None, docker_catalog: Path | None) -> None:

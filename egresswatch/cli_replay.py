@@ -189,24 +189,26 @@ def _check_linktype(path: Path, linktype: int, warned: set[int]) -> None:
 
 
 @click.command()
-@click.argument("files", nargs=-1, required=True, type=click.Path(dir_okay=False, path_type=Path))
+@click.argument(
+    "files", nargs=-1, required=True, type=click.Path(readable=False, dir_okay=False, path_type=Path)
+)
 @format_option(default="jsonl")
 @click.option(
     "--db",
-    type=click.Path(dir_okay=False, path_type=Path),
+    type=click.Path(readable=False, dir_okay=False, path_type=Path),
     default=None,
     help="Also store the events in this SQLite database.",
 )
 @click.option(
     "--procs",
-    type=click.Path(exists=True, dir_okay=False, path_type=Path),
+    type=click.Path(readable=False, exists=True, dir_okay=False, path_type=Path),
     default=None,
     help="Process lookups recorded by `egresswatch run --record-procs FILE`.",
 )
 @click.option(
     "--config",
     "config_path",
-    type=click.Path(dir_okay=False, path_type=Path),
+    type=click.Path(readable=False, dir_okay=False, path_type=Path),
     default=None,
     help="Config with allowlists (default: /etc/egresswatch/config.toml if present).",
 )

@@ -28,11 +28,11 @@ from egresswatch.textsafe import safe
 CAP_NET_ADMIN, CAP_NET_RAW = 12, 13
 
 config_option = click.option(
-    "--config", "config_path", type=click.Path(dir_okay=False, path_type=Path), default=None,
+    "--config", "config_path", type=click.Path(readable=False, dir_okay=False, path_type=Path), default=None,
     help="Config file (default: /etc/egresswatch/config.toml if present).",
 )  # fmt: skip
 status_option = click.option(
-    "--status-file", type=click.Path(dir_okay=False, path_type=Path), default=DEFAULT_STATUS_PATH,
+    "--status-file", type=click.Path(readable=False, dir_okay=False, path_type=Path), default=DEFAULT_STATUS_PATH,
     show_default=True, help="Where the daemon writes its counters.",
 )  # fmt: skip
 
@@ -44,9 +44,9 @@ def _fail(msg: str) -> None:
 
 @click.command()
 @config_option
-@click.option("--db", type=click.Path(dir_okay=False, path_type=Path), default=None,
+@click.option("--db", type=click.Path(readable=False, dir_okay=False, path_type=Path), default=None,
               help="Event database (default: daemon.database from the config).")  # fmt: skip
-@click.option("--record-procs", type=click.Path(dir_okay=False, path_type=Path), default=None,
+@click.option("--record-procs", type=click.Path(readable=False, dir_okay=False, path_type=Path), default=None,
               help="Also record every process lookup to FILE for `replay --procs`.")  # fmt: skip
 @click.option("--iface", "ifaces", multiple=True, metavar="NAME",
               help="Capture only on this interface (repeatable; default: all, new ones included).")  # fmt: skip
@@ -258,7 +258,7 @@ def _target(url: str) -> Check:
 
 @click.command()
 @config_option
-@click.option("--db", type=click.Path(dir_okay=False, path_type=Path), default=None,
+@click.option("--db", type=click.Path(readable=False, dir_okay=False, path_type=Path), default=None,
               help="Event database to check (default: daemon.database from the config).")  # fmt: skip
 def doctor(config_path: Path | None, db: Path | None) -> None:
     """Check privileges, capture, BPF filter, proc connector, file permissions
@@ -297,7 +297,7 @@ def doctor(config_path: Path | None, db: Path | None) -> None:
 
 @click.command()
 @config_option
-@click.option("--db", type=click.Path(dir_okay=False, path_type=Path), default=None,
+@click.option("--db", type=click.Path(readable=False, dir_okay=False, path_type=Path), default=None,
               help="The daemon's database (read-only; default: daemon.database from the config).")  # fmt: skip
 @click.option(
     "--url", default=None, help="apprise URL to notify (default: dbus:// on Linux, macosx:// on macOS)."
@@ -398,7 +398,7 @@ def _install_file(dest: Path, data: bytes) -> None:
 
 
 @click.command("install-service")
-@click.option("--prefix", type=click.Path(file_okay=False, path_type=Path), default=Path("/"), show_default=True,
+@click.option("--prefix", type=click.Path(readable=False, file_okay=False, path_type=Path), default=Path("/"), show_default=True,
               help="Install under this root (for packaging or a test).")  # fmt: skip
 @click.option("--launchd", "use_launchd", is_flag=True, default=sys.platform == "darwin",
               help="Install the launchd plists instead of the systemd units (default on macOS).")  # fmt: skip
