@@ -13,7 +13,8 @@ from typing import Any, NoReturn, cast
 import click
 
 from egresswatch import __version__
-from egresswatch.errors import EgresswatchError, UsageProblem, permission_hint
+from egresswatch.errors import EgresswatchError, permission_hint
+from egresswatch.render import FORMATS  # every command printing records offers these (or a subset)
 from egresswatch.textsafe import safe
 
 #: exit codes: 2 for a usage mistake (bad option or argument), 1 for everything else
@@ -36,10 +37,6 @@ LAZY_COMMANDS: dict[str, str] = {
     "status": "egresswatch.cli_run",
     "ui": "egresswatch.cli_ui",
 }
-
-
-#: output formats: every command that prints records offers these (or the subset that makes sense)
-FORMATS = ("table", "json", "jsonl", "csv")
 
 
 def format_option(choices: tuple[str, ...] = FORMATS, default: str = "table") -> Any:
@@ -97,8 +94,6 @@ def handle_errors(run: Any) -> Any:
         error_exit(f"{where}: {msg.rstrip('.')} (see '{path} --help')", EXIT_USAGE)
     except click.ClickException as exc:
         error_exit(exc.format_message(), EXIT_ERROR)
-    except UsageProblem as exc:
-        error_exit(str(exc), EXIT_USAGE)
     except EgresswatchError as exc:
         error_exit(str(exc))
     except BrokenPipeError:

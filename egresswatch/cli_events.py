@@ -9,11 +9,12 @@ from typing import Any
 
 import click
 
+from egresswatch.cli import format_option
 from egresswatch.config import load_config
 from egresswatch.errors import EgresswatchError
 from egresswatch.model import KINDS, VERDICTS
 from egresswatch.query import count_events, parse_time, query_events, stats
-from egresswatch.render import FORMATS, EventWriter, render_stats
+from egresswatch.render import EventWriter, render_stats
 from egresswatch.store import Store
 
 FOLLOW_INTERVAL = 0.5
@@ -73,7 +74,7 @@ _config_option = click.option(
 @click.option("--verdict", type=click.Choice(VERDICTS))
 @click.option("--kind", type=click.Choice(KINDS))
 @click.option("--limit", type=click.IntRange(min=0), default=50, show_default=True, help="0: no limit.")
-@click.option("--format", "fmt", type=click.Choice(FORMATS), default="table", show_default=True)
+@format_option()
 @click.option(
     "--follow", "-f", is_flag=True, help="Keep printing new events as they are stored (Ctrl-C stops)."
 )
@@ -138,7 +139,7 @@ def events(
 @click.command("stats")
 @click.option("--since", type=TimeParam(), help="Start: 2h, 30m, 7d, ISO-8601 or epoch seconds.")
 @click.option("--until", type=TimeParam(), help="End (exclusive).")
-@click.option("--format", "fmt", type=click.Choice(FORMATS), default="table", show_default=True)
+@format_option()
 @_db_option
 @_config_option
 def stats_cmd(

@@ -244,7 +244,7 @@ def replay(
     try:
         runs = replay_files(list(files), config, sinks, procs, errors)
         for path in files:
-            printer.file = str(path)
+            printer.file = str(path)  # the generator reads this file on next(): its events name it
             path, pipeline = next(runs)
             if stats:
                 counters = dict(sorted((dict(pipeline.decoder.counters) | dict(pipeline.counters)).items()))

@@ -25,10 +25,6 @@ class PermissionProblem(EgresswatchError):
     """A file egresswatch trusts can be written by users other than root."""
 
 
-class UsageProblem(EgresswatchError):
-    """A bad combination of options or arguments: the CLI exits 2, as for click usage errors."""
-
-
 def permission_hint(path: object = None, database: bool = False) -> str:
     """What to do about EACCES, as a suffix for a one-line message."""
     import os

@@ -359,11 +359,13 @@ class Store:
             raise StoreError(f"{self.path}: not a usable SQLite database ({exc})") from None
         missing = [f for f in ("id", *EVENT_FIELDS, *NAME_FIELDS) if f not in columns]
         if missing:
+            ours = self.db["_sqlite_migrations"].exists()
             self.conn.close()
-            more = ", ..." if len(missing) > 3 else ""
-            raise StoreError(
-                f"{self.path}: not an egresswatch database (its events table lacks {', '.join(missing[:3])}{more})"
-            )
+            lacks = ", ".join(missing[:3]) + (", ..." if len(missing) > 3 else "")
+            if ours:  # an egresswatch database of another version, not yet migrated
+                raise StoreError(f"{self.path}: written by another egresswatch version (events lacks {lacks});"
+                                 " start the daemon on it once to migrate it")  # fmt: skip
+            raise StoreError(f"{self.path}: not an egresswatch database (its events table lacks {lacks})")
 
     @property
     def conn(self) -> sqlite3.Connection:
