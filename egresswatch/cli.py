@@ -28,7 +28,7 @@ LAZY_COMMANDS: dict[str, str] = {
     "audit": "egresswatch.cli_discovery",
     "doctor": "egresswatch.cli_run",
     "events": "egresswatch.cli_events",
-    "install-service": "egresswatch.cli_run",
+    "install-service": "egresswatch.cli_install",
     "notifier": "egresswatch.cli_run",
     "replay": "egresswatch.cli_replay",
     "run": "egresswatch.cli_run",
