@@ -86,6 +86,9 @@ def handle_errors(run: Any) -> Any:
     except click.exceptions.Exit as exc:
         sys.exit(exc.exit_code)
     except click.UsageError as exc:
+        if type(exc).__name__ == "NoArgsIsHelpError":  # a group without its command: its help
+            click.echo(exc.message, err=True)
+            sys.exit(EXIT_USAGE)
         path = exc.ctx.command_path if exc.ctx is not None else "egresswatch"
         if isinstance(exc, click.MissingParameter):
             where, msg = path.removeprefix("egresswatch").strip(), exc.format_message()

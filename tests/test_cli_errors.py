@@ -437,3 +437,10 @@ def test_install_service_names_the_running_egresswatch(work: Path) -> None:
         unit = (work / "root2/etc/systemd/system/egresswatch.service").read_text()
         assert f"ExecStart={script} run" in unit
     assert str(fake) not in unit
+
+
+@pytest.mark.parametrize("args", [[], ["allowlist"]])
+def test_group_without_its_command_prints_its_help(args: list[str]) -> None:
+    result = ew(*args)
+    assert result.returncode == 2 and result.stderr.startswith("Usage: egresswatch")
+    assert "Commands:" in result.stderr and "\\x0a" not in result.stderr and "Traceback" not in result.stderr
