@@ -150,7 +150,8 @@ def replay_files(
     """Replay each file through a fresh decoder, sharing attribution, names,
     policy and sinks (a capture split over files reads as one). An unreadable
     file raises CaptureFileError (one line) after its events; with ``errors``
-    given, its message is appended there instead and the next file is read."""
+    given, its message is appended there instead and the next file is read;
+    frames of a link type no decoder reads are reported there too (counted)."""
     names = NameMemory()
     policy = Policy(config, resolved=names.resolved)
     attributor = build_attributor(procs, config)
@@ -159,13 +160,18 @@ def replay_files(
         pipeline = Pipeline(engine, attributor, policy, names, sinks)
         feed = pipeline.feed
         last: Frame | None = None
-        warned: set[int] = set()
+        unknown: dict[int, int] = {}  # link type no decoder reads -> frames skipped
+        skipping = False
         try:
             # the engine's raw-bytes check drops bulk data before Frames are built,
             # as the kernel filter does for live capture
             for frame in read_frames(path, skip=engine.skip_raw):
                 if last is None or frame.linktype != last.linktype:
-                    _check_linktype(path, frame.linktype, warned)
+                    skipping = (
+                        frame.linktype not in link.LINKTYPES and frame.linktype not in linkmore.LINKTYPES
+                    )
+                if skipping:
+                    unknown[frame.linktype] = unknown.get(frame.linktype, 0) + 1
                 last = frame
                 feed(frame)
         except CaptureFileError as exc:
@@ -174,18 +180,13 @@ def replay_files(
             errors.append(str(exc))
         finally:
             pipeline.finish(last)
+            for linktype, n in sorted(unknown.items()):
+                message = f"{path}: {n} frame(s) of link type {linktype} not decoded (no decoder for it)"
+                if errors is None:
+                    click.echo(f"egresswatch: warning: {safe(message)}", err=True)
+                else:
+                    errors.append(message)
         yield path, pipeline
-
-
-def _check_linktype(path: Path, linktype: int, warned: set[int]) -> None:
-    """Warn once per file about a link type no decoder reads (its frames count as non_ip)."""
-    if linktype in link.LINKTYPES or linktype in linkmore.LINKTYPES or linktype in warned:
-        return
-    warned.add(linktype)
-    click.echo(
-        f"egresswatch: warning: {safe(path)}: link type {linktype} is not decoded; its frames are skipped",
-        err=True,
-    )
 
 
 @click.command()

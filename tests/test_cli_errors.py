@@ -251,13 +251,13 @@ def test_replay_pipe_of_garbage_refused_at_the_first_bytes(work: Path) -> None:
     assert one_error_line(result.stderr) == "egresswatch: error: /dev/stdin: not a pcap or pcapng file"
 
 
-def test_unknown_link_type_warns(work: Path) -> None:
+def test_unknown_link_type_is_an_error_naming_the_frames(work: Path) -> None:
     _unknown_linktype(work)
-    result = ew("replay", str(work / "user0.pcap"))
-    assert result.returncode == 0 and result.stdout == ""
-    assert result.stderr.splitlines() == [
-        f"egresswatch: warning: {work / 'user0.pcap'}: link type 147 is not decoded; its frames are skipped"
-    ]
+    result = ew("replay", str(work / "user0.pcap"), str(PCAPS / "connect.pcap"))
+    assert result.returncode == 1 and len(result.stdout.splitlines()) == 3  # the next file is still read
+    assert one_error_line(result.stderr) == (
+        f"egresswatch: error: {work / 'user0.pcap'}: 2 frame(s) of link type 147 not decoded (no decoder for it)"
+    )
 
 
 @pytest.fixture
