@@ -55,6 +55,25 @@ def _python_for(name: str, pythonpath: str) -> str | None:
     return None
 
 
+_DEV_ONLY = ("mypy*", "scapy*", "hypothesis*", "_pytest", "pytest*", "ruff*", "pip", "pip-*", "setuptools*",
+             "__pycache__", "*.pyc", "*.pth", "__editable__*")  # fmt: skip
+
+
+def _readable_copy(dest: Path) -> str:
+    """egresswatch and its run-time dependencies copied where any user can read them."""
+    ignore = shutil.ignore_patterns(*_DEV_ONLY)
+    shutil.copytree(REPO / "egresswatch", dest / "egresswatch", ignore=ignore)
+    for key in ("purelib", "platlib"):
+        shutil.copytree(sysconfig.get_paths()[key], dest, ignore=ignore, dirs_exist_ok=True)
+    for root, dirs, files in os.walk(dest):
+        for n in dirs:
+            os.chmod(os.path.join(root, n), 0o755)
+        for n in files:
+            os.chmod(os.path.join(root, n), 0o644 | (os.stat(os.path.join(root, n)).st_mode & 0o111))
+    os.chmod(dest, 0o755)
+    return str(dest)
+
+
 @pytest.fixture(scope="module")
 def user() -> Iterator[User]:
     if os.geteuid() != 0:
@@ -67,12 +86,18 @@ def user() -> Iterator[User]:
     work = Path(tempfile.mkdtemp(prefix="ew-nonroot-"))
     try:
         os.chmod(work, 0o755)
+        for capture in ("connect.pcap", "dns-answers.pcap"):  # readable by the user wherever REPO is
+            shutil.copy(PCAPS / capture, work / capture)
+            os.chmod(work / capture, 0o644)
         pythonpath = os.pathsep.join(
             [str(REPO), sysconfig.get_paths()["purelib"], sysconfig.get_paths()["platlib"]]
         )
         python = _python_for(name, pythonpath)
+        if python is None:  # the checkout or the virtualenv is not readable by others (under /root?)
+            pythonpath = _readable_copy(work / "py")
+            python = _python_for(name, pythonpath)
         if python is None:
-            missing(f"no Python that user {name} may run with egresswatch's dependencies ({REPO} readable?)")
+            missing(f"no Python that user {name} may run with egresswatch's dependencies")
         yield User(name, python, pythonpath, work)
     finally:
         shutil.rmtree(work, ignore_errors=True)
@@ -136,7 +161,7 @@ def test_joining_db_group_is_what_the_hint_says(user: User, root_db: Path) -> No
 def test_writing_a_database_the_user_may_only_read(user: User, root_db: Path) -> None:
     os.chmod(root_db.parent, 0o755)
     os.chmod(root_db, 0o644)
-    result = user.run("replay", "--db", str(root_db), str(PCAPS / "connect.pcap"))
+    result = user.run("replay", "--db", str(root_db), str(user.work / "connect.pcap"))
     assert result.returncode == 1 and result.stdout == ""
     assert _line(result).startswith(f"egresswatch: error: {root_db}: permission denied (run it with sudo")
     readable = user.run("events", "--db", str(root_db), "--format", "jsonl", "--limit", "2")
@@ -175,11 +200,11 @@ def test_status_file_the_user_may_not_read(user: User) -> None:
 
 
 def test_replay_needs_no_privileges(user: User) -> None:
-    result = user.run("replay", "--config", "/dev/null", str(PCAPS / "connect.pcap"))
+    result = user.run("replay", "--config", "/dev/null", str(user.work / "connect.pcap"))
     assert result.returncode == 0 and len(result.stdout.splitlines()) == 3
     piped = subprocess.run(
         ["bash", "-c", f"runuser -u {user.name} -- env PYTHONPATH={user.pythonpath} {user.python} -m egresswatch "
-         f"replay --config /dev/null {PCAPS / 'dns-answers.pcap'} {PCAPS / 'connect.pcap'} | head -1"],
+         f"replay --config /dev/null {user.work / 'dns-answers.pcap'} {user.work / 'connect.pcap'} | head -1"],
         capture_output=True, text=True, cwd=user.work, timeout=120,
     )  # fmt: skip
     assert piped.stderr == "" and len(piped.stdout.splitlines()) == 1
