@@ -228,3 +228,12 @@ def test_documented_example_runs(where: str, cmd: str, tmp_path: Path) -> None:
     if result.exit_code == 1:
         assert argv[0] in ("status", "doctor", "replay", "audit"), f"{where}: {argv}: {result.output}"
     assert result.exception is None or isinstance(result.exception, SystemExit), result.exception
+
+
+def test_make_run_says_where_the_command_is_and_what_to_run_next() -> None:
+    import subprocess
+
+    out = subprocess.run(["make", "-n", "run"], capture_output=True, text=True, cwd=REPO, check=True).stdout
+    assert ".venv/bin/egresswatch (not on PATH)" in out and ".venv/bin/egresswatch events -f" in out
+    readme = (REPO / "README.md").read_text()
+    assert "`.venv/bin/egresswatch`" in readme and "egresswatch events -f" in readme
