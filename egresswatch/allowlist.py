@@ -124,14 +124,14 @@ def suggest(
             continue
         if skip is not None and skip(dest, ev):
             continue
-        if ev.get("verdict") == "flagged" and reason not in LEARNED_REASONS:
-            held[srv][dest].add(str(reason))
-            continue
         ok = valid.get(dest)
         if ok is None:
             ok = valid[dest] = _valid(dest)
-        if not ok:
+        if not ok:  # counted, never echoed: the name is not one an allowlist could hold
             dropped[srv]["not a host name"] += n
+            continue
+        if ev.get("verdict") == "flagged" and reason not in LEARNED_REASONS:
+            held[srv][dest].add(str(reason))
             continue
         m = covers.get(srv)
         if m is not None and _covered(m, dest):

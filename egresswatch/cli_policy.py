@@ -62,13 +62,10 @@ def suggest_cmd(server: str | None, db: Path | None, config_path: Path | None, s
         flagged=flagged,
     )
     header = f"egresswatch allowlist suggest: {len(events)} events since {since}"
-    if cfg.source is not None:
-        header += f"\nentries already in {cfg.source} are kept"
     if not result:
         header += "\nno MCP server events found"
     n_flagged = sum(len(d) for d in flagged.values())
     if n_flagged:
-        header += f"\n{n_flagged} FLAGGED destination(s) are NOT suggested: see the FLAGGED lines below"
         click.echo(
             f"egresswatch: warning: allowlist suggest: {n_flagged} flagged destination(s) left out"
             " (listed as FLAGGED comments in the output); review them before allowing any",
