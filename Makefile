@@ -14,6 +14,9 @@ setup-test:
 	./scripts/setup.sh --test
 
 run: setup
+	@echo "egresswatch is installed at $(CURDIR)/$(BIN)/egresswatch (not on PATH)." >&2
+	@echo "While it runs, in another terminal: sudo $(CURDIR)/$(BIN)/egresswatch events -f" >&2
+	@echo "  (also: egresswatch servers, egresswatch doctor; Ctrl-C stops the daemon)" >&2
 	$(BIN)/egresswatch run $(RUN_ARGS)
 
 lint: setup-test

@@ -10,7 +10,7 @@ import ipaddress
 import json
 import re
 from collections import defaultdict
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from typing import Any
 
 from egresswatch.config import Config
@@ -26,6 +26,10 @@ COLLAPSE_AT = 3
 # private resolver, a connection to an IP the server never resolved. A user who
 # trusts such a destination adds it by hand.
 NEVER_SUGGEST = frozenset({"dns_exfil", "doh_dot", "direct_ip"})
+#: flagged events that may still be suggested: a destination first seen while learning
+LEARNED_REASONS = frozenset({"first_seen"})
+#: at most this many flagged destinations are named per server in the notes
+FLAGGED_SHOWN = 20
 
 Notes = dict[str, list[str]]
 
@@ -80,19 +84,29 @@ def suggest(
     server: str | None = None,
     skip: Callable[[str, Mapping[str, Any]], bool] | None = None,
     notes: Notes | None = None,
+    existing: Mapping[str, Sequence[str]] | None = None,
+    flagged: dict[str, dict[str, set[str]]] | None = None,
 ) -> dict[str, list[str]]:
     """Per MCP server, a minimal allowlist covering the destinations in
     ``events`` (Event.to_dict() / stored rows). Only events of ``server`` when
     given; never events outside MCP trees, of the install phase (policy.install_allow
-    judges those), not deciding their flow (a SYN whose hello named it) or
-    flagged dns_exfil/doh_dot/direct_ip; never
-    destinations for which ``skip(dest, event)`` is true (e.g. already in
-    policy.global_allow). Unusable names (bytes outside host-name syntax) are
-    left out and counted in ``notes``. A dict may stand for several identical
-    events: its ``count`` key (default 1) is what the notes count."""
+    judges those), not deciding their flow (a SYN whose hello named it),
+    flagged for any reason but ``first_seen`` (learning), or flagged
+    dns_exfil/doh_dot/direct_ip; never destinations for which
+    ``skip(dest, event)`` is true (e.g. already in policy.global_allow).
+
+    ``existing`` (server -> its allow entries in the config) is kept as is, first,
+    and destinations it already covers are not suggested again. Flagged
+    destinations left out are named in ``notes`` (and returned in ``flagged``:
+    server -> destination -> reasons). Unusable names (bytes outside host-name
+    syntax) are left out and counted in ``notes``. A dict may stand for several
+    identical events: its ``count`` key (default 1) is what the notes count."""
     dests: dict[str, set[str]] = defaultdict(set)
     valid: dict[str, bool] = {}
     dropped: dict[str, dict[str, int]] = defaultdict(lambda: defaultdict(int))
+    held: dict[str, dict[str, set[str]]] = defaultdict(lambda: defaultdict(set))
+    existing = existing or {}
+    covers = {srv: Matcher.parse(entries) for srv, entries in existing.items()}
     for ev in events:
         srv = ev.get("server")
         if not isinstance(srv, str) or (server is not None and srv != server):
@@ -103,8 +117,9 @@ def suggest(
         if ev.get("decides") is False:  # a SYN its hello decided: the hello names the flow
             continue
         n = ev.get("count", 1)
-        if ev.get("reason") in NEVER_SUGGEST:
-            dropped[srv][f"flagged {ev.get('reason')}"] += n
+        reason = ev.get("reason")
+        if reason in NEVER_SUGGEST:
+            dropped[srv][f"flagged {reason}"] += n
             continue
         if ev.get("phase") == "install":
             # install hooks are judged by policy.install_allow, not the server's allowlist
@@ -115,16 +130,53 @@ def suggest(
         ok = valid.get(dest)
         if ok is None:
             ok = valid[dest] = _valid(dest)
-        if not ok:
+        if not ok:  # counted, never echoed: the name is not one an allowlist could hold
             dropped[srv]["not a host name"] += n
             continue
+        if ev.get("verdict") == "flagged" and reason not in LEARNED_REASONS:
+            held[srv][dest].add(str(reason))
+            continue
+        m = covers.get(srv)
+        if m is not None and _covered(m, dest):
+            continue
         dests[srv].add(dest)
-    result = {srv: collapse(d) for srv, d in sorted(dests.items())}
+    result: dict[str, list[str]] = {}
+    for srv in sorted(set(dests) | set(held) | set(dropped)):
+        kept = list(dict.fromkeys(existing.get(srv, ())))
+        result[srv] = kept + [d for d in collapse(dests.get(srv, ())) if d not in kept]
     if notes is not None:
-        for srv, why in dropped.items():
-            result.setdefault(srv, [])
-            notes.setdefault(srv, []).extend(f"left out {n} event(s): {w}" for w, n in sorted(why.items()))
+        for srv in result:
+            if existing.get(srv):
+                notes.setdefault(srv, []).append(
+                    f"the first {len(dict.fromkeys(existing[srv]))} entries are already in the config"
+                )
+            for why, count in sorted(dropped.get(srv, {}).items()):
+                notes.setdefault(srv, []).append(f"left out {count} event(s): {why}")
+            names = sorted(held.get(srv, {}))
+            for dest in names[:FLAGGED_SHOWN]:
+                reasons = ", ".join(sorted(held[srv][dest]))
+                notes.setdefault(srv, []).append(
+                    f"FLAGGED ({reasons}), NOT SUGGESTED: {dest} -- add it by hand only if you trust it"
+                )
+            if len(names) > FLAGGED_SHOWN:
+                notes.setdefault(srv, []).append(
+                    f"FLAGGED, NOT SUGGESTED: {len(names) - FLAGGED_SHOWN} more destination(s)"
+                )
+    if flagged is not None:
+        for srv, by_dest in held.items():
+            flagged[srv] = dict(by_dest)
     return dict(sorted(result.items()))
+
+
+def _covered(m: Matcher, dest: str) -> bool:
+    if is_ip(dest):
+        return m.match(None, dest, None) is not None
+    return m.match(dest, None, None) is not None
+
+
+def config_existing(cfg: Config) -> dict[str, tuple[str, ...]]:
+    """``existing`` for :func:`suggest`: each server's allow entries in the config."""
+    return {name: sp.allow for name, sp in cfg.servers.items() if sp.allow}
 
 
 def config_skipper(cfg: Config) -> Callable[[str, Mapping[str, Any]], bool]:

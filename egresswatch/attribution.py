@@ -220,7 +220,7 @@ class LiveAttributor:
                 if attr is not None:
                     self.counters["live"] += 1
                     return attr
-            why = "no socket found (process exited before lookup)"
+            why = "socket owner exited before lookup"
         if seen is not None and frame.ts - seen.ts <= self.memory_seconds:
             if self._may_own(seen, obs, frame.ts):
                 gone = self.lineage.exit_time(seen.proc) is not None
@@ -266,10 +266,10 @@ class LiveAttributor:
             self.counters["no_socket"] += 1
             return self._other_namespaces(key)
         if inode == 0:
-            return None, "socket has no owner (closed, process exited before lookup)"
+            return None, "socket has no owner (closed before lookup)"
         owner = self._owner(inode)
         if owner is None:
-            return None, "socket owner not found (process exited before lookup)"
+            return None, "socket owner not found (closed before lookup)"
         return owner, ""
 
     def _owner(self, inode: int) -> int | None:
@@ -326,7 +326,7 @@ class LiveAttributor:
                 return None, "socket in another network namespace"
         if not self._is_local(key[1]):
             return None, "not a local address (forwarded or from another host)"
-        return None, "no socket found (process exited before lookup)"
+        return None, "no socket found (closed before lookup)"
 
     @staticmethod
     def _scan_all() -> dict[int, int]:
@@ -355,7 +355,7 @@ class LiveAttributor:
         pid = find_inode(self._ps_map, key)
         if pid:
             return pid, ""
-        return None, "no socket found (process exited before lookup)"
+        return None, "no socket found (closed before lookup)"
 
     def _is_local(self, ip: str) -> bool:
         if ip.startswith("127.") or ip == "::1":

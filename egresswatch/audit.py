@@ -376,9 +376,12 @@ def audit_file(cf: ConfigFile | Path) -> list[Finding]:
     return out
 
 
-def audit(servers: Iterable[ServerDef], files: Iterable[ConfigFile | Path] = ()) -> list[Finding]:
-    """Every finding, most severe first, then by file, server and code."""
-    findings: list[Finding] = []
+def audit(
+    servers: Iterable[ServerDef], files: Iterable[ConfigFile | Path] = (), warnings: Iterable[str] = ()
+) -> list[Finding]:
+    """Every finding, most severe first, then by file, server and code.
+    Discovery ``warnings`` become findings too (see warning_findings)."""
+    findings: list[Finding] = warning_findings(warnings)
     for s in servers:
         findings += audit_server(s)
     seen: set[str] = set()
@@ -389,6 +392,28 @@ def audit(servers: Iterable[ServerDef], files: Iterable[ConfigFile | Path] = ())
             findings += audit_file(f)
     findings.sort(key=lambda f: (-_RANK[f.severity], f.file, f.server, f.code, f.finding))
     return findings
+
+
+_UNREAD = ("invalid JSON", "invalid TOML", "invalid YAML", "cannot read", "cannot resolve", "cannot list",
+           "not a regular file", "skipped", "not found")  # fmt: skip
+
+
+def warning_findings(warnings: Iterable[str]) -> list[Finding]:
+    """Discovery warnings as findings, so that a CI gate (``--fail-on``) never
+    passes on a config it could not read: a file that could not be read or parsed
+    is ``unreadable_config`` (high, it may define anything); a part of a file that
+    was not understood (a server of the wrong shape, an unknown key) is
+    ``config_not_understood`` (medium)."""
+    out: list[Finding] = []
+    for w in warnings:
+        file, _, what = w.partition(": ")
+        if any(k in what for k in _UNREAD):
+            out.append(Finding("high", "-", file, "-", "unreadable_config", f"config not read: {what}",
+                               "fix the file (or its permissions) so it can be audited"))  # fmt: skip
+        else:
+            out.append(Finding("medium", "-", file, "-", "config_not_understood", what,
+                               "fix the entry; egresswatch could not audit it"))  # fmt: skip
+    return out
 
 
 def reaches(findings: Iterable[Finding], threshold: str) -> bool:

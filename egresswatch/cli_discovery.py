@@ -4,15 +4,20 @@ and secret values are masked (env and header values are never shown at all)."""
 
 from __future__ import annotations
 
+import csv
+import io
 import json
 import os
+import shutil
 import sys
+import textwrap
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 
 import click
 
 from egresswatch.audit import SEVERITIES, Finding, audit, command_line, reaches
+from egresswatch.cli import format_option
 from egresswatch.discovery import Discovery, ServerDef, discover
 from egresswatch.textsafe import safe
 
@@ -28,19 +33,70 @@ def use_colour() -> bool:
     return sys.stdout.isatty() and "NO_COLOR" not in os.environ
 
 
-def table(headers: Sequence[str], rows: Sequence[Sequence[str]], colour_col: int | None = None) -> str:
-    """Aligned plain-text table; cells are made terminal-safe here."""
+MIN_COLUMN = 8
+
+
+def terminal_width() -> int | None:
+    """Columns of the terminal stdout goes to; None when it is not a terminal
+    (a file or a pipe gets whole lines, for grep)."""
+    if not sys.stdout.isatty():
+        return None
+    return shutil.get_terminal_size((100, 24)).columns
+
+
+def fit_widths(widths: list[int], total: int) -> list[int]:
+    """Shrink the widest columns until the row (two spaces between columns) fits ``total``."""
+    out = list(widths)
+    room = total - 2 * (len(out) - 1)
+    while sum(out) > room:
+        i = max(range(len(out)), key=lambda k: out[k])
+        if out[i] <= MIN_COLUMN:
+            break
+        out[i] -= 1
+    return out
+
+
+def table(
+    headers: Sequence[str],
+    rows: Sequence[Sequence[str]],
+    colour_col: int | None = None,
+    width: int | None = None,
+) -> str:
+    """Aligned plain-text table; cells are made terminal-safe here. With
+    ``width`` (default: the terminal's, when stdout is one) long cells wrap
+    inside their column so that each line fits."""
+    head, blocks = table_blocks(headers, rows, colour_col, width)
+    return "\n".join([head, *blocks])
+
+
+def table_blocks(
+    headers: Sequence[str],
+    rows: Sequence[Sequence[str]],
+    colour_col: int | None = None,
+    width: int | None = None,
+) -> tuple[str, list[str]]:
+    """The header line and one text block (one or more lines) per row."""
     cells = [[safe(c) for c in r] for r in rows]
     widths = [max([len(h)] + [len(r[i]) for r in cells]) for i, h in enumerate(headers)]
-    lines = ["  ".join(h.upper().ljust(w) for h, w in zip(headers, widths, strict=True)).rstrip()]
+    width = terminal_width() if width is None else width
+    if width:
+        widths = fit_widths(widths, width)
+    head = "  ".join(h.upper()[:w].ljust(w) for h, w in zip(headers, widths, strict=True)).rstrip()
     colour = use_colour()
+    blocks = []
     for r in cells:
-        parts = [c.ljust(w) for c, w in zip(r, widths, strict=True)]
-        if colour and colour_col is not None and r[colour_col] in _COLOURS:
-            fg, bold = _COLOURS[r[colour_col]]
-            parts[colour_col] = click.style(parts[colour_col], fg=fg, bold=bold or None)
-        lines.append("  ".join(parts).rstrip())
-    return "\n".join(lines)
+        lines = []
+        wrapped = [
+            textwrap.wrap(c, w, break_on_hyphens=False) or [""] for c, w in zip(r, widths, strict=True)
+        ]
+        for n in range(max(len(x) for x in wrapped)):
+            parts = [(x[n] if n < len(x) else "").ljust(w) for x, w in zip(wrapped, widths, strict=True)]
+            if colour and n == 0 and colour_col is not None and r[colour_col] in _COLOURS:
+                fg, bold = _COLOURS[r[colour_col]]
+                parts[colour_col] = click.style(parts[colour_col], fg=fg, bold=bold or None)
+            lines.append("  ".join(parts).rstrip())
+        blocks.append("\n".join(lines))
+    return head, blocks
 
 
 def server_dict(s: ServerDef) -> dict[str, object]:
@@ -78,14 +134,11 @@ def render_servers(discovery: Discovery, trees: Mapping[ServerDef, str] | None =
     for s in discovery.servers:
         name = s.name + (" (disabled)" if s.disabled else "")
         rows.append([s.host, scope_cell(s), str(s.file), name, command_line(s), ",".join(s.env_keys) or "-"])
-    text = table(("host", "scope", "file", "name", "command / url", "env keys"), rows)
-    if not trees:
-        return text
-    lines = text.split("\n")
-    out = [lines[0]]
-    for s, line in zip(discovery.servers, lines[1:], strict=True):
-        out.append(line)
-        extra = trees.get(s)
+    head, blocks = table_blocks(("host", "scope", "file", "name", "command / url", "env keys"), rows)
+    out = [head]
+    for s, block in zip(discovery.servers, blocks, strict=True):
+        out.append(block)
+        extra = (trees or {}).get(s)
         if extra:
             out += ["    " + safe(t) for t in extra.splitlines()]
     return "\n".join(out)
@@ -102,36 +155,55 @@ _home = click.option(
     "--home",
     "homes",
     multiple=True,
-    type=click.Path(path_type=Path),
+    type=click.Path(readable=False, path_type=Path),
     help="Home directory to scan (repeatable; default: every user when root, else yours).",
 )
 _project = click.option(
     "--project",
     "projects",
     multiple=True,
-    type=click.Path(path_type=Path),
+    type=click.Path(readable=False, path_type=Path),
     help="Project directory whose .mcp.json, .vscode/mcp.json ... to read (repeatable).",
 )
 _file = click.option(
     "--file",
     "files",
     multiple=True,
-    type=click.Path(path_type=Path),
+    type=click.Path(readable=False, path_type=Path),
     help="Extra config file to read; its format is guessed (repeatable).",
 )
-_format = click.option(
-    "--format", "fmt", type=click.Choice(["table", "json"]), default="table", show_default=True
-)
+_format = format_option()
 
 
-def _discover(homes: tuple[Path, ...], files: tuple[Path, ...], projects: tuple[Path, ...]) -> Discovery:
+def records_out(records: Sequence[Mapping[str, object]], fmt: str) -> str:
+    """json (one list), jsonl (one object a line) or csv (lists and objects as JSON
+    text, strings made terminal-safe) of flat-ish dicts sharing their keys."""
+    if fmt == "json":
+        return json.dumps(list(records), indent=2, ensure_ascii=True)
+    if fmt == "jsonl":
+        return "\n".join(json.dumps(r, ensure_ascii=True, separators=(",", ":")) for r in records)
+    buf = io.StringIO()
+    keys = list(records[0]) if records else []
+    w = csv.writer(buf, lineterminator="\n")
+    w.writerow(keys)
+    for r in records:
+        w.writerow(
+            ["" if r.get(k) is None else json.dumps(r[k]) if isinstance(r[k], list | dict) else safe(r[k])
+             for k in keys]
+        )  # fmt: skip
+    return buf.getvalue().rstrip("\n")
+
+
+def _discover(
+    homes: tuple[Path, ...], files: tuple[Path, ...], projects: tuple[Path, ...], warn: bool = True
+) -> Discovery:
     if not projects:
         from egresswatch.lineage import host_project_dirs
 
         # where MCP hosts run now: their project-scope configs
         projects = tuple(host_project_dirs())
     d = discover(homes or None, files, projects)
-    for w in d.warnings:
+    for w in d.warnings if warn else ():
         click.echo(f"egresswatch: warning: {safe(w)}", err=True)
     return d
 
@@ -169,14 +241,16 @@ def servers_cmd(
     and the process trees running from each now (pid, command, phase)."""
     d = _discover(homes, files, projects)
     trees = live_trees(d) if live else {}
-    if fmt == "json":
+    if fmt != "table":
         rows = []
         for s in d.servers:
             row = server_dict(s)
             if live:
                 row["processes"] = trees.get(s, "")
             rows.append(row)
-        click.echo(json.dumps(rows, indent=2, ensure_ascii=True))
+        text = records_out(rows, fmt)
+        if text:
+            click.echo(text)
     else:
         click.echo(render_servers(d, trees))
 
@@ -202,10 +276,12 @@ def audit_cmd(
     """Find risky MCP server definitions (unpinned packages, plain-text secrets,
     lookalike names, unsafe containers, curl|sh, writable configs) before they run.
     Static: nothing is launched or downloaded."""
-    d = _discover(homes, files, projects)
-    findings = audit(d.servers, d.files)
-    if fmt == "json":
-        click.echo(json.dumps([f.to_dict() for f in findings], indent=2, ensure_ascii=True))
+    d = _discover(homes, files, projects, warn=False)  # the warnings are findings here
+    findings = audit(d.servers, d.files, d.warnings)
+    if fmt != "table":
+        text = records_out([f.to_dict() for f in findings], fmt)
+        if text:
+            click.echo(text)
     else:
         click.echo(render_findings(findings))
         click.echo(f"{len(d.servers)} servers in {len(d.files)} files, {len(findings)} findings", err=True)

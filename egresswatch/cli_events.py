@@ -9,11 +9,12 @@ from typing import Any
 
 import click
 
+from egresswatch.cli import format_option
 from egresswatch.config import load_config
 from egresswatch.errors import EgresswatchError
 from egresswatch.model import KINDS, VERDICTS
-from egresswatch.query import parse_time, query_events, stats
-from egresswatch.render import FORMATS, EventWriter, render_stats
+from egresswatch.query import count_events, parse_time, query_events, stats
+from egresswatch.render import EventWriter, render_stats
 from egresswatch.store import Store
 
 FOLLOW_INTERVAL = 0.5
@@ -33,6 +34,13 @@ class TimeParam(click.ParamType):
             self.fail(str(exc), param, ctx)
 
 
+def _is_tty(stream: Any) -> bool:
+    try:
+        return bool(stream.isatty())
+    except (AttributeError, ValueError):
+        return False
+
+
 def _db_path(db: Path | None, config: Path | None) -> Path:
     if db is not None:
         return db
@@ -47,11 +55,11 @@ def _open(db: Path | None, config: Path | None) -> Store:
 
 
 _db_option = click.option(
-    "--db", type=click.Path(path_type=Path, dir_okay=False), default=None,
+    "--db", type=click.Path(readable=False, path_type=Path, dir_okay=False), default=None,
     help="Event database (default: daemon.database from the config, /var/lib/egresswatch/events.db).",
 )  # fmt: skip
 _config_option = click.option(
-    "--config", "config", type=click.Path(path_type=Path, dir_okay=False), default=None,
+    "--config", "config", type=click.Path(readable=False, path_type=Path, dir_okay=False), default=None,
     help="Config file to read daemon.database from (default /etc/egresswatch/config.toml).",
 )  # fmt: skip
 
@@ -66,7 +74,7 @@ _config_option = click.option(
 @click.option("--verdict", type=click.Choice(VERDICTS))
 @click.option("--kind", type=click.Choice(KINDS))
 @click.option("--limit", type=click.IntRange(min=0), default=50, show_default=True, help="0: no limit.")
-@click.option("--format", "fmt", type=click.Choice(FORMATS), default="table", show_default=True)
+@format_option()
 @click.option(
     "--follow", "-f", is_flag=True, help="Keep printing new events as they are stored (Ctrl-C stops)."
 )
@@ -107,6 +115,10 @@ def events(
         rows = query_events(store, limit=limit or None, flows=flows, **filters)
         if not follow:
             out.write(rows)
+            if limit and len(rows) == limit and _is_tty(sys.stderr):
+                total = count_events(store, **filters)
+                if total > limit:
+                    click.echo(f"{limit} of {total} shown (--limit 0 for all)", err=True)
             return
         rows.reverse()
         out.write(rows)
@@ -134,7 +146,7 @@ def events(
 @click.command("stats")
 @click.option("--since", type=TimeParam(), help="Start: 2h, 30m, 7d, ISO-8601 or epoch seconds.")
 @click.option("--until", type=TimeParam(), help="End (exclusive).")
-@click.option("--format", "fmt", type=click.Choice(FORMATS), default="table", show_default=True)
+@format_option()
 @_db_option
 @_config_option
 def stats_cmd(

@@ -25,11 +25,11 @@ def allowlist_group() -> None:
 @allowlist_group.command("suggest")
 @click.option("--server", help="Only this MCP server (default: every server with events).")
 @click.option(
-    "--db", type=click.Path(path_type=Path, dir_okay=False), default=None,
+    "--db", type=click.Path(readable=False, path_type=Path, dir_okay=False), default=None,
     help="Event database (default: daemon.database from the config).",
 )  # fmt: skip
 @click.option(
-    "--config", "config_path", type=click.Path(path_type=Path, dir_okay=False), default=None,
+    "--config", "config_path", type=click.Path(readable=False, path_type=Path, dir_okay=False), default=None,
     help="Config file (default /etc/egresswatch/config.toml); its global/install allowlists are left out.",
 )  # fmt: skip
 @click.option(
@@ -38,10 +38,12 @@ def allowlist_group() -> None:
 def suggest_cmd(server: str | None, db: Path | None, config_path: Path | None, since: str) -> None:
     """Suggest a minimal allowlist per MCP server from what it contacted.
 
-    Three or more subdomains of one registrable domain collapse to *.domain;
-    destinations flagged dns_exfil, doh_dot or direct_ip, and install-phase
-    traffic (judged by policy.install_allow), are never suggested. Review the
-    output before adding it to config.toml."""
+    Three or more subdomains of one registrable domain collapse to *.domain.
+    Entries already in the config's [servers.NAME] allow lists are kept.
+    Flagged destinations (except first_seen, what learning mode records) are
+    never suggested: they are listed as FLAGGED comments and on stderr.
+    Install-phase traffic (judged by policy.install_allow) is left out.
+    Review the output before adding it to config.toml."""
     try:
         cfg = load_config(config_path)
         start = parse_time(since, time.time())
@@ -50,10 +52,25 @@ def suggest_cmd(server: str | None, db: Path | None, config_path: Path | None, s
     except (EgresswatchError, ValueError) as exc:
         raise click.ClickException(str(exc)) from None
     notes: allowlist.Notes = {}
-    result = allowlist.suggest(events, server=server, skip=allowlist.config_skipper(cfg), notes=notes)
+    flagged: dict[str, dict[str, set[str]]] = {}
+    result = allowlist.suggest(
+        events,
+        server=server,
+        skip=allowlist.config_skipper(cfg),
+        notes=notes,
+        existing=allowlist.config_existing(cfg),
+        flagged=flagged,
+    )
     header = f"egresswatch allowlist suggest: {len(events)} events since {since}"
     if not result:
         header += "\nno MCP server events found"
+    n_flagged = sum(len(d) for d in flagged.values())
+    if n_flagged:
+        click.echo(
+            f"egresswatch: warning: allowlist suggest: {n_flagged} flagged destination(s) left out"
+            " (listed as FLAGGED comments in the output); review them before allowing any",
+            err=True,
+        )
     click.echo(allowlist.render_toml(result, notes, header), nl=False)
 
 
@@ -80,10 +97,12 @@ def _load(path: Path, yaml_ok: bool) -> Any:
 
 @allowlist_group.command("import")
 @click.option(
-    "--toolhive", type=click.Path(path_type=Path, dir_okay=False, exists=True), help="ToolHive registry JSON."
+    "--toolhive",
+    type=click.Path(readable=False, path_type=Path, dir_okay=False, exists=True),
+    help="ToolHive registry JSON.",
 )
 @click.option(
-    "--docker-catalog", type=click.Path(path_type=Path, dir_okay=False, exists=True),
+    "--docker-catalog", type=click.Path(readable=False, path_type=Path, dir_okay=False, exists=True),
     help="Docker MCP catalog (YAML or JSON) or a docker/mcp-registry server.yaml.",
 )  # fmt: skip
 def import_cmd(toolhive: Path | None, docker_catalog: Path | None) -> None:

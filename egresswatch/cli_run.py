@@ -1,36 +1,36 @@
-"""Daemon commands: ``run``, ``status``, ``doctor``, ``notifier``, ``install-service``."""
+"""Daemon commands: ``run``, ``status``, ``doctor``, ``notifier``."""
 
 from __future__ import annotations
 
 import json
 import logging
+import math
 import os
-import plistlib
-import shutil
 import signal
 import socket
 import sys
 import time
 from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 from urllib.parse import urlsplit
 
 import click
 
+from egresswatch.cli import format_option
 from egresswatch.config import Config, load_config
-from egresswatch.errors import EgresswatchError
+from egresswatch.errors import EgresswatchError, permission_hint
 from egresswatch.service import DEFAULT_STATUS_PATH, RunOptions, read_status, trusted_file_problems
 from egresswatch.textsafe import safe
 
-REPO = Path(__file__).resolve().parent.parent
 CAP_NET_ADMIN, CAP_NET_RAW = 12, 13
 
 config_option = click.option(
-    "--config", "config_path", type=click.Path(dir_okay=False, path_type=Path), default=None,
+    "--config", "config_path", type=click.Path(readable=False, dir_okay=False, path_type=Path), default=None,
     help="Config file (default: /etc/egresswatch/config.toml if present).",
 )  # fmt: skip
 status_option = click.option(
-    "--status-file", type=click.Path(dir_okay=False, path_type=Path), default=DEFAULT_STATUS_PATH,
+    "--status-file", type=click.Path(readable=False, dir_okay=False, path_type=Path), default=DEFAULT_STATUS_PATH,
     show_default=True, help="Where the daemon writes its counters.",
 )  # fmt: skip
 
@@ -42,9 +42,9 @@ def _fail(msg: str) -> None:
 
 @click.command()
 @config_option
-@click.option("--db", type=click.Path(dir_okay=False, path_type=Path), default=None,
+@click.option("--db", type=click.Path(readable=False, dir_okay=False, path_type=Path), default=None,
               help="Event database (default: daemon.database from the config).")  # fmt: skip
-@click.option("--record-procs", type=click.Path(dir_okay=False, path_type=Path), default=None,
+@click.option("--record-procs", type=click.Path(readable=False, dir_okay=False, path_type=Path), default=None,
               help="Also record every process lookup to FILE for `replay --procs`.")  # fmt: skip
 @click.option("--iface", "ifaces", multiple=True, metavar="NAME",
               help="Capture only on this interface (repeatable; default: all, new ones included).")  # fmt: skip
@@ -58,6 +58,17 @@ def run(config_path: Path | None, db: Path | None, record_procs: Path | None, if
     allowlists; SIGTERM or SIGINT flushes the database and exits 0.
     """
     from egresswatch.service import run as run_daemon
+
+    for name in ifaces:
+        try:
+            socket.if_nametoindex(name)
+        except OSError:
+            raise click.BadParameter(f"{name!r}: no such network interface", param_hint="--iface") from None
+    if record_procs is not None:
+        _check_writable(record_procs)
+    ok, why = _capabilities()
+    if not ok:
+        raise EgresswatchError(f"run: {why} (try sudo)")
 
     root = logging.getLogger()
     if root.level > logging.INFO:  # a daemon says what it does (journald keeps it); -v for debug
@@ -73,6 +84,19 @@ def run(config_path: Path | None, db: Path | None, record_procs: Path | None, if
     sys.exit(code)
 
 
+def _check_writable(path: Path) -> None:
+    """One line, before the daemon starts, for a file it could never write."""
+    parent = path.absolute().parent
+    if path.is_dir():
+        raise EgresswatchError(f"{path}: is a directory")
+    if not parent.is_dir():
+        raise EgresswatchError(f"{path}: {parent} is not a directory")
+    if os.statvfs(parent).f_flag & os.ST_RDONLY:
+        raise EgresswatchError(f"{path}: on a read-only file system")
+    if not os.access(parent, os.W_OK) or (path.exists() and not os.access(path, os.W_OK)):
+        raise EgresswatchError(f"{path}: permission denied{permission_hint(path)}")
+
+
 def _pid_alive(pid: object) -> bool:
     if not isinstance(pid, int) or pid <= 0:
         return False
@@ -85,10 +109,38 @@ def _pid_alive(pid: object) -> bool:
     return True
 
 
+def _load_status(path: Path) -> dict[str, Any]:
+    """The status file as a dict with the fields `status` reads checked (one-line errors)."""
+    try:
+        text = path.read_text(encoding="utf-8")
+    except FileNotFoundError:
+        raise EgresswatchError(f"{path}: no status (is the daemon running?)") from None
+    except PermissionError:
+        raise EgresswatchError(f"{path}: permission denied{permission_hint(path)}") from None
+    except (OSError, UnicodeDecodeError) as exc:
+        raise EgresswatchError(f"{path}: cannot read: {getattr(exc, 'strerror', None) or exc}") from None
+    data = read_status(path)
+    if data is None:
+        try:
+            json.loads(text)
+        except ValueError as exc:
+            raise EgresswatchError(f"{path}: malformed status file (not JSON: {exc})") from None
+        raise EgresswatchError(f"{path}: malformed status file (not a JSON object)")
+    for key in ("updated", "interval"):
+        value = data.get(key, 0)
+        if isinstance(value, bool) or not isinstance(value, int | float) or not math.isfinite(value):
+            raise EgresswatchError(f"{path}: malformed status file ({key} is not a number)")
+    counters = data.get("counters")
+    if counters is not None and not isinstance(counters, dict):
+        raise EgresswatchError(f"{path}: malformed status file (counters is not an object)")
+    return data
+
+
 @click.command()
 @status_option
-@click.option("--json", "as_json", is_flag=True, help="Print the status file as JSON.")
-def status(status_file: Path, as_json: bool) -> None:
+@format_option(("table", "json"), default="table")
+@click.option("--json", "as_json", is_flag=True, hidden=True, help="Same as --format json.")
+def status(status_file: Path, fmt: str, as_json: bool) -> None:
     """Show the daemon's counters and whether it is healthy (exit 1 if not).
 
     Healthy means: the status file names a live process, was updated within
@@ -96,10 +148,7 @@ def status(status_file: Path, as_json: bool) -> None:
     events (kernel drops, database errors or a lost database file, dropped
     alerts, failing exports); each problem is shown.
     """
-    data = read_status(status_file)
-    if data is None:
-        _fail(f"{status_file}: no status (is the daemon running?)")
-        return
+    data = _load_status(status_file)
     age = time.time() - float(data.get("updated", 0))
     alive = _pid_alive(data.get("pid"))
     fresh = age <= 3 * float(data.get("interval", 1.0)) + 5
@@ -109,12 +158,12 @@ def status(status_file: Path, as_json: bool) -> None:
     elif not fresh:
         problems.insert(0, f"the status file is {age:.0f}s old (the daemon is stuck)")
     healthy = alive and fresh and data.get("state") == "running" and data.get("healthy", True) is not False
-    if as_json:
+    if as_json or fmt == "json":
         click.echo(json.dumps({**data, "age": age, "alive": alive, "healthy": healthy, "problems": problems},
                               indent=1))  # fmt: skip
     else:
         state = "healthy" if healthy else "NOT HEALTHY"
-        click.echo(f"egresswatch: {state} (pid {data.get('pid')} {'alive' if alive else 'not running'},"
+        click.echo(f"egresswatch: {state} (pid {safe(data.get('pid'))} {'alive' if alive else 'not running'},"
                    f" state {safe(data.get('state'))}, updated {age:.1f}s ago)")  # fmt: skip
         for problem in problems:
             click.echo(f"problem: {safe(problem)}")
@@ -124,6 +173,17 @@ def status(status_file: Path, as_json: bool) -> None:
         for key, value in sorted((data.get("counters") or {}).items()):
             click.echo(f"  {safe(key)}: {safe(value)}")
     sys.exit(0 if healthy else 1)
+
+
+MIN_INTERVAL, MAX_INTERVAL = 0.05, 3600.0
+
+
+def _check_interval(ctx: click.Context, param: click.Parameter, value: float) -> float:
+    if not math.isfinite(value) or not MIN_INTERVAL <= value <= MAX_INTERVAL:
+        raise click.BadParameter(
+            f"{value!r}: must be a number from {MIN_INTERVAL} to {MAX_INTERVAL:g} seconds"
+        )
+    return value
 
 
 # -- doctor --------------------------------------------------------------------------
@@ -218,7 +278,7 @@ def _target(url: str) -> Check:
 
 @click.command()
 @config_option
-@click.option("--db", type=click.Path(dir_okay=False, path_type=Path), default=None,
+@click.option("--db", type=click.Path(readable=False, dir_okay=False, path_type=Path), default=None,
               help="Event database to check (default: daemon.database from the config).")  # fmt: skip
 def doctor(config_path: Path | None, db: Path | None) -> None:
     """Check privileges, capture, BPF filter, proc connector, attribution mode
@@ -245,6 +305,10 @@ def doctor(config_path: Path | None, db: Path | None) -> None:
     for name, fn in checks:
         try:
             ok, detail = fn()
+        except PermissionError as exc:
+            ok, detail = False, f"{exc.filename or name}: permission denied{permission_hint(exc.filename)}"
+        except OSError as exc:
+            ok, detail = False, f"{exc.filename or name}: {exc.strerror or exc}"
         except Exception as exc:  # a check must never crash the doctor
             ok, detail = False, f"{type(exc).__name__}: {exc}"
         failed += not ok
@@ -254,14 +318,15 @@ def doctor(config_path: Path | None, db: Path | None) -> None:
 
 @click.command()
 @config_option
-@click.option("--db", type=click.Path(dir_okay=False, path_type=Path), default=None,
+@click.option("--db", type=click.Path(readable=False, dir_okay=False, path_type=Path), default=None,
               help="The daemon's database (read-only; default: daemon.database from the config).")  # fmt: skip
 @click.option(
     "--url", default=None, help="apprise URL to notify (default: dbus:// on Linux, macosx:// on macOS)."
 )
 @click.option(
-    "--interval", type=float, default=1.0, show_default=True, help="Seconds between database polls."
-)
+    "--interval", type=float, default=1.0, show_default=True, callback=_check_interval,
+    help=f"Seconds between database polls ({MIN_INTERVAL} to {MAX_INTERVAL:g}).",
+)  # fmt: skip
 def notifier(config_path: Path | None, db: Path | None, url: str | None, interval: float) -> None:
     """Show the daemon's alerts as desktop notifications (run in the user's session).
 
@@ -286,63 +351,4 @@ def notifier(config_path: Path | None, db: Path | None, url: str | None, interva
     follow(db or cfg.daemon.database, send, interval=interval, should_stop=lambda: stop["flag"])
 
 
-def hidden_by_private_tmp(paths: list[str]) -> list[str]:
-    """Those of ``paths`` (the egresswatch executable, its interpreter, its
-    package) under /tmp or /var/tmp: the units' PrivateTmp=yes gives the
-    service an empty /tmp, so it could not start from there."""
-    out = []
-    for p in paths:
-        real = os.path.realpath(p)
-        for tmp in ("/tmp", "/var/tmp"):
-            if real == tmp or real.startswith(tmp + "/"):
-                out.append(real)
-                break
-    return out
-
-
-@click.command("install-service")
-@click.option("--prefix", type=click.Path(file_okay=False, path_type=Path), default=Path("/"), show_default=True,
-              help="Install under this root (for packaging or a test).")  # fmt: skip
-@click.option("--launchd", "use_launchd", is_flag=True, default=sys.platform == "darwin",
-              help="Install the launchd plists instead of the systemd units (default on macOS).")  # fmt: skip
-def install_service(prefix: Path, use_launchd: bool) -> None:
-    """Install the daemon's service file and the desktop notifier's user unit.
-
-    systemd: PREFIX/etc/systemd/system/egresswatch.service and
-    PREFIX/etc/systemd/user/egresswatch-notifier.service; launchd:
-    PREFIX/Library/LaunchDaemons and PREFIX/Library/LaunchAgents. The
-    egresswatch path in them is replaced by the one running this command.
-    Then: `systemctl daemon-reload && systemctl enable --now egresswatch`.
-    """
-    found = shutil.which("egresswatch")
-    exe = found if found else f"{sys.executable} -m egresswatch"
-    import egresswatch
-
-    if not use_launchd:
-        for hidden in sorted(set(hidden_by_private_tmp(
-                [found or sys.executable, sys.executable, sys.prefix, os.path.dirname(egresswatch.__file__)]))):  # fmt: skip
-            click.echo(f"egresswatch: warning: {safe(hidden)} is under /tmp: the units' PrivateTmp=yes hides it "
-                       "from the service, which then cannot start; install egresswatch elsewhere (or add "
-                       f"BindReadOnlyPaths={safe(hidden)} in a drop-in)", err=True)  # fmt: skip
-    if use_launchd:
-        pairs = [(REPO / "launchd/org.egresswatch.daemon.plist", "Library/LaunchDaemons"),
-                 (REPO / "launchd/org.egresswatch.notifier.plist", "Library/LaunchAgents")]  # fmt: skip
-    else:
-        pairs = [(REPO / "systemd/egresswatch.service", "etc/systemd/system"),
-                 (REPO / "systemd/egresswatch-notifier.service", "etc/systemd/user")]  # fmt: skip
-    for src, rel in pairs:
-        if not src.exists():
-            _fail(f"{src}: not found (install-service runs from a source checkout)")
-        dest = prefix / rel / src.name
-        dest.parent.mkdir(parents=True, exist_ok=True)
-        if src.suffix == ".plist":
-            plist = plistlib.loads(src.read_bytes())
-            plist["ProgramArguments"][:1] = [found] if found else [sys.executable, "-m", "egresswatch"]
-            dest.write_bytes(plistlib.dumps(plist))
-        else:
-            dest.write_text(src.read_text().replace("/usr/local/bin/egresswatch", exe))
-        os.chmod(dest, 0o644)
-        click.echo(f"installed {dest}")
-
-
-COMMANDS = [run, status, doctor, notifier, install_service]
+COMMANDS = [run, status, doctor, notifier]

@@ -8,6 +8,7 @@ See ``config.example.toml`` for every key with comments.
 
 from __future__ import annotations
 
+import re
 import tomllib
 from dataclasses import dataclass, field, fields
 from pathlib import Path
@@ -165,6 +166,8 @@ def _coerce(default: Any, value: Any, where: str) -> Any:
     if default is None or isinstance(default, str):
         if not isinstance(value, str):
             raise TypeError("expected a string")
+        if default is None and value == "":  # db_group = "": none (the default)
+            return None
         return value
     raise TypeError("unsupported value")
 
@@ -190,6 +193,14 @@ def parse_config(data: dict[str, Any], source: Path | None = None) -> Config:
         else:
             raise ConfigError(f"{key}: unknown section")
     cfg = Config(**kwargs)
+    for i, pattern in enumerate(cfg.discovery.launcher_patterns):
+        try:
+            re.compile(pattern)
+        except re.error as exc:
+            # the key replaces the built-in list: one typo would disable detection
+            raise ConfigError(
+                f"discovery.launcher_patterns[{i}]: invalid regular expression: {exc}"
+            ) from None
     if cfg.alerts.min_severity not in ("info", "low", "medium", "high"):
         raise ConfigError("alerts.min_severity: must be info, low, medium or high")
     return cfg
@@ -209,4 +220,7 @@ def load_config(path: Path | None = None) -> Config:
         data = tomllib.loads(raw.decode("utf-8"))
     except (tomllib.TOMLDecodeError, UnicodeDecodeError) as exc:
         raise ConfigError(f"{path}: invalid TOML: {exc}") from None
-    return parse_config(data, source=path)
+    try:
+        return parse_config(data, source=path)
+    except ConfigError as exc:
+        raise ConfigError(f"{path}: {exc}") from None

@@ -77,8 +77,19 @@ def _norm_ip(ip: str) -> str:
         return ip.lower()
 
 
+_ASCII_LOWER = str.maketrans("ABCDEFGHIJKLMNOPQRSTUVWXYZ", "abcdefghijklmnopqrstuvwxyz")
+
+
 def _norm_name(name: str) -> str:
-    return name.rstrip(".").lower()
+    """Compare form of a presentation-form name: ASCII letters lower-cased (DNS
+    is case-insensitive for those only), a trailing separator dot removed (not
+    an escaped one, ``\\.``); escapes are kept exactly."""
+    while len(name) > 1 and name.endswith("."):
+        head = name[:-1]
+        if (len(head) - len(head.rstrip("\\"))) % 2:  # an odd run of "\\": the dot is escaped
+            break
+        name = head
+    return name.translate(_ASCII_LOWER)
 
 
 @dataclass(frozen=True, slots=True)

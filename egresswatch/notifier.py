@@ -127,12 +127,19 @@ def follow(
     """Show new alerts until ``should_stop()``; returns how many were shown."""
     follower = AlertFollower(db)
     shown = 0
+    problem: str | None = None  # warned once per problem, not once per poll
     while not should_stop():
         try:
             alerts = follower.poll()
         except StoreError as exc:  # database not there yet or not readable
-            log.warning("%s", exc)
+            if str(exc) != problem:
+                log.warning("%s (retrying every %gs)", exc, interval)
+            problem = str(exc)
             alerts = []
+        else:
+            if problem is not None:
+                log.warning("%s: readable now", db)
+                problem = None
         for alert in alerts:
             try:
                 ok = send(alert)

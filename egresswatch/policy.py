@@ -2,7 +2,8 @@
 
 Order of checks (first that decides wins), documented in docs/policy.md:
 
-1. outside an MCP server tree          -> unwatched / outside_mcp
+1. no process found for the flow        -> unwatched / unattributed
+   a process outside any MCP server tree -> unwatched / outside_mcp
 2. DNS answer                          -> allowed / dns_answer (the query carries the verdict)
 3. encrypted-DNS resolver (DoH/DoT/DoQ) -> flagged / doh_dot (high), unless policy.doh_allow
 4. DNS exfiltration shape (queries)    -> flagged / dns_exfil (high)
@@ -41,6 +42,7 @@ from egresswatch.names import Owner, owner_key
 #: reason code -> (verdict, severity). Stable strings; see docs/policy.md.
 REASONS: dict[str, tuple[str, str]] = {
     "outside_mcp": ("unwatched", "info"),
+    "unattributed": ("unwatched", "info"),
     "dns_answer": (ALLOWED, "info"),
     "allowlist": (ALLOWED, "info"),
     "learned": (ALLOWED, "info"),
@@ -269,7 +271,8 @@ class Policy:
         SNI; with several, each is judged (see docs/policy.md)."""
         server = attr.server
         if server is None:
-            return verdict("outside_mcp")
+            # no process: nobody checked whether it was inside an MCP tree
+            return verdict("unattributed" if attr.process is None else "outside_mcp")
         if obs.kind == DNS_ANSWER:
             return verdict("dns_answer")
         exfil = None

@@ -62,10 +62,50 @@ def _glob_tokens(pattern: str) -> list[str]:
     return toks
 
 
+def domain_forms(pattern: str) -> list[str]:
+    """``pattern`` and the other spellings of the same name as names are stored:
+    a Unicode label as IDNA (``xn--...``) and as its UTF-8 bytes in ``\\DDD``
+    form; an ``xn--`` label as the ``\\DDD`` form of its Unicode. Glob labels
+    (``*``) stay as they are."""
+    from encodings import idna
+
+    from egresswatch.decode.dns import presentation
+
+    labels = pattern.split(".")
+    ascii_form, byte_form = [], []
+    for label in labels:
+        if any(c in label for c in "*?["):
+            ascii_form.append(label)
+            byte_form.append(label)
+            continue
+        try:
+            if not label.isascii():
+                ascii_form.append(idna.ToASCII(label).decode("ascii"))
+                byte_form.append(presentation(label.lower().encode("utf-8")))
+                continue
+            if label.lower().startswith("xn--"):
+                ascii_form.append(label)
+                byte_form.append(presentation(idna.ToUnicode(label).encode("utf-8")))
+                continue
+        except UnicodeError:
+            pass
+        ascii_form.append(label)
+        byte_form.append(label)
+    return list(dict.fromkeys([pattern, ".".join(ascii_form), ".".join(byte_form)]))
+
+
 def domain_conditions(pattern: str) -> list[tuple[str, list[Any]]]:
-    """SQL conditions, one per name column (rname, ralt), matching ``pattern`` (GLOB,
-    case-insensitive) against dst_name, qname or sni. Names are stored reversed,
-    so a suffix pattern becomes an index range."""
+    """SQL conditions, one per name column (rname, ralt) and spelling of the
+    name (:func:`domain_forms`), matching ``pattern`` (GLOB, case-insensitive)
+    against dst_name, qname or sni. Names are stored reversed, so a suffix
+    pattern becomes an index range."""
+    out: list[tuple[str, list[Any]]] = []
+    for form in domain_forms(pattern):
+        out += _conditions(form)
+    return out
+
+
+def _conditions(pattern: str) -> list[tuple[str, list[Any]]]:
     toks = _glob_tokens(pattern.lower())
     rev = "".join(reversed(toks))
     prefix = ""
@@ -107,21 +147,9 @@ def query_events(
     oldest first (for following new rows). With ``flows``: one row per flow,
     its deciding event (filters apply to it), with ``flow_kinds``, the kinds
     of the flow's records in order."""
-    where: list[str] = [_DECIDING] if flows else []
-    params: list[Any] = []
-    for col, op, val in (
-        ("ts", ">=", since),
-        ("ts", "<", until),
-        ("server", "=", server),
-        ("pid", "=", pid),
-        ("process", "=", process),
-        ("verdict", "=", verdict),
-        ("kind", "=", kind),
-        ("id", ">", after_id),
-    ):
-        if val is not None:
-            where.append(f"{col} {op} ?")
-            params.append(val)
+    where, params = _where(since, until, server, pid, process, verdict, kind, after_id)
+    if flows:
+        where.insert(0, _DECIDING)
     order = " ORDER BY id ASC" if after_id is not None else " ORDER BY ts DESC, id DESC"
     lim = f" LIMIT {int(limit)}" if limit is not None and limit > 0 else ""
     if domain_glob and lim:
@@ -162,6 +190,55 @@ _DECIDING = (
     "flow_id IS NOT NULL AND decides = 1 AND NOT EXISTS (SELECT 1 FROM events later"
     " WHERE later.flow_id = events.flow_id AND later.decides = 1 AND later.id > events.id)"
 )
+
+
+def _where(
+    since: float | None,
+    until: float | None,
+    server: str | None,
+    pid: int | None,
+    process: str | None,
+    verdict: str | None,
+    kind: str | None,
+    after_id: int | None = None,
+) -> tuple[list[str], list[Any]]:
+    where: list[str] = []
+    params: list[Any] = []
+    for col, op, val in (
+        ("ts", ">=", since),
+        ("ts", "<", until),
+        ("server", "=", server),
+        ("pid", "=", pid),
+        ("process", "=", process),
+        ("verdict", "=", verdict),
+        ("kind", "=", kind),
+        ("id", ">", after_id),
+    ):
+        if val is not None:
+            where.append(f"{col} {op} ?")
+            params.append(val)
+    return where, params
+
+
+def count_events(
+    store: Store,
+    since: float | None = None,
+    until: float | None = None,
+    server: str | None = None,
+    pid: int | None = None,
+    process: str | None = None,
+    domain_glob: str | None = None,
+    verdict: str | None = None,
+    kind: str | None = None,
+) -> int:
+    """How many events :func:`query_events` would return without a limit."""
+    where, params = _where(since, until, server, pid, process, verdict, kind)
+    if domain_glob:
+        c, p = domain_condition(domain_glob)
+        where.append(c)
+        params += p
+    cond = (" WHERE " + " AND ".join(where)) if where else ""
+    return int(store.execute(f"SELECT count(*) FROM events{cond}", params)[0][0])
 
 
 def _json(v: Any) -> Any:

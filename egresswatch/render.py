@@ -122,7 +122,7 @@ class TableWriter:
         return "  ".join(parts).rstrip() + "\n"
 
 
-def _csv_value(v: Any) -> str:
+def csv_value(v: Any) -> str:
     if v is None:
         return ""
     if isinstance(v, bool):
@@ -156,7 +156,7 @@ class EventWriter:
                 self._csv = csv.writer(self.out, lineterminator="\n")
                 self._csv.writerow(EVENT_KEYS)
             for d in rows:
-                self._csv.writerow([_csv_value(d.get(k)) for k in EVENT_KEYS])
+                self._csv.writerow([csv_value(d.get(k)) for k in EVENT_KEYS])
         self.out.flush()
 
 
@@ -185,7 +185,7 @@ def render_stats(stats: Sequence[dict[str, Any]], fmt: str, out: TextIO, color: 
         w.writerow(STATS_CSV)
         for s in stats:
             for d in s["destinations"]:
-                w.writerow([_csv_value(s["server"]), *(_csv_value(d[k]) for k in STATS_CSV[1:])])
+                w.writerow([csv_value(s["server"]), *(csv_value(d[k]) for k in STATS_CSV[1:])])
     else:
         _stats_table(stats, out, use_color(out) if color is None else color)
     out.flush()

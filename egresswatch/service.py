@@ -103,6 +103,12 @@ def read_status(path: Path) -> dict[str, Any] | None:
     return data if isinstance(data, dict) else None
 
 
+def _unusable(n: int) -> str:
+    return (
+        f"; {n} unusable alert URL{'s' if n != 1 else ''} ignored, see `egresswatch doctor`" if n > 0 else ""
+    )
+
+
 class Daemon:
     def __init__(self, opts: RunOptions) -> None:
         self.opts = opts
@@ -305,12 +311,13 @@ class Daemon:
         assert self.source is not None and self.pipeline is not None
         sdnotify.ready(f"capturing; {self.db_path()}")
         log.info(
-            "capturing on %s; events to %s; config %s (%d server allowlists, %d alert targets)",
+            "capturing on %s; events to %s; config %s (%d server allowlists, %d alert targets%s)",
             ", ".join(self.source.interfaces) or "all interfaces",
             self.db_path(),
             self.config.source or "built-in defaults",
             len(self.config.servers),
-            len(self.config.alerts.urls),
+            len(self.alerter.targets),
+            _unusable(len(self.config.alerts.urls) - len(self.alerter.targets)),
         )
         watchdog = self._watchdog = sdnotify.watchdog_period()
         tick = min(HOUSEKEEP, watchdog / 2) if watchdog else HOUSEKEEP

@@ -27,7 +27,7 @@ from urllib.parse import quote
 import sqlite_utils
 
 from egresswatch.config import RetentionConfig
-from egresswatch.errors import StoreError
+from egresswatch.errors import StoreError, permission_hint
 from egresswatch.model import Event
 from egresswatch.safefiles import trust_problems
 
@@ -176,6 +176,35 @@ def _connect(path: Path, readonly: bool) -> sqlite3.Connection:
     return conn
 
 
+def _check_path(path: Path, readonly: bool) -> None:
+    """Refuse, in one line, a database path that cannot work: a directory, a
+    path under a regular file, a file in /proc or /sys, no permission."""
+    if path.absolute().resolve().parts[1:2] in (("proc",), ("sys",), ("dev",)):
+        raise StoreError(f"{path}: a kernel file system is no place for a database")
+    for parent in path.absolute().parents:
+        try:
+            st = os.stat(parent)
+        except FileNotFoundError:
+            continue
+        if not stat.S_ISDIR(st.st_mode):
+            raise StoreError(f"{path}: {parent} is not a directory")
+        break
+    try:
+        st = os.stat(path)
+    except FileNotFoundError:
+        if readonly:
+            raise StoreError(f"{path}: no such database") from None
+        return
+    if not stat.S_ISREG(st.st_mode):
+        raise StoreError(f"{path}: not a regular file")
+    if readonly and not os.access(path, os.R_OK):
+        raise PermissionError(13, "Permission denied", str(path))
+    if not readonly and os.statvfs(path).f_flag & os.ST_RDONLY:
+        raise StoreError(f"{path}: on a read-only file system")
+    if not readonly and not os.access(path, os.R_OK | os.W_OK):
+        raise PermissionError(13, "Permission denied", str(path))
+
+
 def make_db_dir(path: Path, group: str | None) -> int:
     """Create the database's directory (0750, group ``group``) if missing; the group id or -1."""
     gid = -1
@@ -322,14 +351,21 @@ class Store:
         self.db = self._open()
 
     def _open(self) -> sqlite_utils.Database:
-        if not self.readonly:
-            _create_file(self.path, self.group)
-        conn = _connect(self.path, self.readonly)
+        try:
+            _check_path(self.path, self.readonly)
+            if not self.readonly:
+                _create_file(self.path, self.group)
+            conn = _connect(self.path, self.readonly)
+        except PermissionError:
+            raise StoreError(f"{self.path}: permission denied{permission_hint(database=True)}") from None
+        except OSError as exc:
+            raise StoreError(f"{exc.filename or self.path}: {exc.strerror or exc}") from None
         db = sqlite_utils.Database(conn)
         if self.readonly:
             if not db["events"].exists():
                 conn.close()
                 raise StoreError(f"{self.path}: not an egresswatch database (no events table)")
+            self._check_schema(db)
             return db
         try:
             if not db["events"].exists():
@@ -338,11 +374,14 @@ class Store:
             conn.execute("PRAGMA synchronous=NORMAL")
             conn.execute("PRAGMA cache_size=-32768")  # 32 MiB: index inserts stay in memory
             conn.execute("PRAGMA wal_autocheckpoint=4000")  # fewer, larger checkpoints
+            if db["events"].exists() and not db["_sqlite_migrations"].exists():
+                self._check_schema(db)  # a table someone else made: say so, not "already exists"
             MIGRATIONS.apply(db)
             st = os.stat(self.path)
         except (sqlite3.DatabaseError, OSError) as exc:
             conn.close()
             raise StoreError(f"{self.path}: cannot prepare database: {exc}") from None
+        self._check_schema(db)
         self._identity = (st.st_dev, st.st_ino)
         _match_sidecars(self.path)
         return db
@@ -396,6 +435,23 @@ class Store:
         self._lost = self.problem = None
         self._failing = False
         return True
+
+    def _check_schema(self, db: sqlite_utils.Database) -> None:
+        """Refuse an SQLite file whose ``events`` table is not ours (one line)."""
+        try:
+            columns = set(db["events"].columns_dict)
+        except sqlite3.DatabaseError as exc:
+            db.conn.close()
+            raise StoreError(f"{self.path}: not a usable SQLite database ({exc})") from None
+        missing = [f for f in ("id", *EVENT_FIELDS, *NAME_FIELDS) if f not in columns]
+        if missing:
+            ours = db["_sqlite_migrations"].exists()
+            db.conn.close()
+            lacks = ", ".join(missing[:3]) + (", ..." if len(missing) > 3 else "")
+            if ours:  # an egresswatch database of another version, not yet migrated
+                raise StoreError(f"{self.path}: written by another egresswatch version (events lacks {lacks});"
+                                 " start the daemon on it once to migrate it")  # fmt: skip
+            raise StoreError(f"{self.path}: not an egresswatch database (its events table lacks {lacks})")
 
     @property
     def conn(self) -> sqlite3.Connection:

@@ -286,7 +286,7 @@ def test_cli_suggest_reads_the_event_database(tmp_path: Path) -> None:
             **kw,
         )
 
-    flagged = Verdict("flagged", "not_allowlisted", None, "medium")
+    flagged = Verdict("flagged", "first_seen", None, "low")  # learning mode
     events = [
         Event(obs(DNS_QUERY, qname=f"{n}.github.com"), a, flagged) for n in ("api", "uploads", "codeload")
     ] + [
@@ -348,3 +348,65 @@ def test_suggest_counts_grouped_rows_like_events() -> None:
     grouped = allowlist.suggest([{**one, "count": 3}, {**ok, "count": 2}], notes=notes_grouped)
     assert grouped == each == {"s": ["api.example.com"]}
     assert notes_grouped == notes_each == {"s": ["left out 3 event(s): flagged dns_exfil"]}
+
+
+def test_suggest_never_proposes_flagged_destinations_and_keeps_existing_entries() -> None:
+    """A destination flagged not_allowlisted (or new_destination, install_egress...)
+    is left out and named loudly; entries already allowed stay, first."""
+    events = [
+        {"server": "github", "kind": "tls_sni", "sni": "api.github.com", "verdict": "allowed", "reason": "allowlist"},
+        {"server": "github", "kind": "tls_sni", "sni": "raw.githubusercontent.com", "verdict": "allowed",
+         "reason": "allowlist"},
+        {"server": "github", "kind": "tls_sni", "sni": "telemetry.evil-metrics.io", "verdict": "flagged",
+         "reason": "not_allowlisted"},
+        {"server": "github", "kind": "dns_query", "qname": "later.example", "verdict": "flagged",
+         "reason": "new_destination"},
+        {"server": "github", "kind": "dns_query", "qname": "learned.example", "verdict": "flagged",
+         "reason": "first_seen"},
+    ]  # fmt: skip
+    notes: dict[str, list[str]] = {}
+    flagged: dict[str, dict[str, set[str]]] = {}
+    existing = {"github": ("api.github.com", "*.githubusercontent.com")}
+    got = suggest(events, notes=notes, existing=existing, flagged=flagged)
+    assert got == {"github": ["api.github.com", "*.githubusercontent.com", "learned.example"]}
+    assert flagged == {
+        "github": {"telemetry.evil-metrics.io": {"not_allowlisted"}, "later.example": {"new_destination"}}
+    }
+    text = render_toml(got, notes)
+    assert "FLAGGED (not_allowlisted), NOT SUGGESTED: telemetry.evil-metrics.io" in text
+    assert "FLAGGED (new_destination), NOT SUGGESTED: later.example" in text
+    assert tomllib.loads(text)["servers"]["github"]["allow"] == got["github"]
+
+
+def test_cli_suggest_on_the_verdict_capture(tmp_path: Path) -> None:
+    """The issue's case: pcaps/mcp-verdicts.pcap replayed into a database."""
+    import subprocess
+    import sys
+
+    repo = Path(__file__).resolve().parents[1]
+    db = tmp_path / "v.db"
+    pcaps = repo / "pcaps"
+    subprocess.run(
+        [sys.executable, "-m", "egresswatch", "replay", str(pcaps / "mcp-verdicts.pcap"), "--config",
+         str(pcaps / "mcp-verdicts.toml"), "--procs", str(pcaps / "mcp-verdicts.procs.jsonl"), "--db", str(db)],
+        check=True, capture_output=True,
+    )  # fmt: skip
+    res = CliRunner().invoke(
+        cli,
+        [
+            "allowlist",
+            "suggest",
+            "--db",
+            str(db),
+            "--config",
+            str(pcaps / "mcp-verdicts.toml"),
+            "--since",
+            "0",
+        ],
+    )
+    assert res.exit_code == 0, res.output
+    allow = tomllib.loads(res.stdout)["servers"]["github"]["allow"]
+    assert "telemetry.evil-metrics.io" not in allow
+    assert allow[:2] == ["api.github.com", "*.githubusercontent.com"]
+    assert "NOT SUGGESTED: telemetry.evil-metrics.io" in res.stdout
+    assert "flagged destination(s) left out" in res.stderr

@@ -35,6 +35,7 @@ CONFINED = {
     "click": {
         "cli.py",
         "cli_discovery.py",
+        "cli_install.py",
         "cli_events.py",
         "cli_policy.py",
         "cli_replay.py",

@@ -160,7 +160,7 @@ def test_unknown_sockets_say_why(child_script: Path) -> None:
         s.bind(("127.0.0.1", 0))
         free = s.getsockname()[1]
     a = attributor.attribute(obs("udp", free, 53), frame_now())
-    assert a.process is None and a.reason == "no socket found (process exited before lookup)"
+    assert a.process is None and a.reason == "no socket found (closed before lookup)"
     b = attributor.attribute(obs("tcp", 40000, 443, local="203.0.113.9"), frame_now())
     assert b.process is None and b.reason is not None and b.reason.startswith("not a local address")
 

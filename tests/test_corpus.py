@@ -4,7 +4,8 @@ of (kind, qname) and (kind, sni) as tshark's expected events.
 
 Names are compared in one canonical form: tshark writes the root as
 ``<Root>``, control bytes as ``\\ooo`` (octal) and bytes >= 0x80 as U+FFFD;
-egresswatch writes ``.`` and ``\\DDD`` (decimal, RFC 1035 presentation form).
+egresswatch writes ``.``, ``\\DDD`` (decimal), ``\\.`` and ``\\\\`` (RFC 1035
+presentation form), for DNS names and SNI alike.
 Both sides are decoded to the same characters (bytes >= 0x80 as UTF-8,
 replacing invalid sequences, as tshark does) before comparing.
 
@@ -40,7 +41,7 @@ DIFFERENCES: dict[str, tuple[set[Item], set[Item], str]] = {
 }
 
 _OCTAL = re.compile(r"\\([0-7]{3})")
-_DECIMAL = re.compile(r"\\([0-9]{3})")
+_ESCAPE = re.compile(r"\\([0-9]{3}|[^0-9])")  # \DDD, \. and \\ (lossless presentation form)
 # glib and Python replace invalid UTF-8 sequences with different numbers of U+FFFD
 _FFFD_RUN = re.compile("\ufffd+")
 
@@ -58,8 +59,11 @@ def canon_ours(name: str | None) -> str | None:
         return None
 
     raw = bytearray()
-    for i, part in enumerate(_DECIMAL.split(name)):
-        raw += bytes([int(part)]) if i % 2 else part.encode()
+    for i, part in enumerate(_ESCAPE.split(name)):
+        if i % 2 == 0:
+            raw += part.encode()
+        else:
+            raw += bytes([int(part)]) if part.isdigit() else part.encode()
     return _FFFD_RUN.sub("\ufffd", raw.decode("utf-8", errors="replace"))
 
 
@@ -70,7 +74,7 @@ def _items_expected(path: Path) -> set[Item]:
         if e["kind"] in ("dns_query", "dns_answer"):
             items.add((e["kind"], canon_tshark(e["qname"])))
         elif e["kind"] in ("tls_sni", "quic_sni"):
-            items.add((e["kind"], e["sni"]))
+            items.add((e["kind"], canon_tshark(e["sni"])))
     return items
 
 
@@ -95,7 +99,7 @@ def _items_ours(capture: Path) -> set[Item]:
         if o.kind in ("dns_query", "dns_answer"):
             items.add((o.kind, canon_ours(o.qname)))
         elif o.kind in ("tls_sni", "quic_sni"):
-            items.add((o.kind, o.sni))
+            items.add((o.kind, canon_ours(o.sni)))
     return items
 
 

@@ -112,7 +112,10 @@ def test_root_and_escaping() -> None:
     assert m is not None and m.qname == "."
     name = b"\x05a\x04b c\x03\xc3\xa9x\x01.\x00"
     m2 = parse_message(header() + name + b"\x00\x01\x00\x01")
-    assert m2 is not None and m2.qname == "a\\004b\\032c.\\195\\169x.."
+    assert m2 is not None and m2.qname == "a\\004b\\032c.\\195\\169x.\\."
+    # "." and "\\" inside a label are escaped: the form is lossless
+    m3 = parse_message(header() + b"\x03a.b\x03c\\d\x00\x00\x01\x00\x01")
+    assert m3 is not None and m3.qname == "a\\.b.c\\\\d"
 
 
 def test_no_question() -> None:

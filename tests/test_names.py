@@ -261,3 +261,13 @@ def test_hosts_file_names_count_as_resolved_and_reload_replaces_them() -> None:
     assert mem.load_hosts("10.4.4.4 new.example\n") == 1
     assert mem.observe(connect("10.1.2.3"), gh) is None
     assert mem.observe(connect("10.4.4.4"), gh) == "new.example"
+
+
+def test_dst_name_lowercases_ascii_letters_only_and_keeps_escapes() -> None:
+    from egresswatch.names import _norm_name
+
+    assert _norm_name("API.Example.COM.") == "api.example.com"
+    assert _norm_name("Caf\\195\\169.Example") == "caf\\195\\169.example"
+    assert _norm_name("a\\.") == "a\\."  # an escaped dot in the last label is not the root dot
+    assert _norm_name("a\\\\.") == "a\\\\"  # an escaped backslash, then the separator
+    assert _norm_name(".") == "."

@@ -313,12 +313,49 @@ def test_fifo_is_read_without_mmap(tmp_path: Path) -> None:
     assert [fr.data for fr in frames] == [b"abcd"]
 
 
-def test_endless_stream_is_refused(monkeypatch: pytest.MonkeyPatch) -> None:
+def test_devices_are_refused_before_reading() -> None:
+    for dev in ("/dev/zero", "/dev/urandom"):
+        with pytest.raises(CaptureFileError, match=rf"^{dev}: not a regular file or a pipe$"):
+            read_all(Path(dev))
+
+
+def test_pipe_without_capture_magic_is_refused_at_once(tmp_path: Path) -> None:
+    import os
+    import threading
+
+    fifo = tmp_path / "zeros"
+    os.mkfifo(fifo)
+    writer = threading.Thread(target=fifo.write_bytes, args=(b"\0" * 4096,))
+    writer.start()
+    with pytest.raises(CaptureFileError, match=r"zeros: not a pcap or pcapng file$"):
+        read_all(fifo)
+    writer.join(timeout=10)
+
+
+def test_endless_stream_is_refused(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    import os
+    import threading
+
     from egresswatch.capture import pcapfile
 
     monkeypatch.setattr(pcapfile, "_MAX_STREAM", 4 << 20)
-    with pytest.raises(CaptureFileError, match=r"^/dev/zero: more than 4 MiB from a non-regular file$"):
-        read_all(Path("/dev/zero"))
+    fifo = tmp_path / "endless.pcap"
+    os.mkfifo(fifo)
+
+    def feed() -> None:
+        try:
+            with open(fifo, "wb") as fh:
+                fh.write(classic_pcap([], "<", False))
+                for _ in range(8):
+                    fh.write(b"\0" * (1 << 20))
+        except BrokenPipeError:
+            pass
+
+    writer = threading.Thread(target=feed)
+    writer.start()
+    with pytest.raises(CaptureFileError, match=r"endless.pcap: more than 4 MiB from a non-regular file$"):
+        read_all(fifo)
+    writer.join(timeout=10)
 
 
 # --- fuzzing ----------------------------------------------------------------------

@@ -95,6 +95,14 @@ def test_outside_mcp_is_unwatched() -> None:
     assert Rig(cfg())(hello("evil.example"), attr(server=None)) == ("unwatched", "outside_mcp", None, "info")
 
 
+def test_no_process_reads_unattributed_not_outside_mcp() -> None:
+    """Nobody checked a flow without a process against the MCP trees: say so."""
+    from egresswatch.model import Attribution
+
+    unknown = Attribution(reason="no socket found (closed before lookup)")
+    assert Rig(cfg())(hello("evil.example"), unknown) == ("unwatched", "unattributed", None, "info")
+
+
 def test_dns_answers_are_not_egress() -> None:
     assert Rig(cfg())(answer("x.example", "1.2.3.4")) == ("allowed", "dns_answer", None, "info")
 
@@ -334,7 +342,7 @@ def test_invalid_entry_in_config_is_reported_and_reload_keeps_old_config() -> No
 
 def test_reason_table_is_complete() -> None:
     assert set(REASONS) == {
-        "outside_mcp", "dns_answer", "allowlist", "learned", "first_seen",
+        "outside_mcp", "unattributed", "dns_answer", "allowlist", "learned", "first_seen",
         "new_destination", "not_allowlisted", "direct_ip", "dns_exfil", "doh_dot",
         "install_egress",
     }  # fmt: skip

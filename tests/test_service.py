@@ -66,7 +66,7 @@ def test_bad_config_is_one_line_and_exit_1(private: Path) -> None:
     os.chmod(cfg, 0o600)
     out = ew("run", "--config", str(cfg), "--db", str(private / "e.db"))
     assert out.returncode == 1
-    assert out.stderr.strip().splitlines() == ["egresswatch: error: daemon.nonsense: unknown key"]
+    assert out.stderr.strip().splitlines() == [f"egresswatch: error: {cfg}: daemon.nonsense: unknown key"]
 
 
 def test_refuses_config_writable_by_others(private: Path) -> None:

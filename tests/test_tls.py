@@ -124,9 +124,17 @@ def test_ech_and_draft_esni(ech: bool, esni: bool) -> None:
     assert h is not None and h.ech and h.sni == "public.example"
 
 
-def test_non_ascii_sni_replaced() -> None:
+def test_non_ascii_sni_in_the_dns_presentation_form() -> None:
+    """The same lossless \\DDD form as DNS names (one form for both, no U+FFFD)."""
+    from egresswatch.decode.dns import parse_message
+
     h = tls.parse_client_hello(build_hello(b"caf\xc3\xa9.example"))
-    assert h is not None and h.sni == "caf\ufffd\ufffd.example"
+    assert h is not None and h.sni == "caf\\195\\169.example"
+    header = b"\x00\x01\x01\x00\x00\x01\x00\x00\x00\x00\x00\x00"
+    m = parse_message(header + b"\x05caf\xc3\xa9\x07example\x00\x00\x01\x00\x01")
+    assert m is not None and m.qname == h.sni
+    h2 = tls.parse_client_hello(build_hello(b"a\\b.example"))
+    assert h2 is not None and h2.sni == "a\\\\b.example"
 
 
 def test_trailing_bytes_ignored_and_truncation_rejected() -> None:

@@ -123,7 +123,12 @@ def read_frames(path: str | Path, skip: Skip | None = None) -> Iterator[Frame]:
     try:
         with open(path, "rb") as fh:
             st = os.fstat(fh.fileno())
-            if not stat.S_ISREG(st.st_mode):  # pipe, FIFO, character device
+            if stat.S_ISDIR(st.st_mode):
+                raise CaptureFileError(f"{name}: is a directory")
+            if not stat.S_ISREG(st.st_mode) and not stat.S_ISFIFO(st.st_mode):
+                # /dev/zero, /dev/urandom, a terminal: never a capture, maybe endless
+                raise CaptureFileError(f"{name}: not a regular file or a pipe")
+            if not stat.S_ISREG(st.st_mode):  # a pipe or FIFO (tcpdump -w - | ...)
                 buf: Any = _read_stream(name, fh)
             elif st.st_size > _MMAP_MIN:
                 # Big files are mapped, small ones read. (A mapped file that another
@@ -151,8 +156,11 @@ def read_frames(path: str | Path, skip: Skip | None = None) -> Iterator[Frame]:
 
 def _read_stream(name: str, fh: BinaryIO) -> bytes:
     """All bytes of a non-regular file (a pipe), refusing endless ones (/dev/zero)."""
-    chunks = []
-    total = 0
+    head = fh.read(4)
+    if head and detect_format(head) is None:  # refuse at the first bytes, not after 1 GiB
+        raise CaptureFileError(f"{name}: not a pcap or pcapng file")
+    chunks = [head]
+    total = len(head)
     while chunk := fh.read(1 << 20):
         total += len(chunk)
         if total > _MAX_STREAM:

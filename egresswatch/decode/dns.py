@@ -13,7 +13,8 @@ data it cannot decode is shown in RFC 3597 generic form (``\\# LEN HEX``).
 
 Names are in presentation form: labels joined with ".", no trailing dot, the
 root as "."; bytes outside printable ASCII (0x21-0x7e) are written ``\\DDD``
-(decimal, RFC 1035). "." and "\\" inside a label are not escaped (as tshark).
+(decimal, RFC 1035), and "." and "\\" inside a label as "\\." and "\\\\", so the
+form is lossless. TLS and QUIC SNI use the same form (:func:`presentation`).
 
 Hostile input: compression pointer loops, pointers into the header, chains
 deeper than :data:`MAX_POINTERS`, names longer than 255 octets, bad label
@@ -57,11 +58,23 @@ _HDR = struct.Struct("!HHHH").unpack_from  # id, flags, qdcount, ancount
 _RR = struct.Struct("!H2xIH").unpack_from  # type, (class), ttl, rdlength
 _ntoa = socket.inet_ntoa
 
-# printable ASCII kept as is; every other byte becomes \DDD
+# printable ASCII kept as is, but "." and "\\" inside a label as "\\." and "\\\\";
+# every other byte becomes \DDD (RFC 1035 presentation form: lossless)
 _ESC = [f"\\{b:03d}" for b in range(256)]
 for _b in range(0x21, 0x7F):
     _ESC[_b] = chr(_b)
-_KEEP = bytes(range(0x21, 0x7F))
+_ESC[0x2E], _ESC[0x5C] = "\\.", "\\\\"
+_KEEP = bytes(b for b in range(0x21, 0x7F) if b != 0x5C)  # "." is checked by counting
+_KEEP_LABEL = bytes(b for b in range(0x21, 0x7F) if b not in (0x2E, 0x5C))
+
+
+def presentation(data: bytes) -> str:
+    r"""A host name from the wire that is not split into labels (TLS/QUIC SNI) in
+    the same lossless form as DNS names: printable ASCII as is, "\" as "\\",
+    every other byte as \DDD ("." stays the separator)."""
+    if not data.translate(None, _KEEP):
+        return data.decode("ascii")
+    return "".join([_ESC[b] if b != 0x2E else "." for b in data])
 
 
 @dataclass(frozen=True, slots=True)
@@ -82,7 +95,7 @@ class DnsMessage:
 
 
 def _label_text(label: bytes) -> str:
-    if not label.translate(None, _KEEP):
+    if not label.translate(None, _KEEP_LABEL):
         return label.decode("ascii")
     return "".join([_ESC[b] for b in label])
 
@@ -180,7 +193,7 @@ def read_name(
     if not labels:
         return ".", end, None
     raw = b".".join(labels)
-    if not raw.translate(None, _KEEP):
+    if not raw.translate(None, _KEEP) and raw.count(46) == len(labels) - 1:
         return raw.decode("ascii"), end, None
     return ".".join([_label_text(lb) for lb in labels]), end, None
 

@@ -21,6 +21,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from egresswatch.decode.dns import presentation
+
 __all__ = [
     "ClientHello",
     "parse_client_hello",
@@ -65,8 +67,9 @@ def _is_grease(v: int) -> bool:
 
 
 def _text(b: bytes) -> str:
-    """Host names are ASCII; any other byte becomes U+FFFD (as tshark shows it)."""
-    return b.decode("ascii", errors="replace")
+    """Host names are ASCII; any other byte is written \\DDD and "\\" as "\\\\",
+    the lossless form DNS names use (decode.dns.presentation)."""
+    return presentation(b)
 
 
 def handshake_length(buf: bytes | bytearray) -> int | None:

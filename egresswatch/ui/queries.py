@@ -185,7 +185,10 @@ def suggestion(rows: list[dict[str, Any]], cfg: Config, server: str) -> str:
     """`egresswatch allowlist suggest --server NAME` over the window, as TOML:
     allowlist.suggest() over the grouped rows, each counting as its events."""
     notes: allowlist.Notes = {}
-    result = allowlist.suggest(rows, server=server, skip=allowlist.config_skipper(cfg), notes=notes)
+    result = allowlist.suggest(
+        rows, server=server, skip=allowlist.config_skipper(cfg), notes=notes,
+        existing=allowlist.config_existing(cfg),
+    )  # fmt: skip
     total = sum(r["count"] for r in rows)
     header = f"egresswatch allowlist suggest --server {server}: {total} events"
     return allowlist.render_toml(result, notes, header)
