@@ -244,6 +244,8 @@ def _config(cfg: Config) -> Check:
 
 def _database(path: Path) -> Check:
     problems = trusted_file_problems(path)
+    if any(p.endswith(f"cannot stat: {os.strerror(13)}") for p in problems):  # EACCES: not root, not in the group
+        return False, f"{path}: permission denied{permission_hint(path)}"
     if problems:
         return False, problems[0]
     if not path.exists():
