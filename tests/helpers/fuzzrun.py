@@ -1,0 +1,144 @@
+"""Run mutated captures through `egresswatch replay` and judge the outcome.
+
+In process: the click command itself through ``CliRunner`` (the very code the
+``egresswatch`` script runs, minus interpreter start-up), with a 10 s alarm.
+As a subprocess: ``python -m egresswatch replay FILE``, for the CLI's own error
+path (exit status, one line on stderr, no traceback) and its peak RSS.
+
+A mutant fails when: anything but exit 0/1; an exception other than the
+SystemExit(1) of a reported error (a traceback); exit 1 without exactly one
+``egresswatch: error: FILE: ...`` line on stderr; more than ``limit`` seconds.
+"""
+
+from __future__ import annotations
+
+import gc
+import os
+import resource
+import signal
+import subprocess
+import sys
+import time
+import traceback
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from click.testing import CliRunner
+
+from egresswatch.cli import cli
+
+LIMIT = 10.0
+
+
+class Overtime(Exception):
+    pass
+
+
+@dataclass
+class Outcome:
+    exit_code: int
+    seconds: float
+    stderr: str
+    problem: str | None = None  # why this run counts as a failure
+    rss_mb: float = 0.0
+
+
+@dataclass
+class Tally:
+    runs: int = 0
+    exit0: int = 0
+    exit1: int = 0
+    failures: list[tuple[str, str]] = field(default_factory=list)
+    slowest: float = 0.0
+    slowest_name: str = ""
+    peak_child_rss_mb: float = 0.0
+
+    def add(self, name: str, o: Outcome) -> None:
+        self.runs += 1
+        self.exit0 += o.exit_code == 0
+        self.exit1 += o.exit_code == 1
+        if o.seconds > self.slowest:
+            self.slowest, self.slowest_name = o.seconds, name
+        self.peak_child_rss_mb = max(self.peak_child_rss_mb, o.rss_mb)
+        if o.problem:
+            self.failures.append((name, o.problem))
+
+    def as_dict(self) -> dict[str, Any]:
+        return {
+            "runs": self.runs,
+            "exit0": self.exit0,
+            "exit1": self.exit1,
+            "failures": len(self.failures),
+            "first_failures": self.failures[:10],
+            "slowest_s": round(self.slowest, 3),
+            "slowest": self.slowest_name,
+            "peak_child_rss_mb": round(self.peak_child_rss_mb, 1),
+        }
+
+
+def _judge(path: Path, code: int, stderr: str, seconds: float, limit: float) -> str | None:
+    if seconds > limit:
+        return f"took {seconds:.1f} s"
+    if "Traceback" in stderr:
+        return "traceback: " + stderr.strip().splitlines()[-1][:300]
+    if code not in (0, 1):
+        return f"exit status {code}: {stderr.strip()[-300:]}"
+    lines = [ln for ln in stderr.splitlines() if ln.strip()]
+    if code == 1:
+        if len(lines) != 1 or not lines[0].startswith(f"egresswatch: error: {path}: "):
+            return f"exit 1 without a one-line error naming the file: {stderr[-300:]!r}"
+    elif lines:
+        return f"exit 0 with stderr: {stderr[-300:]!r}"
+    return None
+
+
+def _alarm(_sig: int, _frame: object) -> None:
+    raise Overtime()
+
+
+def replay_inprocess(path: Path, limit: float = LIMIT, extra: tuple[str, ...] = ()) -> Outcome:
+    runner = CliRunner()
+    old = signal.signal(signal.SIGALRM, _alarm)
+    signal.setitimer(signal.ITIMER_REAL, limit + 1)
+    t = time.monotonic()
+    try:
+        res = runner.invoke(cli, ["replay", *extra, str(path)], catch_exceptions=True)
+    except Overtime:
+        return Outcome(-1, time.monotonic() - t, "", f"over {limit + 1:.0f} s (interrupted)")
+    finally:
+        signal.setitimer(signal.ITIMER_REAL, 0)
+        signal.signal(signal.SIGALRM, old)
+    seconds = time.monotonic() - t
+    gc.collect()  # replay freezes the heap and raises the gc threshold; start each run clean
+    stderr = res.stderr
+    exc = res.exception
+    if exc is not None and not isinstance(exc, SystemExit):
+        tb = "".join(traceback.format_exception(exc)) if isinstance(exc, BaseException) else repr(exc)
+        return Outcome(res.exit_code, seconds, stderr, "traceback: " + tb.strip().splitlines()[-1][:300])
+    return Outcome(res.exit_code, seconds, stderr, _judge(path, res.exit_code, stderr, seconds, limit))
+
+
+def replay_subprocess(path: Path, limit: float = LIMIT, extra: tuple[str, ...] = ()) -> Outcome:
+    t = time.monotonic()
+    env = {**os.environ, "PYTHONFAULTHANDLER": "1"}
+    p = subprocess.Popen(
+        [sys.executable, "-m", "egresswatch", "replay", *extra, str(path)],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+        text=True,
+        env=env,
+    )
+    try:
+        _, stderr = p.communicate(timeout=limit + 5)  # + interpreter start-up
+    except subprocess.TimeoutExpired:
+        p.kill()
+        p.communicate()
+        return Outcome(-9, time.monotonic() - t, "", f"over {limit + 5:.0f} s (killed)")
+    seconds = time.monotonic() - t
+    rss = _child_peak_mb()
+    return Outcome(p.returncode, seconds, stderr, _judge(path, p.returncode, stderr, seconds, limit), rss)
+
+
+def _child_peak_mb() -> float:
+    return resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss / 1024  # largest child so far
