@@ -110,7 +110,11 @@ def replay_inprocess(path: Path, limit: float = LIMIT, extra: tuple[str, ...] = 
         signal.setitimer(signal.ITIMER_REAL, 0)
         signal.signal(signal.SIGALRM, old)
     seconds = time.monotonic() - t
-    gc.collect()  # replay freezes the heap and raises the gc threshold; start each run clean
+    # replay freezes the heap (gc.freeze: a one-shot process never collects what is
+    # alive at start); in one process running thousands of replays, what each run
+    # left frozen would pile up, so thaw and collect between runs
+    gc.unfreeze()
+    gc.collect()
     stderr = res.stderr
     exc = res.exception
     if exc is not None and not isinstance(exc, SystemExit):
