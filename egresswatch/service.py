@@ -508,6 +508,8 @@ class Daemon:
             "alerts_failed": self.alerter.counters["alerts_failed"],
             "events_stored": self.store.counters["events_written"],
             "store_errors": self.store.counters["write_errors"],
+            # 1 while the database is full (events wait in memory: events_pending, bounded)
+            "store_disk_full": int(self.store.disk_full),
             "sink_errors": pc["sink_errors"],
             # every way an event or alert can be lost or held back
             "events_dropped": self.store.counters["events_dropped"],
