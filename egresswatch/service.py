@@ -39,7 +39,7 @@ from typing import TYPE_CHECKING, Any
 from egresswatch import sdnotify
 from egresswatch.capture.live import LiveSource
 from egresswatch.config import Config, load_config
-from egresswatch.errors import EgresswatchError, PermissionProblem
+from egresswatch.errors import ConfigError, EgresswatchError, PermissionProblem
 from egresswatch.health import Health
 from egresswatch.model import Observation
 from egresswatch.pipeline import Pipeline, Sink
@@ -142,7 +142,13 @@ class Daemon:
 
     # -- start-up ----------------------------------------------------------------
     def load(self) -> Config:
+        from egresswatch.policy import validate
+
         cfg = load_config(self.opts.config_path)
+        try:  # allowlist entries too, so that the error names the file (start and reload)
+            validate(cfg)
+        except ConfigError as exc:
+            raise ConfigError(f"{cfg.source or 'built-in defaults'}: {exc}") from None
         if cfg.source is not None:
             problems = trusted_file_problems(cfg.source)
             if problems:

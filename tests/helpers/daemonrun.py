@@ -49,21 +49,25 @@ while True:
 
 
 class Daemon:
-    def __init__(self, tmp: Path, db: Path, iface: str, extra_config: str = "") -> None:
+    def __init__(self, tmp: Path, db: Path, iface: str | None, extra_config: str = "") -> None:
         self.tmp, self.db, self.iface = tmp, db, iface
         self.status_path = tmp / "status.json"
         self.jsonl = tmp / "events.jsonl"
         self.log_path = tmp / "daemon.log"
         self.config = tmp / "config.toml"
-        self.config.write_text(
-            f'[daemon]\ndatabase = "{db}"\njsonl_path = "{self.jsonl}"\n'
-            f'[discovery]\nextra_homes = ["{tmp}/home"]\n[policy]\nlearning = false\n{extra_config}'
-        )
-        os.chmod(self.config, 0o600)
+        self.write_config(extra_config)
         (tmp / "home").mkdir(exist_ok=True)
         self.proc: subprocess.Popen[bytes] | None = None
         self.messages: list[str] = []
         self._sock: socket.socket | None = None
+
+    def write_config(self, extra: str = "", broken: bool = False) -> None:
+        self.config.write_text(
+            f'[daemon]\ndatabase = "{self.db}"\njsonl_path = "{self.jsonl}"\n'
+            f'[discovery]\nextra_homes = ["{self.tmp}/home"]\n[policy]\nlearning = false\n{extra}'
+            + ("\n[servers.broken\n" if broken else "")
+        )
+        os.chmod(self.config, 0o600)
 
     def start(self, timeout: float = 60) -> float:
         """Start and wait for READY=1; seconds it took."""
@@ -79,7 +83,7 @@ class Daemon:
         t = time.monotonic()
         self.proc = subprocess.Popen(
             [sys.executable, "-m", "egresswatch", "run", "--config", str(self.config),
-             "--status-file", str(self.status_path), "--iface", self.iface],
+             "--status-file", str(self.status_path), *(["--iface", self.iface] if self.iface else [])],
             env=env, cwd=REPO, stderr=log, stdout=subprocess.DEVNULL,
         )  # fmt: skip
         log.close()
