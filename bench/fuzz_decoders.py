@@ -33,8 +33,8 @@ def _imports() -> None:
     global link, dns, tls, quic, qc, tcpstream, ipfrag, pcapfile, procfile, engine, model, errors
     from egresswatch import errors, model, procfile  # noqa: F401
     from egresswatch.capture import pcapfile  # noqa: F401
-    from egresswatch.decode import dns, engine, ipfrag, link, tcpstream, tls  # noqa: F401
-    from egresswatch.decode import quic, quic_crypto as qc  # noqa: F401
+    from egresswatch.decode import dns, engine, ipfrag, link, quic, tcpstream, tls  # noqa: F401
+    from egresswatch.decode import quic_crypto as qc  # noqa: F401
 
 
 class Input:

@@ -102,7 +102,9 @@ def main() -> int:
             path.unlink()
             if i % 1000 == 999:
                 rss_trace.append(round(rss_mb()[0], 1))
-                print(f"{i + 1} mutants, {time.monotonic() - start:.0f} s, rss {rss_trace[-1]} MB", flush=True)
+                print(
+                    f"{i + 1} mutants, {time.monotonic() - start:.0f} s, rss {rss_trace[-1]} MB", flush=True
+                )
     rss1, hwm = rss_mb()
     result = {
         "mutants": args.n,
@@ -114,7 +116,12 @@ def main() -> int:
         "subprocess": sub.as_dict(),
         "db_checks": {"runs": dbcheck.runs, "failures": dbcheck.failures[:10]},
         "outcomes": dict(sorted(kinds.items())),
-        "rss_mb": {"start": round(rss0, 1), "end": round(rss1, 1), "peak": round(hwm, 1), "per_1000": rss_trace},
+        "rss_mb": {
+            "start": round(rss0, 1),
+            "end": round(rss1, 1),
+            "peak": round(hwm, 1),
+            "per_1000": rss_trace,
+        },
     }
     text = json.dumps(result, indent=1)
     print(text)

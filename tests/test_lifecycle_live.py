@@ -75,7 +75,9 @@ def test_sighup_with_a_broken_config_keeps_the_running_one(lab: Lab) -> None:
         d.start()
         host = subprocess.Popen([sys.executable, str(HOST), str(mcp)], start_new_session=True)
         try:
-            wait_for(lambda: _verdicts_after(d.db, 0) == {"flagged:not_allowlisted"}, 30, "other.test flagged")
+            wait_for(
+                lambda: _verdicts_after(d.db, 0) == {"flagged:not_allowlisted"}, 30, "other.test flagged"
+            )
             assert d.proc is not None
             for broken, why in (
                 (dict(extra=both, broken=True), "TOML syntax error"),
@@ -90,7 +92,9 @@ def test_sighup_with_a_broken_config_keeps_the_running_one(lab: Lab) -> None:
                 after = time.time()
                 wait_for(lambda: len(_verdicts_after(d.db, after)) > 0, 20, "events after the reload")  # noqa: B023
                 time.sleep(0.5)
-                assert _verdicts_after(d.db, after) == {"flagged:not_allowlisted"}, why  # still the running allowlist
+                assert _verdicts_after(d.db, after) == {"flagged:not_allowlisted"}, (
+                    why
+                )  # still the running allowlist
                 assert d.proc.poll() is None
             assert "bad entry" in d.log()
             # the probe is sensitive to the config: a good one changes the verdict
@@ -119,7 +123,9 @@ def test_interface_created_after_ready_is_captured() -> None:
                 lab.start_udp_sink(53)
                 flood = start_flood(lab, "newveth", 200)
                 try:
-                    wait_for(lambda: count_rows(d.db, "newveth") >= 20, 30, "queries over the new veth stored")
+                    wait_for(
+                        lambda: count_rows(d.db, "newveth") >= 20, 30, "queries over the new veth stored"
+                    )
                 finally:
                     stop(flood)
             assert d.stop() == 0

@@ -18,7 +18,9 @@ def _fill(s: Store) -> None:
     s.conn.execute(f"PRAGMA max_page_count = {pages + 2}")
 
 
-def test_full_database_buffers_logs_once_and_resumes(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+def test_full_database_buffers_logs_once_and_resumes(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
     caplog.set_level(logging.WARNING)
     s = Store(tmp_path / "e.db", batch_size=50, flush_interval=1e9, max_pending=2000)
     _fill(s)

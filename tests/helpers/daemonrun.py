@@ -152,7 +152,9 @@ def stop(p: subprocess.Popen[str]) -> None:
 def count_rows(db: Path, tag: str) -> int:
     conn = sqlite3.connect(f"file:{db}?mode=ro", uri=True, timeout=10)
     try:
-        return int(conn.execute("SELECT COUNT(*) FROM events WHERE qname LIKE ?", (f"%.{tag}.test",)).fetchone()[0])
+        return int(
+            conn.execute("SELECT COUNT(*) FROM events WHERE qname LIKE ?", (f"%.{tag}.test",)).fetchone()[0]
+        )
     finally:
         conn.close()
 
@@ -189,7 +191,9 @@ def stored(db: Path, tag: str) -> set[str]:
         conn.close()
 
 
-def crash_cycle(d: Daemon, lab: Any, tag: str, qps: int, seconds: float, min_rate: int = 5000) -> dict[str, Any]:
+def crash_cycle(
+    d: Daemon, lab: Any, tag: str, qps: int, seconds: float, min_rate: int = 5000
+) -> dict[str, Any]:
     """Start the daemon (on whatever database it has), flood it, and ``kill -9``
     it at least ``seconds`` in, at the end of a 0.5 s window in which it stored
     ``min_rate`` rows/s or more (tried for 20 s); then judge the database:
