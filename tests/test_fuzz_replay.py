@@ -58,3 +58,29 @@ def test_cli_reports_bad_captures_in_one_line(sources: list, tmp_path: Path) -> 
         tally.add(f"{m.kind} {m.detail}", replay_subprocess(path))
     assert tally.failures == [], tally.failures
     assert tally.exit1 >= 4
+
+
+def test_a_logged_traceback_counts_as_a_failure(tmp_path: Path) -> None:
+    """The judge sees log.exception output too (the pipeline logs decoder and
+    attribution failures that way instead of stopping)."""
+    import logging
+
+    from egresswatch import procfile
+
+    path = tmp_path / "ok.pcap"
+    path.write_bytes((Path(__file__).resolve().parents[1] / "pcaps" / "dns-answers.pcap").read_bytes())
+    assert replay_inprocess(path).problem is None
+
+    def boom(*_a: object) -> None:
+        try:
+            raise ValueError("planted")
+        except ValueError:
+            logging.getLogger("egresswatch.pipeline").exception("attribution failed")
+
+    old = procfile.PtcpdumpAttributor.attribute
+    procfile.PtcpdumpAttributor.attribute = boom  # type: ignore[method-assign]
+    try:
+        out = replay_inprocess(path)
+    finally:
+        procfile.PtcpdumpAttributor.attribute = old  # type: ignore[method-assign]
+    assert out.problem is not None and "planted" in out.problem

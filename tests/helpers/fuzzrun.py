@@ -13,6 +13,7 @@ SystemExit(1) of a reported error (a traceback); exit 1 without exactly one
 from __future__ import annotations
 
 import gc
+import logging
 import os
 import resource
 import signal
@@ -97,8 +98,23 @@ def _alarm(_sig: int, _frame: object) -> None:
     raise Overtime()
 
 
+class _Records(logging.Handler):
+    """Log records with a traceback (``log.exception``), which in one process
+    may not reach the stderr CliRunner captures (logging is configured once)."""
+
+    def __init__(self) -> None:
+        super().__init__(logging.WARNING)
+        self.tracebacks: list[str] = []
+
+    def emit(self, record: logging.LogRecord) -> None:
+        if record.exc_info:
+            self.tracebacks.append(f"logged traceback: {record.getMessage()}: {record.exc_info[1]!r}")
+
+
 def replay_inprocess(path: Path, limit: float = LIMIT, extra: tuple[str, ...] = ()) -> Outcome:
     runner = CliRunner()
+    records = _Records()
+    logging.getLogger().addHandler(records)
     old = signal.signal(signal.SIGALRM, _alarm)
     signal.setitimer(signal.ITIMER_REAL, limit + 1)
     t = time.monotonic()
@@ -109,6 +125,7 @@ def replay_inprocess(path: Path, limit: float = LIMIT, extra: tuple[str, ...] = 
     finally:
         signal.setitimer(signal.ITIMER_REAL, 0)
         signal.signal(signal.SIGALRM, old)
+        logging.getLogger().removeHandler(records)
     seconds = time.monotonic() - t
     # replay freezes the heap (gc.freeze: a one-shot process never collects what is
     # alive at start); in one process running thousands of replays, what each run
@@ -120,6 +137,8 @@ def replay_inprocess(path: Path, limit: float = LIMIT, extra: tuple[str, ...] = 
     if exc is not None and not isinstance(exc, SystemExit):
         tb = "".join(traceback.format_exception(exc)) if isinstance(exc, BaseException) else repr(exc)
         return Outcome(res.exit_code, seconds, stderr, "traceback: " + tb.strip().splitlines()[-1][:300])
+    if records.tracebacks:
+        return Outcome(res.exit_code, seconds, stderr, records.tracebacks[0][:300])
     return Outcome(res.exit_code, seconds, stderr, _judge(path, res.exit_code, stderr, seconds, limit))
 
 
