@@ -23,6 +23,7 @@ import tempfile
 import time
 from collections import Counter
 from pathlib import Path
+from typing import Any
 
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
@@ -60,6 +61,36 @@ def stored_vs_printed(path: Path, tmp: Path) -> str | None:
     if rows != printed or ok != "ok":
         return f"--db: {rows} rows stored, {printed} events printed, integrity {ok}"
     return None
+
+
+def write_result(args: argparse.Namespace, sources: list[Any], inproc: Tally, sub: Tally, dbcheck: Tally,
+                 kinds: Counter[str], rss_trace: list[float], rss0: float, start: float, total_bytes: int,
+                 done: int, quiet: bool = False) -> None:  # fmt: skip
+    rss1, hwm = rss_mb()
+    result = {
+        "mutants": done,
+        "of": args.n,
+        "seed": args.seed,
+        "sources": len(sources),
+        "mutant_mb": round(total_bytes / 1e6, 1),
+        "seconds": round(time.monotonic() - start, 1),
+        "in_process": inproc.as_dict(),
+        "subprocess": sub.as_dict(),
+        "db_checks": {"runs": dbcheck.runs, "failures": dbcheck.failures[:10]},
+        "outcomes": dict(sorted(kinds.items())),
+        "rss_mb": {
+            "start": round(rss0, 1),
+            "end": round(rss1, 1),
+            "peak": round(hwm, 1),
+            "per_1000": rss_trace,
+        },
+    }
+    text = json.dumps(result, indent=1)
+    if not quiet:
+        print(text)
+    if args.json:
+        args.json.parent.mkdir(parents=True, exist_ok=True)
+        args.json.write_text(text + "\n")
 
 
 def main() -> int:
@@ -105,29 +136,10 @@ def main() -> int:
                 print(
                     f"{i + 1} mutants, {time.monotonic() - start:.0f} s, rss {rss_trace[-1]} MB", flush=True
                 )
-    rss1, hwm = rss_mb()
-    result = {
-        "mutants": args.n,
-        "seed": args.seed,
-        "sources": len(sources),
-        "mutant_mb": round(total_bytes / 1e6, 1),
-        "seconds": round(time.monotonic() - start, 1),
-        "in_process": inproc.as_dict(),
-        "subprocess": sub.as_dict(),
-        "db_checks": {"runs": dbcheck.runs, "failures": dbcheck.failures[:10]},
-        "outcomes": dict(sorted(kinds.items())),
-        "rss_mb": {
-            "start": round(rss0, 1),
-            "end": round(rss1, 1),
-            "peak": round(hwm, 1),
-            "per_1000": rss_trace,
-        },
-    }
-    text = json.dumps(result, indent=1)
-    print(text)
-    if args.json:
-        args.json.parent.mkdir(parents=True, exist_ok=True)
-        args.json.write_text(text + "\n")
+                if i + 1 < args.n:  # partial figures, should the run be stopped
+                    write_result(args, sources, inproc, sub, dbcheck, kinds, rss_trace, rss0, start,
+                                 total_bytes, i + 1, quiet=True)  # fmt: skip
+    write_result(args, sources, inproc, sub, dbcheck, kinds, rss_trace, rss0, start, total_bytes, args.n)
     return 1 if inproc.failures or sub.failures or dbcheck.failures else 0
 
 
