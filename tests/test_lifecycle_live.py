@@ -47,7 +47,7 @@ def lab() -> Iterator[Lab]:
         yield lab
 
 
-def _verdicts_after(db: Path, ts: float) -> set[str]:
+def _verdicts_after(db: Path, ts: float) -> list[str]:
     """Verdicts (with the reason when flagged) of the probe's other.test queries after ts."""
     conn = sqlite3.connect(f"file:{db}?mode=ro", uri=True, timeout=10)
     try:
@@ -57,7 +57,7 @@ def _verdicts_after(db: Path, ts: float) -> set[str]:
         ).fetchall()  # fmt: skip
     finally:
         conn.close()
-    return {r[0] if r[0] != "flagged" else f"flagged:{r[1]}" for r in rows}
+    return [r[0] if r[0] != "flagged" else f"flagged:{r[1]}" for r in rows]
 
 
 def test_sighup_with_a_broken_config_keeps_the_running_one(lab: Lab) -> None:
@@ -76,7 +76,7 @@ def test_sighup_with_a_broken_config_keeps_the_running_one(lab: Lab) -> None:
         host = subprocess.Popen([sys.executable, str(HOST), str(mcp)], start_new_session=True)
         try:
             wait_for(
-                lambda: _verdicts_after(d.db, 0) == {"flagged:not_allowlisted"}, 30, "other.test flagged"
+                lambda: set(_verdicts_after(d.db, 0)) == {"flagged:not_allowlisted"}, 30, "other.test flagged"
             )
             assert d.proc is not None
             for broken, why in (
@@ -90,11 +90,9 @@ def test_sighup_with_a_broken_config_keeps_the_running_one(lab: Lab) -> None:
                 line = [x for x in d.log().splitlines() if "reload rejected" in x][-1]
                 assert str(d.config) in line, line  # says which file and why
                 after = time.time()
-                wait_for(lambda: len(_verdicts_after(d.db, after)) > 0, 20, "events after the reload")  # noqa: B023
-                time.sleep(0.5)
-                assert _verdicts_after(d.db, after) == {"flagged:not_allowlisted"}, (
-                    why
-                )  # still the running allowlist
+                wait_for(lambda: len(_verdicts_after(d.db, after)) >= 5, 20, "events after the reload")  # noqa: B023
+                verdicts = set(_verdicts_after(d.db, after))
+                assert verdicts == {"flagged:not_allowlisted"}, (why, verdicts)  # the running allowlist
                 assert d.proc.poll() is None
             assert "bad entry" in d.log()
             # the probe is sensitive to the config: a good one changes the verdict
@@ -102,7 +100,8 @@ def test_sighup_with_a_broken_config_keeps_the_running_one(lab: Lab) -> None:
             d.proc.send_signal(signal.SIGHUP)
             wait_for(lambda: "configuration reloaded" in d.log(), 20, "reload")
             after = time.time()
-            wait_for(lambda: _verdicts_after(d.db, after + 0.3) == {"allowed"}, 20, "other.test allowed")
+            wait_for(lambda: len(_verdicts_after(d.db, after)) >= 5, 20, "events after the good reload")
+            assert set(_verdicts_after(d.db, after)) == {"allowed"}
             assert d.counter("reloads_rejected") == 2 and d.counter("reloads") == 1
             assert d.stop() == 0
         finally:
