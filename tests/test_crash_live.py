@@ -33,7 +33,7 @@ def test_kill_9_while_storing_loses_at_most_one_batch(lab: Lab) -> None:
         os.chmod(tmp, 0o700)
         d = Daemon(tmp, tmp / "events.db", lab.veth_host)
         try:
-            results = [crash_cycle(d, lab, f"kill{i}", qps=6000, seconds=1.5) for i in range(3)]
+            results = [crash_cycle(d, lab, f"kill{i}", qps=6000, seconds=1.5, patience=60) for i in range(3)]
             for r in results:
                 assert r["integrity"] == "ok", results
                 assert r["lost"] <= BATCH, results

@@ -192,11 +192,11 @@ def stored(db: Path, tag: str) -> set[str]:
 
 
 def crash_cycle(
-    d: Daemon, lab: Any, tag: str, qps: int, seconds: float, min_rate: int = 5000
+    d: Daemon, lab: Any, tag: str, qps: int, seconds: float, min_rate: int = 5000, patience: float = 20.0
 ) -> dict[str, Any]:
     """Start the daemon (on whatever database it has), flood it, and ``kill -9``
     it at least ``seconds`` in, at the end of a 0.5 s window in which it stored
-    ``min_rate`` rows/s or more (tried for 20 s); then judge the database:
+    ``min_rate`` rows/s or more (tried for ``patience`` s); then judge the database:
     integrity, and the events in the export that are not in the database."""
     ready_s = d.start()
     flood = start_flood(lab, tag, qps)
@@ -204,7 +204,7 @@ def crash_cycle(
         wait_for(lambda: count_rows(d.db, tag) > 0, 30, "first flood rows stored")
         n0, t0 = count_rows(d.db, tag), time.monotonic()
         time.sleep(seconds)
-        give_up = time.monotonic() + 20
+        give_up = time.monotonic() + patience
         n, t = count_rows(d.db, tag), time.monotonic()
         while True:
             time.sleep(0.5)
