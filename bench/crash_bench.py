@@ -6,7 +6,8 @@
 Each cycle: start the daemon on the same database (READY=1), flood numbered
 DNS queries from the host to a UDP sink in a lab namespace (tests/helpers/
 netlab.py), measure rows stored per second over a random 1-3 s, go on until a
-0.5 s window in which the daemon stored >= 5,000 rows/s, ``kill -9`` at its
+0.5 s window in which the daemon stored >= 5,000 rows/s (at most --patience
+s), ``kill -9`` at its
 end; then PRAGMA integrity_check, and the events of the line-buffered
 JSON-lines export that never reached the database (lost). After the last
 kill: one more clean start, rows stored again, SIGTERM exit 0.
@@ -36,6 +37,7 @@ def main() -> int:
     ap.add_argument("--kills", type=int, default=20)
     ap.add_argument("--qps", type=int, default=8000)
     ap.add_argument("--seed", type=int, default=1)
+    ap.add_argument("--patience", type=float, default=60.0, help="seconds to wait for a fast window")
     ap.add_argument("--json", type=Path, default=None)
     args = ap.parse_args()
     rng = random.Random(args.seed)
@@ -47,7 +49,7 @@ def main() -> int:
         d = Daemon(tmp, tmp / "events.db", lab.veth_host)
         try:
             for i in range(args.kills):
-                r = crash_cycle(d, lab, f"k{i}", args.qps, rng.uniform(1.0, 3.0))
+                r = crash_cycle(d, lab, f"k{i}", args.qps, rng.uniform(1.0, 3.0), patience=args.patience)
                 cycles.append(r)
                 print(i, r, flush=True)
             ready = d.start()
