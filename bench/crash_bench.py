@@ -6,10 +6,10 @@
 Each cycle: start the daemon on the same database (READY=1), flood numbered
 DNS queries from the host to a UDP sink in a lab namespace (tests/helpers/
 netlab.py), measure rows stored per second over a random 1-3 s, go on until a
-0.5 s window in which the daemon stored >= 5,000 rows/s (at most --patience
-s), ``kill -9`` at its
-end; then PRAGMA integrity_check, and the events of the line-buffered
-JSON-lines export that never reached the database (lost). After the last
+0.5 s window in which the daemon stored >= 5,000 rows/s (waiting at most
+--patience s), ``kill -9`` at its end; then PRAGMA integrity_check, and the
+events of the line-buffered JSON-lines export that never reached the database
+(lost). After the last
 kill: one more clean start, rows stored again, SIGTERM exit 0.
 Figures: bench/README-reliability.md.
 """
