@@ -237,9 +237,12 @@ def parse_ptcpdump_comment(comment: str) -> dict[str, str]:
 
 
 def _int(v: str | None) -> int | None:
-    if v is None or not v.strip().isdigit() or len(v) > 10:
+    # ASCII digits only: str.isdigit() also accepts "²", and strip() removes
+    # separators (\x1c-\x1f) that int() does not (both found by fuzzing)
+    s = v.strip(" \t\r") if v is not None else ""
+    if not s.isascii() or not s.isdigit() or len(s) > 10:
         return None
-    return int(v)
+    return int(s)
 
 
 def _proc(pid: int, cmd: str | None, args: str | None, ppid: int | None, user: str | None) -> ProcessInfo:

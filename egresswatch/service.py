@@ -39,7 +39,7 @@ from typing import TYPE_CHECKING, Any
 from egresswatch import sdnotify
 from egresswatch.capture.live import LiveSource
 from egresswatch.config import Config, load_config
-from egresswatch.errors import EgresswatchError, PermissionProblem
+from egresswatch.errors import ConfigError, EgresswatchError, PermissionProblem
 from egresswatch.health import Health
 from egresswatch.model import Observation
 from egresswatch.pipeline import Pipeline, Sink
@@ -142,7 +142,13 @@ class Daemon:
 
     # -- start-up ----------------------------------------------------------------
     def load(self) -> Config:
+        from egresswatch.policy import validate
+
         cfg = load_config(self.opts.config_path)
+        try:  # allowlist entries too, so that the error names the file (start and reload)
+            validate(cfg)
+        except ConfigError as exc:
+            raise ConfigError(f"{cfg.source or 'built-in defaults'}: {exc}") from None
         if cfg.source is not None:
             problems = trusted_file_problems(cfg.source)
             if problems:
@@ -508,6 +514,8 @@ class Daemon:
             "alerts_failed": self.alerter.counters["alerts_failed"],
             "events_stored": self.store.counters["events_written"],
             "store_errors": self.store.counters["write_errors"],
+            # 1 while the database is full (events wait in memory: events_pending, bounded)
+            "store_disk_full": int(self.store.disk_full),
             "sink_errors": pc["sink_errors"],
             # every way an event or alert can be lost or held back
             "events_dropped": self.store.counters["events_dropped"],

@@ -126,6 +126,8 @@ def event_row(event: Event) -> tuple[Any, ...]:
     return tuple(row)
 
 
+_VERDICT = EVENT_FIELDS.index("verdict")
+
 _INSERT_EVENT = "INSERT INTO events ({}) VALUES ({})".format(
     ", ".join(EVENT_FIELDS + NAME_FIELDS), ", ".join("?" * (len(EVENT_FIELDS) + len(NAME_FIELDS)))
 )
@@ -331,8 +333,10 @@ class Store:
         batch_size: int = 500,
         flush_interval: float = 1.0,
         retention: RetentionConfig | None = None,
+        max_pending: int = MAX_PENDING,
     ) -> None:
         self.path = Path(path)
+        self.max_pending = max(batch_size, max_pending)
         self.readonly = readonly
         self.batch_size = max(1, batch_size)
         self.flush_interval = flush_interval
@@ -344,6 +348,8 @@ class Store:
         self._closed = False
         self._longest = 0.0
         self._failing = False
+        self._disk_full = False
+        self._dropped_at_failure = 0
         self.group = group
         self.problem: str | None = None  # why writes fail right now (status health)
         self._identity: tuple[int, int] | None = None
@@ -477,9 +483,19 @@ class Store:
         for e in events:
             self.write(e)
 
+    @property
+    def disk_full(self) -> bool:
+        """The last write failed because the file system (or the database) is full."""
+        return self._disk_full
+
     def flush(self) -> None:
-        """Write pending events in one transaction. Failures are logged and counted;
-        rows are kept for the next try up to 50,000, then dropped and counted."""
+        """Write pending events in one transaction. A failure is logged once per
+        streak of failures and counted; the rows are kept and retried by the next
+        flush (the daemon's housekeeping), first one batch alone and, when that
+        commits, the rest, so a full disk costs one small attempt per flush. At
+        most ``max_pending`` rows are kept: past that the oldest events outside
+        MCP trees (``unwatched``) are dropped first, then the oldest others, all
+        counted in ``events_dropped``."""
         if self.readonly or self._closed:
             return
         with self._lock:
@@ -487,30 +503,57 @@ class Store:
                 self._drop_excess()
                 return
             rows, self._pending = self._pending, []
-            try:
-                with self.db.atomic():
-                    self.conn.executemany(_INSERT_EVENT, rows)
-            except sqlite3.Error as exc:
-                self.counters["write_errors"] += 1
-                self.problem = f"cannot write events to {self.path}: {exc}"
-                if not self._failing:  # once per failure streak, not once per batch
-                    log.error("cannot write %d events to %s: %s", len(rows), self.path, exc)
-                self._failing = True
-                self._pending[:0] = rows
-                self._drop_excess()
-                return
-            self.counters["events_written"] += len(rows)
+            done = 0
+            step = self.batch_size if self._failing else len(rows)  # probe with one batch first
+            while done < len(rows):
+                chunk = rows[done : done + step]
+                try:
+                    with self.db.atomic():
+                        self.conn.executemany(_INSERT_EVENT, chunk)
+                except sqlite3.Error as exc:
+                    self._failed(exc, rows[done:])
+                    return
+                done += len(chunk)
+                step = len(rows)
+                self.counters["events_written"] += len(chunk)
             if self._failing:
-                self._failing = False
+                self._failing = self._disk_full = False
                 self.problem = None
-                log.warning("writing to %s works again", self.path)
+                dropped = self.counters["events_dropped"] - self._dropped_at_failure
+                log.warning("writing to %s works again (%d events dropped meanwhile)", self.path, dropped)
+
+    def _failed(self, exc: sqlite3.Error, rows: list[tuple[Any, ...]]) -> None:
+        self.counters["write_errors"] += 1
+        full = getattr(exc, "sqlite_errorcode", None) == sqlite3.SQLITE_FULL
+        self.problem = f"cannot write events to {self.path}: {exc}"
+        if not self._failing:  # once per failure streak, not once per batch
+            self._dropped_at_failure = self.counters["events_dropped"]
+            keeping = (
+                f"; keeping up to {self.max_pending} events in memory until there is space" if full else ""
+            )
+            log.error("cannot write %d events to %s: %s%s", len(rows), self.path, exc, keeping)
+        self._failing = True
+        self._disk_full = full
+        rows.extend(self._pending)
+        self._pending = rows
+        self._drop_excess()
 
     def _drop_excess(self) -> None:
-        """While writes fail, keep at most MAX_PENDING rows; drop (and count) the oldest."""
-        excess = len(self._pending) - MAX_PENDING
-        if excess > 0:
-            del self._pending[:excess]
-            self.counters["events_dropped"] += excess
+        """While writes fail, keep at most ``max_pending`` rows: drop (and count)
+        the oldest unwatched events first, then the oldest others."""
+        over = len(self._pending) - self.max_pending
+        if over <= 0:
+            return
+        drop: set[int] = set()
+        for i, r in enumerate(self._pending):
+            if len(drop) == over:
+                break
+            if r[_VERDICT] == "unwatched":
+                drop.add(i)
+        kept = [r for i, r in enumerate(self._pending) if i not in drop]
+        del kept[: max(0, len(kept) - self.max_pending)]
+        self.counters["events_dropped"] += len(self._pending) - len(kept)
+        self._pending = kept
 
     @property
     def pending(self) -> int:
