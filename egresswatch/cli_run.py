@@ -127,7 +127,7 @@ def status(status_file: Path, as_json: bool) -> None:
 
 
 # -- doctor --------------------------------------------------------------------------
-Check = tuple[bool, str]
+Check = tuple[bool | None, str]  # None: a warning (does not fail)
 
 
 def _capabilities() -> Check:
@@ -198,12 +198,14 @@ def _database(path: Path) -> Check:
 
 
 def _target(url: str) -> Check:
-    from egresswatch.alerts import apprise_target
+    from egresswatch.alerts import apprise_target, exposed_target
 
     target = apprise_target(url)
     if target is None:
         return False, "not a usable apprise URL (unknown scheme or missing plugin)"
     shown = safe(target)
+    exposed = exposed_target(url)
+    also = f"; {exposed}" if exposed else ""
     parts = urlsplit(url)
     if parts.scheme in ("json", "jsons", "xml", "xmls", "form", "forms", "http", "https") and parts.hostname:
         port = parts.port or (443 if parts.scheme.endswith("s") else 80)
@@ -211,8 +213,8 @@ def _target(url: str) -> Check:
             with socket.create_connection((parts.hostname, port), timeout=3):
                 pass
         except OSError as exc:
-            return False, f"{shown}: cannot connect to {parts.hostname}:{port}: {exc.strerror or exc}"
-        return True, f"{shown}: {parts.hostname}:{port} reachable"
+            return False, f"{shown}: cannot connect to {parts.hostname}:{port}: {exc.strerror or exc}{also}"
+        return (None if exposed else True), f"{shown}: {parts.hostname}:{port} reachable{also}"
     return True, f"{shown}: parsed (delivery not tested)"
 
 
@@ -247,8 +249,8 @@ def doctor(config_path: Path | None, db: Path | None) -> None:
             ok, detail = fn()
         except Exception as exc:  # a check must never crash the doctor
             ok, detail = False, f"{type(exc).__name__}: {exc}"
-        failed += not ok
-        click.echo(f"{'ok  ' if ok else 'FAIL'} {name}: {safe(detail)}")
+        failed += ok is False
+        click.echo(f"{'ok  ' if ok else 'warn' if ok is None else 'FAIL'} {name}: {safe(detail)}")
     sys.exit(1 if failed else 0)
 
 

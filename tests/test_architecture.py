@@ -53,6 +53,7 @@ CLOCK_FREE = [
     "detectors.py",
     "mcpmatch.py",
     "allowlist.py",
+    "alertrules.py",
 ]
 CLOCKS = {
     ("time", "time"),
