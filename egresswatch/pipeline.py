@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import logging
 from collections import Counter
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from typing import Protocol
 
 from egresswatch.model import UNKNOWN, Attribution, Event, Frame, Observation, Verdict
@@ -67,8 +67,13 @@ class Pipeline:
         judge: Judge | None = None,
         names: NameMemoryLike | None = None,
         sinks: Iterable[Sink] = (),
+        shed: Callable[[Frame], bool] | None = None,
     ) -> None:
+        """``shed(frame)``: True while the capture is behind (live only); DNS
+        events outside MCP trees then skip the sinks and are only counted
+        (``shed_unwatched_dns``), so the backlog drains and watched events stay."""
         self.decoder = decoder
+        self.shed = shed
         self.attributor = attributor or NullAttributor()
         self.judge = judge or UnwatchedJudge()
         self.names = names
@@ -112,6 +117,9 @@ class Pipeline:
             dst_name = self.names.observe(obs, attr)
         elif obs.sni or obs.qname:
             dst_name = obs.sni or obs.qname
+        if attr.server is None and obs.is_dns and self.shed is not None and self.shed(frame):
+            self.counters["shed_unwatched_dns"] += 1
+            return Event(obs=obs, attr=attr, verdict=Verdict(), dst_name=dst_name)
         verdict = self.judge.judge(obs, attr, dst_name)
         event = Event(obs=obs, attr=attr, verdict=verdict, dst_name=dst_name)
         self.counters[f"verdict_{verdict.verdict}"] += 1

@@ -40,7 +40,7 @@ from egresswatch.capture.live import LiveSource
 from egresswatch.config import Config, load_config
 from egresswatch.errors import EgresswatchError, PermissionProblem
 from egresswatch.health import Health
-from egresswatch.model import Observation
+from egresswatch.model import Frame, Observation
 from egresswatch.pipeline import Pipeline, Sink
 from egresswatch.safefiles import InstanceLock, make_dir, require_trusted, write_atomic
 
@@ -59,6 +59,7 @@ HOSTS_FILE = Path("/etc/hosts")  # its names count as resolved (start and reload
 # systemd unit's TimeoutStopSec is 30 s), until no frame came for DRAIN_QUIET.
 DRAIN_SECONDS = 20.0
 DRAIN_QUIET = 0.2
+SHED_LAG = 0.25  # seconds behind the capture from which DNS outside MCP trees is shed
 
 
 @dataclass
@@ -238,7 +239,7 @@ class Daemon:
 
             self.jsonl = JsonlSink(cfg.daemon.jsonl_path)
             sinks.append(self.jsonl)
-        self.pipeline = Pipeline(Engine(), attributor, self.policy, names, sinks)
+        self.pipeline = Pipeline(Engine(), attributor, self.policy, names, sinks, shed=_behind)
 
     def _load_kernel(self) -> None:
         """Send-time attribution from eBPF programs, else the userspace path
@@ -489,8 +490,12 @@ class Daemon:
             "unparsable": sum(v for k, v in dc.items() if "error" in k or "malformed" in k or "bad" in k)
             + pc["decode_errors"],
             "flagged": pc["verdict_flagged"],
+            "shed_unwatched_dns": pc["shed_unwatched_dns"],
             "alerts_sent": self.alerter.counters["alerts_sent"],
             "alerts_failed": self.alerter.counters["alerts_failed"],
+            "alerts_digests": self.alerter.rules.counters["digests"],
+            "alerts_held": self.alerter.rules.counters["alerts_suppressed"]
+            + self.alerter.rules.counters["alerts_over_budget"],
             "events_stored": self.store.counters["events_written"],
             "store_errors": self.store.counters["write_errors"],
             "sink_errors": pc["sink_errors"],
@@ -500,7 +505,7 @@ class Daemon:
             "db_file_lost": self.store.counters["db_file_lost"],
             "db_reopened": self.store.counters["db_reopened"],
             "alerts_dropped": self.alerter.counters["alerts_dropped"],
-            "alerts_suppressed": self.alerter.counters["alerts_suppressed"],
+            "alerts_suppressed": self.alerter.rules.counters["alerts_suppressed"],
             "decode_errors": pc["decode_errors"],
             "attribution_errors": pc["attribution_errors"],
             "jsonl_errors": self.jsonl.counters["write_errors"] if self.jsonl is not None else 0,
@@ -556,6 +561,11 @@ class Daemon:
         if self.source is not None:
             self.source.close()
         self._release_locks()
+
+
+def _behind(frame: Frame) -> bool:
+    """The capture is more than SHED_LAG behind the wall clock (a flood)."""
+    return time.time() - frame.ts > SHED_LAG
 
 
 def run(opts: RunOptions) -> int:
