@@ -24,6 +24,7 @@ same capture makes the same alerts. The delivery side lives in
 
 from __future__ import annotations
 
+import functools
 import re
 from collections import Counter
 from dataclasses import dataclass, field
@@ -78,10 +79,26 @@ def destination_of(event: Event) -> str:
     return event.dst_name or event.obs.qname or event.obs.sni or event.obs.dst
 
 
+@functools.lru_cache(maxsize=4096)
+def _registrable(name: str) -> str:
+    return registrable_domain(name)
+
+
 def target_of(event: Event) -> str:
-    """The registrable domain of the destination name, or the IP address."""
+    """The registrable domain of the destination name, or the IP address.
+
+    A flood's names differ in their first label only: the lookup is made for
+    ``_.PARENT`` (cached), which gives the same answer for any first label
+    unless that label is part of the registrable domain itself."""
     name = destination_of(event)
-    return name if is_ip(name) else registrable_domain(name) or name
+    if name == event.obs.dst or (name[-1:].isdigit() or ":" in name) and is_ip(name):
+        return name
+    n = name.rstrip(".").lower()
+    _first, dot, parent = n.partition(".")
+    if not dot:
+        return n
+    found = _registrable("_." + parent)
+    return n if found == "_." + parent else found
 
 
 def shape_of(event: Event) -> str:

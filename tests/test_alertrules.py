@@ -6,7 +6,7 @@ import dataclasses
 import random
 import string
 
-from egresswatch.alertrules import AlertRecord, AlertRules, format_alert, key_of, shape_of
+from egresswatch.alertrules import AlertRecord, AlertRules, format_alert, key_of, shape_of, target_of
 from egresswatch.config import AlertsConfig, ExfilConfig
 from egresswatch.detectors import DnsExfilDetector
 from egresswatch.model import DNS_QUERY, Event, Verdict
@@ -141,3 +141,16 @@ def test_format_leaves_out_secrets_and_cuts_long_names() -> None:
     title, body = format_alert(dataclasses.replace(e, attr=dataclasses.replace(e.attr, process=proc)))
     assert "ghp_secret" not in title + body and "srv.js" not in body
     assert "..." in title and len(title) < 200
+
+
+def test_target_is_the_registrable_domain_or_the_address() -> None:
+    from egresswatch.detectors import registrable_domain
+
+    names = ["a.b.example.co.uk", "x.y.github.io", "github.io", "x.co.uk", "co.uk", "q1.flood.test", "Evil.Example.COM.",
+             "a.b.c.d.e.f.g.h.s3.amazonaws.com", "localhost", "www.ck", "a.www.ck", "b.c.ck"]  # fmt: skip
+    for name in names:
+        assert target_of(ev(T0, name, kind="tls_sni")) == registrable_domain(name), name
+    assert (
+        target_of(ev(T0, "198.18.0.9", "direct_ip", kind="connect")) == "198.18.0.10"
+    )  # no name: the address
+    assert target_of(ev(T0, "2001:db8::1", kind="tls_sni")) == "2001:db8::1"

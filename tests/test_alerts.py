@@ -30,6 +30,7 @@ class Receiver:
 
     def __init__(self, port: int = 0, status: int = 200) -> None:
         self.messages: list[dict[str, Any]] = []
+        self.times: list[float] = []  # arrival (wall clock) of each message
         self.status = status
         outer = self
 
@@ -37,6 +38,7 @@ class Receiver:
             def do_POST(self) -> None:  # noqa: N802 - http.server API
                 body = self.rfile.read(int(self.headers.get("Content-Length", "0")))
                 if outer.status == 200:
+                    outer.times.append(time.time())
                     outer.messages.append(json.loads(body))
                 self.send_response(outer.status)
                 self.end_headers()
@@ -49,6 +51,9 @@ class Receiver:
         self.port = self.server.server_address[1]
         self.thread = threading.Thread(target=self.server.serve_forever, daemon=True)
         self.thread.start()
+
+    def arrivals(self) -> list[tuple[float, dict[str, Any]]]:
+        return list(zip(list(self.times), list(self.messages), strict=False))
 
     @property
     def url(self) -> str:
