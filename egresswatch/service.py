@@ -215,6 +215,7 @@ class Daemon:
         mode = self.lineage.start(use_connector=self.opts.use_connector)
         log.info("process lineage: %s", mode)
         self.attributor = LiveAttributor(self.lineage)
+        self.attributor.hurry = _behind
         if self.kernel is not None:
             from egresswatch.kernel_attribution import KernelAttributor
 

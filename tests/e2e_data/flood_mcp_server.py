@@ -10,7 +10,7 @@ Writes ``flood_start``, ``flood_end`` and ``exfil_sent`` (wall clock) as JSON to
 from __future__ import annotations
 
 import json
-import random
+import os
 import socket
 import string
 import sys
@@ -22,27 +22,38 @@ from dnslib import DNSRecord
 PEER, DOMAIN, COUNT, SECONDS, EXFIL, REPORT = sys.argv[1:7]
 
 
+def queries(count: int, domain: str) -> list[bytes]:
+    """``count`` A queries for random 10-character labels under ``domain``, built up front."""
+    tail = b"".join(bytes([len(x)]) + x.encode() for x in domain.split(".")) + b"\x00\x00\x01\x00\x01"
+    chars = (string.ascii_lowercase + string.digits).encode()
+    table = bytes(chars[i % len(chars)] for i in range(256))
+    flags = b"\x01\x00\x00\x01\x00\x00\x00\x00\x00\x00"
+    raw = os.urandom(12 * count)
+    return [
+        raw[i : i + 2] + flags + b"\x0a" + raw[i + 2 : i + 12].translate(table) + tail
+        for i in range(0, 12 * count, 12)
+    ]
+
+
 def main() -> None:
-    time.sleep(0.3)  # the daemon learns of this process from the proc connector at exec
-    rng = random.Random()
     count, seconds = int(COUNT), float(SECONDS)
+    packets = queries(count, DOMAIN)
+    time.sleep(0.3)  # the daemon learns of this process from the proc connector at exec
     flood = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
     flood.connect((PEER, 53))
     flood.setblocking(False)
     start = time.time()
-    batch = max(1, count // max(1, int(seconds * 200)))  # paced in ~5 ms steps
+    step = max(1, count // max(1, int(seconds * 200)))  # paced in ~5 ms steps
     sent = 0
     while sent < count:
-        for _ in range(min(batch, count - sent)):
-            label = "".join(rng.choice(string.ascii_lowercase + string.digits) for _ in range(10))
-            query = DNSRecord.question(f"{label}.{DOMAIN}").pack()
+        for query in packets[sent : sent + step]:
             while True:
                 try:
                     flood.send(query)
                     break
                 except BlockingIOError:
-                    time.sleep(0.0005)
-            sent += 1
+                    time.sleep(0.0002)
+        sent += len(packets[sent : sent + step])
         ahead = start + seconds * sent / count - time.time()
         if ahead > 0:
             time.sleep(ahead)
