@@ -58,6 +58,7 @@ def one_rate(lab: Lab, rate: int, seconds: float) -> dict[str, Any]:
     cfg.write_text(f"""
 [daemon]
 database = "{tmp}/events.db"
+interfaces = ["{lab.veth_host}"]  # this lab's traffic only, not other tests' floods
 [discovery]
 extra_homes = ["{tmp}/home"]
 [alerts]

@@ -63,6 +63,7 @@ def test_exfiltration_after_a_flood_alerts_at_once(lab: Lab, tmp_path: Path, exf
     cfg.write_text(f"""
 [daemon]
 database = "{tmp}/events.db"
+interfaces = ["{lab.veth_host}"]  # this lab's traffic only, not other tests' floods
 [discovery]
 extra_homes = ["{tmp}/home"]
 [alerts]

@@ -169,7 +169,8 @@ class LiveSource:
     """``with LiveSource() as src: for frame in src.frames(0.5): ...``
 
     ``interfaces`` restricts capture to those interface names (empty: all,
-    new ones included). ``program`` replaces the built-in BPF filter;
+    new ones included); with exactly one, the socket is bound to it, so other
+    interfaces' traffic never takes room in the ring. ``program`` replaces the built-in BPF filter;
     ``hello_gate=False`` keeps every frame the kernel filter passed (tests).
     """
 
@@ -213,6 +214,12 @@ class LiveSource:
             except OSError:
                 sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, self.rcvbuf)
             sock.setsockopt(socket.SOL_SOCKET, SO_TIMESTAMPNS, 1)
+            if len(self.interfaces) == 1:  # one interface: the kernel queues only its frames
+                (name,) = self.interfaces
+                try:
+                    sock.bind((name, 0))
+                except OSError as exc:
+                    raise CaptureError(f"interface {name}: {exc.strerror}") from None
             try:
                 bpf.attach(sock, self.program)
             except OSError as exc:
