@@ -162,6 +162,8 @@ class Alerter:
         self._seq = itertools.count()
         self._closed = False
         self._stopping = False
+        self._last_ts = float("-inf")  # newest frame time written
+        self._last_write = float("-inf")  # monotonic time of the last write
         self._apprise: Any = None
         self.targets: list[str] = []
         self.counters: Counter[str] = Counter()
@@ -190,12 +192,18 @@ class Alerter:
     def write(self, event: Event) -> None:
         if self._closed:
             return
+        self._last_ts = max(self._last_ts, event.obs.ts)
+        self._last_write = time.monotonic()
         with self._lock:
             for rec in self.rules.decide(event):
                 self._enqueue(rec)
 
     def tick(self, now_ts: float) -> None:
-        """Send the digests due by ``now_ts`` (frame or wall time)."""
+        """Send the digests due by ``now_ts`` (wall time in a live daemon). While
+        events still flow (within the last second) their frame time rules
+        instead: a daemon behind a flood must not send a digest each tick."""
+        if time.monotonic() - self._last_write < 1.0:
+            now_ts = min(now_ts, self._last_ts)
         with self._lock:
             for rec in self.rules.due(now_ts):
                 self._enqueue(rec)

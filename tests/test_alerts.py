@@ -300,3 +300,21 @@ def test_start_up_warns_about_an_exposed_target(caplog: pytest.LogCaptureFixture
         Alerter(AlertsConfig(urls=(f"json://127.0.0.1:{port}/hook", "ntfy://ntfy.example/t")), store).close()
     warned = [r.getMessage() for r in caplog.records if "plain-http target" in r.getMessage()]
     assert len(warned) == 1 and warned[0].startswith("alerts.urls: entry 1:") and str(port) in warned[0]
+
+
+def test_a_daemon_behind_a_flood_sends_digests_by_frame_time(receiver: Receiver, store: Store) -> None:
+    """30 s behind the wall clock, the timer must not send a digest at every tick."""
+    a = Alerter(AlertsConfig(urls=(receiver.url,), digest_seconds=5), store)
+    behind = time.time() - 30
+    for i in range(40):  # 4 s of frame time, each tick in between sees events flowing
+        a.write(flagged(behind + i * 0.1))
+        a.tick(time.time())
+    assert a.rules.counters["digests"] == 0
+    a.write(flagged(behind + 5.5))  # frame time passed the digest's time: one digest
+    assert a.rules.counters["digests"] == 1
+    wait_for(lambda: any("39 more" in m["title"] for m in receiver.messages), what="digest")
+    a.write(flagged(behind + 5.6))
+    time.sleep(1.1)  # quiet: the timer's wall clock rules again
+    a.tick(time.time())
+    assert a.rules.counters["digests"] == 2
+    a.close()
