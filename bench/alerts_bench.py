@@ -104,7 +104,7 @@ allow = ["allowed.test"]
         sent = wait_for(lambda: report.exists() and json.loads(report.read_text()), 120, "flood sent")
         out["send_seconds"] = round(sent["flood_end"] - sent["flood_start"], 2)
         out["exfil_event"] = bool(wait_for(
-            lambda: scalar(db, f"SELECT ts FROM events WHERE qname = '{EXFIL}'"), 120, "exfil stored"))  # fmt: skip
+            lambda: scalar(db, f"SELECT ts FROM events WHERE qname = '{EXFIL}'"), 900, "exfil stored"))  # fmt: skip
         ts = scalar(db, f"SELECT ts FROM events WHERE qname = '{EXFIL}'")
         arrived = [t for t, m in receiver.arrivals() if "under exfil.test" in m["title"]]
         out["exfil_alert_s"] = round(arrived[0] - ts, 3) if arrived else None
