@@ -36,6 +36,7 @@ from types import FrameType
 from typing import TYPE_CHECKING, Any
 
 from egresswatch import sdnotify
+from egresswatch.capture.fastlane import long_label_query
 from egresswatch.capture.live import LiveSource
 from egresswatch.config import Config, load_config
 from egresswatch.errors import EgresswatchError, PermissionProblem
@@ -167,6 +168,8 @@ class Daemon:
             self.source = LiveSource(
                 interfaces=ifaces, rcvbuf=int(self.config.daemon.capture_buffer_mb * (1 << 20))
             ).open()
+            limit = self.config.policy.exfil.max_label_len
+            self.source.priority = lambda linktype, data: long_label_query(linktype, data, limit)
             try:
                 self._build(db)
             except BaseException:
@@ -492,6 +495,7 @@ class Daemon:
             + pc["decode_errors"],
             "flagged": pc["verdict_flagged"],
             "shed_unwatched_dns": pc["shed_unwatched_dns"],
+            "fast_lane": self.source.counters["fast_lane"],
             "alerts_sent": self.alerter.counters["alerts_sent"],
             "alerts_failed": self.alerter.counters["alerts_failed"],
             "alerts_digests": self.alerter.rules.counters["digests"],
