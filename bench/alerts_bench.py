@@ -108,15 +108,18 @@ allow = ["allowed.test"]
         ts = scalar(db, f"SELECT ts FROM events WHERE qname = '{EXFIL}'")
         arrived = [t for t, m in receiver.arrivals() if "under exfil.test" in m["title"]]
         out["exfil_alert_s"] = round(arrived[0] - ts, 3) if arrived else None
-        out["daemon_cpu_s"] = round(cpu_seconds(daemon.pid) - cpu0, 1)
         # wait for the digest (digest_seconds after the first held event) and a settled store
         wait_for(lambda: any("more from MCP server flooder" in m["title"] for _, m in receiver.arrivals()), 60,
                  "digest")  # fmt: skip
         time.sleep(1.0)  # let the last batch land (measurement only)
         stored = scalar(db, "SELECT count(*) FROM events WHERE server = 'flooder' AND kind = 'dns_query'"
                             " AND qname LIKE '%.flood.test'")  # fmt: skip
+        wait_for(lambda: scalar(db, "SELECT count(*) FROM events WHERE server = 'flooder' AND kind = 'dns_query'")
+                 >= count + 1, 900, "every query stored")  # fmt: skip
+        out["daemon_cpu_s"] = round(cpu_seconds(daemon.pid) - cpu0, 1)  # the flood, drained
         counters = json.loads((tmp / "status.json").read_text())["counters"]
         out.update(
+            fast_lane=counters.get("fast_lane", 0),
             stored_queries=stored,
             lost_queries=count - stored,
             kernel_drops=counters["kernel_drops"],
