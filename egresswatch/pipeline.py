@@ -70,8 +70,9 @@ class Pipeline:
         shed: Callable[[Frame], bool] | None = None,
     ) -> None:
         """``shed(frame)``: True while the capture is behind (live only); DNS
-        events outside MCP trees then skip the sinks and are only counted
-        (``shed_unwatched_dns``), so the backlog drains and watched events stay."""
+        events of a process found outside MCP trees then skip the sinks and are
+        only counted (``shed_unwatched_dns``), so the backlog drains and watched
+        events stay. An event whose process is unknown is never shed."""
         self.decoder = decoder
         self.shed = shed
         self.attributor = attributor or NullAttributor()
@@ -117,7 +118,13 @@ class Pipeline:
             dst_name = self.names.observe(obs, attr)
         elif obs.sni or obs.qname:
             dst_name = obs.sni or obs.qname
-        if attr.server is None and obs.is_dns and self.shed is not None and self.shed(frame):
+        if (
+            attr.server is None
+            and attr.process is not None
+            and obs.is_dns
+            and self.shed is not None
+            and self.shed(frame)
+        ):
             self.counters["shed_unwatched_dns"] += 1
             return Event(obs=obs, attr=attr, verdict=Verdict(), dst_name=dst_name)
         verdict = self.judge.judge(obs, attr, dst_name)

@@ -133,6 +133,7 @@ class Daemon:
         self._watchdog: float | None = None
         self.health = Health()
         self.locks: list[InstanceLock] = []
+        self._label_limit = 40  # policy.exfil.max_label_len: the fast lane's and hurry's test
 
     # -- start-up ----------------------------------------------------------------
     def load(self) -> Config:
@@ -168,8 +169,8 @@ class Daemon:
             self.source = LiveSource(
                 interfaces=ifaces, rcvbuf=int(self.config.daemon.capture_buffer_mb * (1 << 20))
             ).open()
-            limit = self.config.policy.exfil.max_label_len
-            self.source.priority = lambda linktype, data: long_label_query(linktype, data, limit)
+            self._label_limit = self.config.policy.exfil.max_label_len
+            self.source.priority = lambda linktype, data: long_label_query(linktype, data, self._label_limit)
             try:
                 self._build(db)
             except BaseException:
@@ -218,7 +219,10 @@ class Daemon:
         mode = self.lineage.start(use_connector=self.opts.use_connector)
         log.info("process lineage: %s", mode)
         self.attributor = LiveAttributor(self.lineage)
-        self.attributor.hurry = _behind
+        # behind a flood, socket lookups are skipped, but never for a data-carrying query
+        self.attributor.hurry = lambda f: (
+            _behind(f) and not long_label_query(f.linktype, f.data, self._label_limit)
+        )
         if self.kernel is not None:
             from egresswatch.kernel_attribution import KernelAttributor
 
@@ -444,6 +448,7 @@ class Daemon:
             self.counters["reloads_rejected"] += 1
         else:
             self.config = cfg
+            self._label_limit = cfg.policy.exfil.max_label_len
             self._rediscover()
             self._load_hosts()
             if self.jsonl is not None:

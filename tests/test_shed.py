@@ -14,13 +14,21 @@ from tests.test_engine import frames_of, udp
 WATCHED_PORT = 40001
 
 
+UNKNOWN_PORT = 40002
+
+
 class ByPort:
-    """Attribution by local port: one port belongs to an MCP server's process."""
+    """Attribution by local port: one port belongs to an MCP server's process,
+    one to no process found, the rest to a process outside MCP trees."""
 
     def attribute(self, obs: Observation, frame: Frame) -> Attribution:
         if obs.local()[1] == WATCHED_PORT:
             return Attribution(process=ProcessInfo(pid=7, create_time=1.0, name="node"), server="fs")
-        return Attribution(reason="not in an MCP tree")
+        if obs.local()[1] == UNKNOWN_PORT:
+            return Attribution(reason="capture behind: remembered sockets only")
+        return Attribution(
+            process=ProcessInfo(pid=8, create_time=1.0, name="dig"), reason="not in an MCP tree"
+        )
 
 
 class Sink:
@@ -35,8 +43,8 @@ class Sink:
 
 
 def queries(n: int) -> list[Frame]:
-    pkts = [udp(WATCHED_PORT if i % 10 == 0 else 50000 + i, 53, DNSRecord.question(f"q{i}.example.com").pack())
-            for i in range(n)]  # fmt: skip
+    ports = [WATCHED_PORT if i % 10 == 0 else UNKNOWN_PORT if i % 10 == 1 else 50000 + i for i in range(n)]
+    pkts = [udp(port, 53, DNSRecord.question(f"q{i}.example.com").pack()) for i, port in enumerate(ports)]
     return frames_of(pkts)
 
 
@@ -52,8 +60,8 @@ def test_backlog_sheds_unwatched_dns_only() -> None:
     for f in frames[50:]:
         p.feed(f)
     kept = sink.events[50:]
-    assert len(kept) == 5 and all(e.attr.server == "fs" and e.verdict.verdict != "unwatched" for e in kept)
-    assert p.counters["shed_unwatched_dns"] == 45
+    assert [e.attr.server for e in kept] == ["fs", None] * 5  # watched, and unknown owners: never shed
+    assert p.counters["shed_unwatched_dns"] == 40
 
 
 def test_replay_never_sheds() -> None:
