@@ -106,10 +106,12 @@ allow = ["allowed.test"]
         out["exfil_event"] = bool(wait_for(
             lambda: scalar(db, f"SELECT ts FROM events WHERE qname = '{EXFIL}'"), 900, "exfil stored"))  # fmt: skip
         ts = scalar(db, f"SELECT ts FROM events WHERE qname = '{EXFIL}'")
-        arrived = [t for t, m in receiver.arrivals() if "under exfil.test" in m["title"]]
-        out["exfil_alert_s"] = round(arrived[0] - ts, 3) if arrived else None
+        arrived = wait_for(lambda: [t for t, m in receiver.arrivals() if "under exfil.test" in m["title"]], 30,
+                           "exfil alert")  # fmt: skip
+        out["exfil_alert_s"] = round(arrived[0] - ts, 3)
+        print(json.dumps(out), flush=True)
         # wait for the digest (digest_seconds after the first held event) and a settled store
-        wait_for(lambda: any("more from MCP server flooder" in m["title"] for _, m in receiver.arrivals()), 60,
+        wait_for(lambda: any("more from MCP server flooder" in m["title"] for _, m in receiver.arrivals()), 900,
                  "digest")  # fmt: skip
         time.sleep(1.0)  # let the last batch land (measurement only)
         stored = scalar(db, "SELECT count(*) FROM events WHERE server = 'flooder' AND kind = 'dns_query'"
