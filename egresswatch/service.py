@@ -60,7 +60,8 @@ HOSTS_FILE = Path("/etc/hosts")  # its names count as resolved (start and reload
 # systemd unit's TimeoutStopSec is 30 s), until no frame came for DRAIN_QUIET.
 DRAIN_SECONDS = 20.0
 DRAIN_QUIET = 0.2
-SHED_LAG = 0.25  # seconds behind the capture from which DNS outside MCP trees is shed
+HURRY_LAG = 0.25  # seconds behind the capture from which attribution makes no socket lookups
+SHED_LAG = 5.0  # seconds behind (the ring holds about 12 s) from which DNS outside MCP trees is shed
 
 
 @dataclass
@@ -221,7 +222,7 @@ class Daemon:
         self.attributor = LiveAttributor(self.lineage)
         # behind a flood, socket lookups are skipped, but never for a data-carrying query
         self.attributor.hurry = lambda f: (
-            _behind(f) and not long_label_query(f.linktype, f.data, self._label_limit)
+            _behind(f, HURRY_LAG) and not long_label_query(f.linktype, f.data, self._label_limit)
         )
         if self.kernel is not None:
             from egresswatch.kernel_attribution import KernelAttributor
@@ -247,7 +248,7 @@ class Daemon:
 
             self.jsonl = JsonlSink(cfg.daemon.jsonl_path)
             sinks.append(self.jsonl)
-        self.pipeline = Pipeline(Engine(), attributor, self.policy, names, sinks, shed=_behind)
+        self.pipeline = Pipeline(Engine(), attributor, self.policy, names, sinks, shed=_behind)  # SHED_LAG
 
     def _load_kernel(self) -> None:
         """Send-time attribution from eBPF programs, else the userspace path
@@ -573,9 +574,9 @@ class Daemon:
         self._release_locks()
 
 
-def _behind(frame: Frame) -> bool:
-    """The capture is more than SHED_LAG behind the wall clock (a flood)."""
-    return time.time() - frame.ts > SHED_LAG
+def _behind(frame: Frame, lag: float = SHED_LAG) -> bool:
+    """The capture is more than ``lag`` seconds behind the wall clock (a flood)."""
+    return time.time() - frame.ts > lag
 
 
 def run(opts: RunOptions) -> int:
