@@ -1,113 +1,107 @@
-"""Alerts for flagged events: dedupe per window, digests, background delivery.
+"""Alert delivery: the rules of :mod:`egresswatch.alertrules`, then apprise.
 
 The only module that imports ``apprise``. :meth:`Alerter.write` decides on
-frame time (``event.obs.ts``) and only appends to a bounded queue, so it never
-blocks capture; a worker thread delivers with retries and records every alert
-in the store's ``alerts`` table through its own connection.
+frame time (``event.obs.ts``) and only puts records on a bounded priority
+queue (highest severity, then urgent, then oldest first), so it never blocks
+capture and nothing severe waits behind a backlog of lesser alerts; a worker
+thread delivers with retries and records every alert and digest in the
+store's ``alerts`` table through its own connection.
 """
 
 from __future__ import annotations
 
 import heapq
+import ipaddress
 import itertools
 import logging
-import queue
+import socket
 import threading
 import time
 from collections import Counter, deque
 from collections.abc import Callable
-from dataclasses import dataclass, field
-from datetime import UTC, datetime
+from pathlib import Path
 from typing import Any
+from urllib.parse import urlsplit
 
 import apprise
 
+from egresswatch.alertrules import AlertRecord, AlertRules, destination_of, format_alert, rank
 from egresswatch.config import AlertsConfig
-from egresswatch.model import FLAGGED, Event
+from egresswatch.model import Event
 from egresswatch.store import AlertLog, Store
-from egresswatch.textsafe import safe
 
 log = logging.getLogger(__name__)
 
-SEVERITIES = ("info", "low", "medium", "high")
-DIGEST_ITEMS = 20  # held-back events listed in a digest
-OVERFLOW = "(many destinations)"  # destination of the shared window once max_windows are open
-_STOP = object()
-
-Key = tuple[str, str, str]  # (server, destination, reason)
+PLAIN_HTTP = frozenset({"json", "xml", "form", "http"})  # apprise schemes sent over plain http
+_Item = tuple[int, int, int, AlertRecord]  # (-severity, -urgent, seq, record)
 
 
-@dataclass(frozen=True, slots=True)
-class AlertRecord:
-    """One alert (``kind`` "alert") or digest of held-back events (``kind`` "digest")."""
-
-    kind: str
-    ts: float
-    server: str
-    destination: str
-    reason: str
-    severity: str
-    title: str
-    body: str
-    count: int = 1
-    host: str | None = None
-    pid: int | None = None
-    process: str | None = None
+def _unprivileged_port_start() -> int:
+    try:
+        return int(Path("/proc/sys/net/ipv4/ip_unprivileged_port_start").read_text())
+    except (OSError, ValueError):
+        return 1024
 
 
-@dataclass
-class _Window:
-    start: float
-    end: float
-    first: str
-    severity: str
-    host: str | None
-    held: int = 0
-    held_items: list[str] = field(default_factory=list)
-    last_ts: float = 0.0
+def _is_local(host: str) -> bool:
+    if host == "localhost":
+        return True
+    try:
+        ip = ipaddress.ip_address(host.strip("[]"))
+    except ValueError:
+        return False
+    if ip.is_loopback or ip.is_unspecified:
+        return True
+    try:  # an address of one of this host's interfaces: binding port 0 succeeds
+        with socket.socket(socket.AF_INET6 if ip.version == 6 else socket.AF_INET, socket.SOCK_DGRAM) as s:
+            s.bind((str(ip), 0))
+    except OSError:
+        return False
+    return True
 
 
-def _rank(sev: str) -> int:
-    return SEVERITIES.index(sev) if sev in SEVERITIES else len(SEVERITIES) - 1
+def _listener_uids(port: int) -> set[int]:
+    """Owners (uid) of TCP sockets listening on ``port`` in this network namespace."""
+    uids: set[int] = set()
+    for table in ("/proc/net/tcp", "/proc/net/tcp6"):
+        try:
+            lines = Path(table).read_text().splitlines()[1:]
+        except OSError:
+            continue
+        for line in lines:
+            f = line.split()
+            if len(f) > 7 and f[3] == "0A" and int(f[1].rsplit(":", 1)[1], 16) == port:
+                uids.add(int(f[7]))
+    return uids
 
 
-def _when(ts: float) -> str:
-    return datetime.fromtimestamp(ts, UTC).isoformat(timespec="seconds")
-
-
-def destination_of(event: Event) -> str:
-    """The event's own flow's destination (SNI, else the candidate names, ...)."""
-    return event.destination()
-
-
-def _summary(event: Event) -> str:
-    p = event.attr.process
-    proc = f"{p.name}[{p.pid}]" if p else "unknown process"
-    o = event.obs
-    return f"{_when(o.ts)} {proc} {o.kind} {destination_of(event)} ({o.dst}:{o.dport})"
-
-
-def format_alert(event: Event) -> tuple[str, str]:
-    """(title, body) for a flagged event; every packet-derived string escaped."""
-    o, a, v = event.obs, event.attr, event.verdict
-    server = safe(a.server or "-")
-    dest = safe(destination_of(event))
-    title = f"egresswatch: MCP server {server} contacted {dest} ({safe(v.reason)})"
-    p = a.process
-    chain = " > ".join(f"{safe(c.name or '?')}[{c.pid}]" for c in a.chain) or "-"
-    lines = [
-        f"Server: {server} (host {safe(a.host or '-')}, phase {safe(a.phase or '-')})",
-        f"Destination: {dest} ({safe(o.dst)}:{o.dport}/{o.proto}, {safe(o.kind)})",
-        f"Reason: {safe(v.reason)}"
-        + (f" ({safe(v.rule)})" if v.rule else "")
-        + f", severity {safe(v.severity)}",
-        f"Verdict: {safe(v.verdict)}",
-        f"Time: {_when(o.ts)}",
-        f"Process: {safe(p.name) if p else '-'}[{p.pid if p else '-'}] {safe(p.exe or '') if p else ''}".rstrip(),
-        f"Command: {safe(' '.join(p.cmdline)) if p and p.cmdline else '-'}",
-        f"Chain: {chain}",
-    ]
-    return title, "\n".join(lines)
+def exposed_target(url: str) -> str | None:
+    """Why a plain-http alert target on this host could be taken by a local
+    user (who then reads every alert), or None. For `doctor` and start-up."""
+    try:
+        parts = urlsplit(url)
+        port = parts.port
+    except ValueError:
+        return None
+    scheme, host = parts.scheme.lower(), parts.hostname
+    if scheme not in PLAIN_HTTP or not host or not _is_local(host):
+        return None
+    port = port or 80
+    if port < _unprivileged_port_start():
+        return None
+    uids = _listener_uids(port)
+    now = (
+        "nothing listens there now"
+        if not uids
+        else f"now held by uid {', '.join(str(u) for u in sorted(uids))}"
+        if uids - {0}
+        else "root listens there now, any user can take it when that receiver stops"
+    )
+    return (
+        f"plain-http target on local port {port} ({now}): any local user can bind an unprivileged"
+        " port and read the alerts; use a port below"
+        f" {_unprivileged_port_start()}, a unix-socket relay or an https target"
+    )
 
 
 def apprise_target(url: str) -> str | None:
@@ -139,9 +133,9 @@ class Alerter:
     """Pipeline sink turning flagged events into alerts.
 
     ``notify(title, body)`` replaces apprise when given (its result's truthiness
-    is the delivery result). ``digest_timer`` (seconds) lets the worker close
-    windows by wall time in a live daemon; replay leaves it None and relies on
-    frame time and :meth:`close`.
+    is the delivery result). ``digest_timer`` (seconds) lets the worker send
+    due digests by wall time in a live daemon when no event arrives; replay
+    leaves it None and relies on frame time and :meth:`close`.
     """
 
     def __init__(
@@ -153,25 +147,26 @@ class Alerter:
         queue_size: int = 1000,
         max_attempts: int = 5,
         digest_timer: float | None = None,
-        max_windows: int = 10_000,
     ) -> None:
         self.config = config
         self.store = store
-        self.min_rank = _rank(config.min_severity)
+        self.rules = AlertRules(config)
         self.max_attempts = max(1, max_attempts)
         self.digest_timer = digest_timer
-        self.max_windows = max(1, max_windows)
-        self.counters: Counter[str] = Counter()
+        self.queue_size = max(1, queue_size)
         self._listeners: list[Callable[[AlertRecord], None]] = []
-        self._windows: dict[Key, _Window] = {}
-        self._expiry: list[tuple[float, Key, float]] = []
         self._lock = threading.Lock()
-        self._queue: queue.Queue[object] = queue.Queue(maxsize=max(1, queue_size))
-        self._records: deque[dict[str, Any]] = deque(maxlen=10_000)  # held/dropped rows
+        self._ready = threading.Condition(self._lock)
+        self._heap: list[_Item] = []
+        self._records: deque[dict[str, Any]] = deque(maxlen=10_000)  # dropped rows
         self._seq = itertools.count()
         self._closed = False
+        self._stopping = False
+        self._last_ts = float("-inf")  # newest frame time written
+        self._last_write = float("-inf")  # monotonic time of the last write
         self._apprise: Any = None
         self.targets: list[str] = []
+        self.counters: Counter[str] = Counter()
         if notify is not None:
             self._notify = notify
             self.targets = ["callback"]
@@ -180,6 +175,10 @@ class Alerter:
             for i, url in enumerate(config.urls, 1):
                 if not self._apprise.add(url):
                     log.warning("alerts.urls: entry %d is not a usable apprise URL; ignored", i)
+                    continue
+                exposed = exposed_target(url)
+                if exposed:
+                    log.warning("alerts.urls: entry %d: %s", i, exposed)
             self.targets = [s.url(privacy=True) for s in self._apprise]
             self._notify = self._apprise_notify
         self._worker = threading.Thread(target=self._run, name="egresswatch-alerts", daemon=True)
@@ -191,99 +190,69 @@ class Alerter:
 
     # -- sink ----------------------------------------------------------------
     def write(self, event: Event) -> None:
-        v = event.verdict
         if not event.decides:  # not its flow's decision (egresswatch.flows): one alert per flow
             return
-        if v.verdict != FLAGGED or _rank(v.severity) < self.min_rank or self._closed:
+        if self._closed:
             return
-        ts = event.obs.ts
-        key: Key = (event.attr.server or "-", destination_of(event), v.reason)
+        self._last_ts = max(self._last_ts, event.obs.ts)
+        self._last_write = time.monotonic()
         with self._lock:
-            self._expire(ts)
-            if key not in self._windows and len(self._windows) >= self.max_windows:
-                key = (key[0], OVERFLOW, key[2])  # a flood of destinations: one window per server+reason
-            w = self._windows.get(key)
-            if w is not None:
-                w.held += 1
-                w.last_ts = max(w.last_ts, ts)
-                if _rank(v.severity) > _rank(w.severity):
-                    w.severity = v.severity
-                if len(w.held_items) < DIGEST_ITEMS:
-                    w.held_items.append(safe(_summary(event)))
-                self.counters["alerts_suppressed"] += 1
-                self._records.append(self._row(key, ts, "alert", v.severity, "held", event=event))
-                return
-            end = ts + self.config.window_seconds
-            self._windows[key] = _Window(
-                ts, end, safe(_summary(event)), v.severity, event.attr.host, last_ts=ts
-            )
-            heapq.heappush(self._expiry, (end, key, ts))
-        title, body = format_alert(event)
-        p = event.attr.process
-        rec = AlertRecord("alert", ts, key[0], key[1], key[2], v.severity, title, body, 1,
-                          event.attr.host, p.pid if p else None, p.name if p else None)  # fmt: skip
-        self._enqueue(rec)
+            for rec in self.rules.decide(event):
+                self._enqueue(rec)
 
     def tick(self, now_ts: float) -> None:
-        """Close every window that ended by ``now_ts`` (frame or wall time), sending digests."""
+        """Send the digests due by ``now_ts`` (wall time in a live daemon). While
+        events still flow (within the last second) their frame time rules
+        instead: a daemon behind a flood must not send a digest each tick."""
+        if time.monotonic() - self._last_write < 1.0:
+            now_ts = min(now_ts, self._last_ts)
         with self._lock:
-            self._expire(now_ts)
+            for rec in self.rules.due(now_ts):
+                self._enqueue(rec)
 
     def close(self, timeout: float = 10.0) -> None:
-        """Send digests for every open window, deliver what is queued, stop the worker."""
+        """Send every pending digest, deliver what is queued, stop the worker."""
         if self._closed:
             return
         with self._lock:
-            self._expire(float("inf"))
-            self._closed = True
-        try:
-            self._queue.put(_STOP, timeout=timeout)
-        except queue.Full:
-            log.warning("alert queue still full at close; %d alerts not delivered", self._queue.qsize())
+            for rec in self.rules.flush():
+                self._enqueue(rec)
+            self._closed = self._stopping = True
+            self._ready.notify_all()
         self._worker.join(timeout)
+        if self._worker.is_alive():
+            log.warning("alert worker still busy at close; %d alerts not delivered", len(self._heap))
 
-    # -- windows -------------------------------------------------------------
-    def _expire(self, ts: float) -> None:
-        while self._expiry and self._expiry[0][0] <= ts:
-            _, key, start = heapq.heappop(self._expiry)
-            w = self._windows.get(key)
-            if w is None or w.start != start:
-                continue
-            del self._windows[key]
-            if w.held:
-                self._enqueue(self._digest(key, w))
+    @property
+    def stats(self) -> Counter[str]:
+        """Delivery and decision counters together."""
+        return self.counters + self.rules.counters
 
-    def _digest(self, key: Key, w: _Window) -> AlertRecord:
-        server, dest, reason = (safe(k) for k in key)
-        title = f"egresswatch: {w.held} more from MCP server {server} to {dest} ({reason})"
-        lines = [
-            f"{w.held} more event(s) for server {server}, destination {dest}, reason {reason}"
-            f" were held back between {_when(w.start)} and {_when(w.last_ts)}.",
-            f"First (alerted): {w.first}",
-            "Held back:",
-            *(f"  {item}" for item in w.held_items),
-        ]
-        if w.held > len(w.held_items):
-            lines.append(f"  ... and {w.held - len(w.held_items)} more")
-        return AlertRecord("digest", w.last_ts, key[0], key[1], key[2], w.severity, title, "\n".join(lines),
-                           w.held, w.host)  # fmt: skip
-
+    # -- queue ---------------------------------------------------------------
     def _enqueue(self, rec: AlertRecord) -> None:
-        try:
-            self._queue.put_nowait(rec)
-        except queue.Full:
-            self.counters["alerts_dropped"] += 1
-            self._records.append(self._row((rec.server, rec.destination, rec.reason), rec.ts, rec.kind,
-                                           rec.severity, "dropped", error="alert queue full", count=rec.count))  # fmt: skip
+        """With the lock held. A full queue gives up its least important record."""
+        item: _Item = (-rank(rec.severity), -int(rec.urgent), next(self._seq), rec)
+        if len(self._heap) >= self.queue_size:
+            worst = max(self._heap)
+            if item >= worst:
+                self._dropped(rec)
+                return
+            self._heap.remove(worst)
+            heapq.heapify(self._heap)
+            self._dropped(worst[3])
+        heapq.heappush(self._heap, item)
+        self._ready.notify()
 
-    def _row(self, key: Key, ts: float, kind: str, severity: str, result: str, *,
-             event: Event | None = None, **extra: Any) -> dict[str, Any]:  # fmt: skip
-        p = event.attr.process if event is not None else None
+    def _dropped(self, rec: AlertRecord) -> None:
+        self.counters["alerts_dropped"] += 1
+        self._records.append(self._row(rec, "dropped", error="alert queue full"))
+
+    def _row(self, rec: AlertRecord, result: str, **extra: Any) -> dict[str, Any]:
         row: dict[str, Any] = {
-            "ts": ts, "recorded": time.time(), "kind": kind, "server": key[0], "destination": key[1],
-            "reason": key[2], "severity": severity, "result": result, "targets": self.targets,
-            "attempts": 0, "count": 1, "pid": p.pid if p else None, "process": p.name if p else None,
-            "host": event.attr.host if event is not None else None,
+            "ts": rec.ts, "recorded": time.time(), "kind": rec.kind, "server": rec.server,
+            "destination": rec.destination, "reason": rec.reason, "severity": rec.severity,
+            "result": result, "targets": self.targets, "attempts": 0, "count": rec.count,
+            "pid": rec.pid, "process": rec.process, "host": rec.host, "title": rec.title, "body": rec.body,
         }  # fmt: skip
         row.update(extra)
         return row
@@ -338,45 +307,42 @@ class Alerter:
                 self.counters["alerts_failed"] += 1
                 log.error("alert delivery failed after %d attempts: %s", attempt, err)
         if alog is not None and row_id is None:
-            row = self._row((rec.server, rec.destination, rec.reason), rec.ts, rec.kind, rec.severity, result,
-                            attempts=attempt, error=err, count=rec.count, title=rec.title, body=rec.body,
-                            pid=rec.pid, process=rec.process, host=rec.host)  # fmt: skip
-            row_id = alog.insert(row)
+            row_id = alog.insert(self._row(rec, result, attempts=attempt, error=err))
         elif alog is not None and row_id is not None:
             alog.update(row_id, result=result, attempts=attempt, error=err, recorded=time.time())
         if retry_at is not None:
             heapq.heappush(retries, (retry_at, next(self._seq), rec, attempt + 1, row_id))
 
+    def _next(self, timeout: float) -> AlertRecord | None:
+        with self._lock:
+            if not self._heap and not self._stopping:
+                self._ready.wait(timeout)
+            return heapq.heappop(self._heap)[3] if self._heap else None
+
     def _run(self) -> None:
         alog = self.store.alert_log() if self.store is not None else None
         retries: list[tuple[float, int, AlertRecord, int, int | None]] = []
         next_tick = time.monotonic() + (self.digest_timer or 0.0)
-        stopping = False
         try:
             while True:
                 timeout = 0.25
                 if retries:
                     timeout = max(0.0, min(timeout, retries[0][0] - time.monotonic()))
-                try:
-                    item = self._queue.get(timeout=timeout)
-                except queue.Empty:
-                    item = None
-                if item is _STOP:
-                    stopping = True
-                elif isinstance(item, AlertRecord):
-                    self._attempt(item, 1, None, alog, retries)
+                rec = self._next(timeout)
+                if rec is not None:
+                    self._attempt(rec, 1, None, alog, retries)
                 batch: list[dict[str, Any]] = []
                 while self._records and len(batch) < 1000:
                     batch.append(self._records.popleft())
                 if batch and alog is not None:
                     alog.insert_many(batch)
                 while retries and (retries[0][0] <= time.monotonic()):
-                    _, _, rec, attempt, row_id = heapq.heappop(retries)
-                    self._attempt(rec, attempt, row_id, alog, retries)
+                    _, _, again, attempt, row_id = heapq.heappop(retries)
+                    self._attempt(again, attempt, row_id, alog, retries)
                 if self.digest_timer and time.monotonic() >= next_tick:
                     next_tick = time.monotonic() + self.digest_timer
                     self.tick(time.time())
-                if stopping and self._queue.empty():
+                if self._stopping and rec is None and not self._heap:
                     break
             for _ in retries:
                 self.counters["alerts_failed"] += 1
@@ -387,4 +353,4 @@ class Alerter:
                 alog.close()
 
 
-__all__ = ["Alerter", "AlertRecord", "format_alert", "destination_of"]
+__all__ = ["Alerter", "AlertRecord", "format_alert", "destination_of", "exposed_target"]

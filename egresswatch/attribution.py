@@ -28,6 +28,12 @@ to a process through the lineage tracker. What is done when, in
    when the packet was captured, and an inbound one (a DNS answer) only within
    ``answer_seconds`` of the last sighting; otherwise the entry is dropped.
 
+While the daemon is behind the capture (``hurry(frame)``, set by the
+service: more than 0.25 s behind during a flood), steps 2-4 are skipped:
+only sockets remembered in steps 1 and 5 (the harvester's among them) are
+attributed, so a flood from outside the MCP trees cannot keep the daemon
+busy with socket lookups while watched packets wait in the ring.
+
 In the background (``start()``), the harvester looks at the fds of MCP tree
 processes every ``harvest_interval`` seconds, and at those of a tree process
 that just forked or exec'd every ``newborn_interval`` seconds for its first
@@ -48,6 +54,7 @@ import sys
 import threading
 import time
 from collections import Counter, OrderedDict
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import psutil
@@ -129,6 +136,7 @@ class LiveAttributor:
                 log.info("sock_diag unavailable (%s): reading /proc/net tables", exc)
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
+        self.hurry: Callable[[Frame], bool] | None = None  # set by the daemon: True while behind
 
     # -- background harvester ---------------------------------------------
     def start(self) -> None:
@@ -211,7 +219,13 @@ class LiveAttributor:
                 self._remember(key, seen.proc, frame.ts)
                 self.counters["recent"] += 1
                 return attr
-        found, why = self._lookup(key, obs.remote())
+        if self.hurry is not None and self.hurry(frame):
+            # the capture is behind (a flood): no socket lookups, only the sockets
+            # the harvester and earlier lookups remember, so the backlog drains
+            self.counters["hurried"] += 1
+            found, why = None, "capture behind: remembered sockets only"
+        else:
+            found, why = self._lookup(key, obs.remote())
         if found is not None:
             info, _c, _l = self.lineage.lookup(found)
             if info is not None:

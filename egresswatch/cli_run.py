@@ -187,7 +187,7 @@ def _check_interval(ctx: click.Context, param: click.Parameter, value: float) ->
 
 
 # -- doctor --------------------------------------------------------------------------
-Check = tuple[bool, str]
+Check = tuple[bool | None, str]  # None: a warning (does not fail)
 
 
 def _capabilities() -> Check:
@@ -244,7 +244,9 @@ def _config(cfg: Config) -> Check:
 
 def _database(path: Path) -> Check:
     problems = trusted_file_problems(path)
-    if any(p.endswith(f"cannot stat: {os.strerror(13)}") for p in problems):  # EACCES: not root, not in the group
+    if any(
+        p.endswith(f"cannot stat: {os.strerror(13)}") for p in problems
+    ):  # EACCES: not root, not in the group
         return False, f"{path}: permission denied{permission_hint(path)}"
     if problems:
         return False, problems[0]
@@ -260,12 +262,14 @@ def _database(path: Path) -> Check:
 
 
 def _target(url: str) -> Check:
-    from egresswatch.alerts import apprise_target
+    from egresswatch.alerts import apprise_target, exposed_target
 
     target = apprise_target(url)
     if target is None:
         return False, "not a usable apprise URL (unknown scheme or missing plugin)"
     shown = safe(target)
+    exposed = exposed_target(url)
+    also = f"; {exposed}" if exposed else ""
     parts = urlsplit(url)
     if parts.scheme in ("json", "jsons", "xml", "xmls", "form", "forms", "http", "https") and parts.hostname:
         port = parts.port or (443 if parts.scheme.endswith("s") else 80)
@@ -273,8 +277,8 @@ def _target(url: str) -> Check:
             with socket.create_connection((parts.hostname, port), timeout=3):
                 pass
         except OSError as exc:
-            return False, f"{shown}: cannot connect to {parts.hostname}:{port}: {exc.strerror or exc}"
-        return True, f"{shown}: {parts.hostname}:{port} reachable"
+            return False, f"{shown}: cannot connect to {parts.hostname}:{port}: {exc.strerror or exc}{also}"
+        return (None if exposed else True), f"{shown}: {parts.hostname}:{port} reachable{also}"
     return True, f"{shown}: parsed (delivery not tested)"
 
 
@@ -313,8 +317,8 @@ def doctor(config_path: Path | None, db: Path | None) -> None:
             ok, detail = False, f"{exc.filename or name}: {exc.strerror or exc}"
         except Exception as exc:  # a check must never crash the doctor
             ok, detail = False, f"{type(exc).__name__}: {exc}"
-        failed += not ok
-        click.echo(f"{'ok  ' if ok else 'FAIL'} {name}: {safe(detail)}")
+        failed += ok is False
+        click.echo(f"{'ok  ' if ok else 'warn' if ok is None else 'FAIL'} {name}: {safe(detail)}")
     sys.exit(1 if failed else 0)
 
 

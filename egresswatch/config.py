@@ -107,8 +107,11 @@ class ServerPolicy:
 @dataclass(frozen=True, slots=True)
 class AlertsConfig:
     urls: tuple[str, ...] = ()  # any apprise URL
-    window_seconds: float = 3600.0  # one alert per (server, destination, reason) per window
+    window_seconds: float = 3600.0  # one alert per (server, reason, domain or IP, shape) per window
     min_severity: str = "medium"
+    budget_per_minute: float = 5.0  # per-server token bucket for alerts of new keys
+    budget_burst: int = 5
+    digest_seconds: float = 60.0  # a server's digest goes out this long after its first held event
     desktop: bool = True  # hand flagged events to user-session notifiers
     retry_seconds: float = 30.0
 

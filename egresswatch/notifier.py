@@ -10,8 +10,14 @@ alerts and digests the daemon sends to apprise targets, including when no
 target is configured — through apprise's ``dbus://`` scheme (or any other
 apprise URL given with ``--url``, e.g. ``macosx://`` on macOS).
 
-It starts at the newest alert, so a restart does not replay history. Titles
-and bodies are escaped again with :func:`egresswatch.textsafe.safe`, line by
+It starts at the newest alert, so a restart does not replay history. The
+rows are already one per alert key or digest (docs/alerts.md); the notifier
+follows the same rules for the desktop, across servers: a token bucket
+(``DESKTOP_BURST`` at once, ``DESKTOP_PER_MINUTE``) passes one notification
+per row, most severe first; a row more severe than any shown in the last
+minute always passes; the rest become one summary notification (at most one
+per ``SUMMARY_SECONDS``) naming how many, which servers and the highest
+severity. Titles and bodies are escaped again with :func:`egresswatch.textsafe.safe`, line by
 line, before they reach the notification server.
 """
 
@@ -21,7 +27,7 @@ import logging
 import sqlite3
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from urllib.parse import quote
 
@@ -33,6 +39,10 @@ log = logging.getLogger(__name__)
 DEFAULT_URL = "dbus://?image=no"
 SHOWN_RESULTS = ("sent", "failed", "no_targets")  # not 'held' or 'dropped'
 MAX_BODY = 4000
+SEVERITIES = ("info", "low", "medium", "high")
+DESKTOP_BURST = 5
+DESKTOP_PER_MINUTE = 5.0
+SUMMARY_SECONDS = 10.0
 
 
 @dataclass(frozen=True, slots=True)
@@ -42,6 +52,8 @@ class DesktopAlert:
     severity: str
     title: str
     body: str
+    server: str = "-"
+    count: int = 1
 
 
 def clean(text: str | None, limit: int = MAX_BODY) -> str:
@@ -81,7 +93,8 @@ class AlertFollower:
         marks = ",".join("?" * len(SHOWN_RESULTS))
         try:
             rows = conn.execute(
-                f"SELECT id, kind, severity, title, body FROM alerts WHERE id > ? AND result IN ({marks})"
+                "SELECT id, kind, severity, title, body, server, count FROM alerts"
+                f" WHERE id > ? AND result IN ({marks})"
                 " ORDER BY id LIMIT 100",
                 (self.last_id, *SHOWN_RESULTS),
             ).fetchall()
@@ -91,8 +104,10 @@ class AlertFollower:
             self.close()
             return []
         out = [
-            DesktopAlert(int(r[0]), str(r[1]), str(r[2] or ""), clean(r[3], 300), clean(r[4])) for r in rows
-        ]
+            DesktopAlert(int(r[0]), str(r[1]), str(r[2] or ""), clean(r[3], 300), clean(r[4]),
+                         clean(r[5] or "-", 100), int(r[6] or 1))
+            for r in rows
+        ]  # fmt: skip
         if out:
             self.last_id = out[-1].id
         elif top > (self.last_id or 0):
@@ -103,6 +118,58 @@ class AlertFollower:
         if self._conn is not None:
             self._conn.close()
             self._conn = None
+
+
+def _rank(sev: str) -> int:
+    return SEVERITIES.index(sev) if sev in SEVERITIES else len(SEVERITIES) - 1
+
+
+@dataclass
+class DesktopGate:
+    """Which alerts are shown one by one, and the summary of the others.
+    ``now`` is the caller's clock (seconds)."""
+
+    burst: int = DESKTOP_BURST
+    per_minute: float = DESKTOP_PER_MINUTE
+    summary_seconds: float = SUMMARY_SECONDS
+    tokens: float = float(DESKTOP_BURST)
+    refilled: float | None = None
+    shown: list[tuple[float, int]] = field(default_factory=list)  # (time, severity rank) of the last minute
+    held: list[DesktopAlert] = field(default_factory=list)
+    last_summary: float = -1e18
+
+    def admit(self, alerts: list[DesktopAlert], now: float) -> list[DesktopAlert]:
+        """The notifications to show now: single alerts, then at most one summary."""
+        if self.refilled is not None:
+            self.tokens = min(float(self.burst), self.tokens + (now - self.refilled) * self.per_minute / 60)
+        self.refilled = now
+        self.shown = [(t, r) for t, r in self.shown if t > now - 60]
+        out: list[DesktopAlert] = []
+        for alert in sorted(alerts, key=lambda a: (-_rank(a.severity), a.id)):
+            rank = _rank(alert.severity)
+            if rank > max((r for _, r in self.shown), default=-1) or self.tokens >= 1 and not self.held:
+                self.tokens = max(0.0, self.tokens - 1)
+                self.shown.append((now, rank))
+                out.append(alert)
+            else:
+                self.held.append(alert)
+        if self.held and now - self.last_summary >= self.summary_seconds:
+            out.append(self._summary())
+            self.last_summary = now
+        return out
+
+    def _summary(self) -> DesktopAlert:
+        held, self.held = self.held, []
+        top = max((a.severity for a in held), key=_rank)
+        events = sum(a.count for a in held)
+        servers = sorted({a.server for a in held})
+        title = f"egresswatch: {len(held)} more alerts ({events} events) from {', '.join(servers[:3])}" + (
+            " ..." if len(servers) > 3 else ""
+        )
+        body = "\n".join(clean(a.title, 300) for a in held[:10])
+        if len(held) > 10:
+            body += f"\n... and {len(held) - 10} more (egresswatch events --verdict flagged)"
+        return DesktopAlert(held[-1].id, "summary", top, clean(title, 300), body)
 
 
 def apprise_sender(url: str) -> Callable[[DesktopAlert], bool]:
@@ -126,6 +193,7 @@ def follow(
 ) -> int:
     """Show new alerts until ``should_stop()``; returns how many were shown."""
     follower = AlertFollower(db)
+    gate = DesktopGate()
     shown = 0
     problem: str | None = None  # warned once per problem, not once per poll
     while not should_stop():
@@ -140,7 +208,7 @@ def follow(
             if problem is not None:
                 log.warning("%s: readable now", db)
                 problem = None
-        for alert in alerts:
+        for alert in gate.admit(alerts, time.monotonic()):
             try:
                 ok = send(alert)
             except Exception:

@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import logging
 from collections import Counter
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from typing import TYPE_CHECKING, Protocol
 
 from egresswatch.model import UNKNOWN, Attribution, Event, Frame, Observation, Verdict
@@ -77,8 +77,14 @@ class Pipeline:
         names: NameMemoryLike | None = None,
         sinks: Iterable[Sink] = (),
         flows: FlowTracker | None = None,
+        shed: Callable[[Frame], bool] | None = None,
     ) -> None:
+        """``shed(frame)``: True while the capture is behind (live only); DNS
+        events of a process found outside MCP trees then skip the sinks and are
+        only counted (``shed_unwatched_dns``), so the backlog drains and watched
+        events stay. An event whose process is unknown is never shed."""
         self.decoder = decoder
+        self.shed = shed
         self.attributor = attributor or NullAttributor()
         self.judge = judge or UnwatchedJudge()
         self.names = names
@@ -98,7 +104,7 @@ class Pipeline:
             self.counters["decode_errors"] += 1
             return out
         for obs in observations:
-            out += self._emit(self._judge(obs, frame))
+            out += self._handle(obs, frame)
         return out
 
     def expire(self, ts: float) -> list[Event]:
@@ -108,23 +114,21 @@ class Pipeline:
             return []
         return [e for held in self.flows.expire(ts) for e in self._emit(held, admitted=True)]
 
-    def inject(self, obs: Observation) -> Event:
+    def inject(self, obs: Observation) -> list[Event]:
         """Handle an observation that comes from no frame (a ``udp_flow`` seen by
         the kernel) exactly like a decoded one; its own ``ts`` is its clock."""
-        event = self._judge(obs, Frame(ts=obs.ts, data=b"", linktype=0))
-        self._emit(event)
-        return event
+        return self._handle(obs, Frame(ts=obs.ts, data=b"", linktype=0))
 
     def finish(self, last: Frame | None = None) -> list[Event]:
         """End of input: flush what the decoder still holds (incomplete hellos),
         then decide every flow still waiting for its hello."""
         frame = last or Frame(ts=0.0, data=b"", linktype=0)
-        out = [e for obs in self.decoder.finish() for e in self._emit(self._judge(obs, frame))]
+        out = [e for obs in self.decoder.finish() for e in self._handle(obs, frame)]
         if self.flows is not None:
             out += [e for held in self.flows.flush() for e in self._emit(held, admitted=True)]
         return out
 
-    def _judge(self, obs: Observation, frame: Frame) -> Event:
+    def _judge(self, obs: Observation, frame: Frame) -> Event | None:
         self.counters[obs.kind] += 1
         try:
             attr = self.attributor.attribute(obs, frame)
@@ -142,8 +146,21 @@ class Pipeline:
                 candidates = self.names.candidates(obs, attr)
         elif obs.sni or obs.qname:
             dst_name = obs.sni or obs.qname
+        if (
+            attr.server is None
+            and attr.process is not None
+            and obs.is_dns
+            and self.shed is not None
+            and self.shed(frame)
+        ):
+            self.counters["shed_unwatched_dns"] += 1
+            return None
         verdict = self.judge.judge(obs, attr, dst_name, candidates)
         return Event(obs=obs, attr=attr, verdict=verdict, dst_name=dst_name, candidates=candidates)
+
+    def _handle(self, obs: Observation, frame: Frame) -> list[Event]:
+        event = self._judge(obs, frame)
+        return [] if event is None else self._emit(event)
 
     def _emit(self, event: Event, admitted: bool = False) -> list[Event]:
         """Pass a judged event through the flow tracker, then to every sink."""

@@ -37,11 +37,12 @@ from types import FrameType
 from typing import TYPE_CHECKING, Any
 
 from egresswatch import sdnotify
+from egresswatch.capture.fastlane import long_label_query
 from egresswatch.capture.live import LiveSource
 from egresswatch.config import Config, load_config
 from egresswatch.errors import ConfigError, EgresswatchError, PermissionProblem
 from egresswatch.health import Health
-from egresswatch.model import Observation
+from egresswatch.model import Frame, Observation
 from egresswatch.pipeline import Pipeline, Sink
 from egresswatch.safefiles import InstanceLock, make_dir, require_trusted, write_atomic
 
@@ -60,6 +61,8 @@ HOSTS_FILE = Path("/etc/hosts")  # its names count as resolved (start and reload
 # systemd unit's TimeoutStopSec is 30 s), until no frame came for DRAIN_QUIET.
 DRAIN_SECONDS = 20.0
 DRAIN_QUIET = 0.2
+HURRY_LAG = 0.25  # seconds behind the capture from which attribution makes no socket lookups
+SHED_LAG = 5.0  # seconds behind (the ring holds about 12 s) from which DNS outside MCP trees is shed
 
 
 @dataclass
@@ -139,6 +142,7 @@ class Daemon:
         self._watchdog: float | None = None
         self.health = Health()
         self.locks: list[InstanceLock] = []
+        self._label_limit = 40  # policy.exfil.max_label_len: the fast lane's and hurry's test
 
     # -- start-up ----------------------------------------------------------------
     def load(self) -> Config:
@@ -180,6 +184,8 @@ class Daemon:
             self.source = LiveSource(
                 interfaces=ifaces, rcvbuf=int(self.config.daemon.capture_buffer_mb * (1 << 20))
             ).open()
+            self._label_limit = self.config.policy.exfil.max_label_len
+            self.source.priority = lambda linktype, data: long_label_query(linktype, data, self._label_limit)
             try:
                 self._build(db)
             except BaseException:
@@ -229,6 +235,10 @@ class Daemon:
         mode = self.lineage.start(use_connector=self.opts.use_connector)
         log.info("process lineage: %s", mode)
         self.attributor = LiveAttributor(self.lineage)
+        # behind a flood, socket lookups are skipped, but never for a data-carrying query
+        self.attributor.hurry = lambda f: (
+            _behind(f, HURRY_LAG) and not long_label_query(f.linktype, f.data, self._label_limit)
+        )
         if self.kernel is not None:
             from egresswatch.kernel_attribution import KernelAttributor
 
@@ -253,7 +263,9 @@ class Daemon:
 
             self.jsonl = JsonlSink(cfg.daemon.jsonl_path)
             sinks.append(self.jsonl)
-        self.pipeline = Pipeline(Engine(), attributor, self.policy, names, sinks, FlowTracker())
+        self.pipeline = Pipeline(
+            Engine(), attributor, self.policy, names, sinks, FlowTracker(), shed=_behind
+        )  # SHED_LAG
 
     def _load_kernel(self) -> None:
         """Send-time attribution from eBPF programs, else the userspace path
@@ -460,6 +472,7 @@ class Daemon:
             self.counters["reloads_rejected"] += 1
         else:
             self.config = cfg
+            self._label_limit = cfg.policy.exfil.max_label_len
             self._rediscover()
             self._load_hosts()
             if self.jsonl is not None:
@@ -510,8 +523,13 @@ class Daemon:
             "unparsable": sum(v for k, v in dc.items() if "error" in k or "malformed" in k or "bad" in k)
             + pc["decode_errors"],
             "flagged": pc["verdict_flagged"],
+            "shed_unwatched_dns": pc["shed_unwatched_dns"],
+            "fast_lane": self.source.counters["fast_lane"],
             "alerts_sent": self.alerter.counters["alerts_sent"],
             "alerts_failed": self.alerter.counters["alerts_failed"],
+            "alerts_digests": self.alerter.rules.counters["digests"],
+            "alerts_held": self.alerter.rules.counters["alerts_suppressed"]
+            + self.alerter.rules.counters["alerts_over_budget"],
             "events_stored": self.store.counters["events_written"],
             "store_errors": self.store.counters["write_errors"],
             # 1 while the database is full (events wait in memory: events_pending, bounded)
@@ -523,7 +541,7 @@ class Daemon:
             "db_file_lost": self.store.counters["db_file_lost"],
             "db_reopened": self.store.counters["db_reopened"],
             "alerts_dropped": self.alerter.counters["alerts_dropped"],
-            "alerts_suppressed": self.alerter.counters["alerts_suppressed"],
+            "alerts_suppressed": self.alerter.rules.counters["alerts_suppressed"],
             "decode_errors": pc["decode_errors"],
             "attribution_errors": pc["attribution_errors"],
             "jsonl_errors": self.jsonl.counters["write_errors"] if self.jsonl is not None else 0,
@@ -579,6 +597,11 @@ class Daemon:
         if self.source is not None:
             self.source.close()
         self._release_locks()
+
+
+def _behind(frame: Frame, lag: float = SHED_LAG) -> bool:
+    """The capture is more than ``lag`` seconds behind the wall clock (a flood)."""
+    return time.time() - frame.ts > lag
 
 
 def run(opts: RunOptions) -> int:

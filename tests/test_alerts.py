@@ -3,7 +3,10 @@
 from __future__ import annotations
 
 import json
+import os
+import pwd
 import socket
+import subprocess
 import threading
 import time
 from collections.abc import Iterator
@@ -13,10 +16,11 @@ from typing import Any
 
 import pytest
 
-from egresswatch.alerts import Alerter, AlertRecord
+from egresswatch.alerts import Alerter, AlertRecord, exposed_target
 from egresswatch.config import AlertsConfig
 from egresswatch.model import DNS_QUERY, TLS_SNI
 from egresswatch.store import Store
+from tests.helpers.netlab import missing as require_missing
 from tests.helpers.netlab import wait_for
 from tests.test_store import T0, make_event
 
@@ -26,6 +30,7 @@ class Receiver:
 
     def __init__(self, port: int = 0, status: int = 200) -> None:
         self.messages: list[dict[str, Any]] = []
+        self.times: list[float] = []  # arrival (wall clock) of each message
         self.status = status
         outer = self
 
@@ -33,6 +38,7 @@ class Receiver:
             def do_POST(self) -> None:  # noqa: N802 - http.server API
                 body = self.rfile.read(int(self.headers.get("Content-Length", "0")))
                 if outer.status == 200:
+                    outer.times.append(time.time())
                     outer.messages.append(json.loads(body))
                 self.send_response(outer.status)
                 self.end_headers()
@@ -45,6 +51,9 @@ class Receiver:
         self.port = self.server.server_address[1]
         self.thread = threading.Thread(target=self.server.serve_forever, daemon=True)
         self.thread.start()
+
+    def arrivals(self) -> list[tuple[float, dict[str, Any]]]:
+        return list(zip(list(self.times), list(self.messages), strict=False))
 
     @property
     def url(self) -> str:
@@ -86,6 +95,11 @@ def free_port() -> int:
         return int(s.getsockname()[1])
 
 
+def require_live() -> None:
+    if os.geteuid() != 0:
+        require_missing("needs root to run a process as another user")
+
+
 def test_alert_arrives_and_is_recorded(receiver: Receiver, store: Store) -> None:
     got: list[AlertRecord] = []
     a = Alerter(AlertsConfig(urls=(receiver.url,)), store)
@@ -95,8 +109,10 @@ def test_alert_arrives_and_is_recorded(receiver: Receiver, store: Store) -> None
     msg = receiver.messages[0]
     assert "fs" in msg["title"] and "evil.example.net" in msg["title"]
     for part in ("Server: fs", "host claude", "Destination: evil.example.net", "Reason: not_allowlisted",
-                 "Verdict: flagged", "Process: node[100]", "Chain: systemd[1]", "Time: "):  # fmt: skip
+                 "Process: node[100] /usr/bin/node user alice", "Chain: systemd[1]", "Time: ",
+                 "Full record: egresswatch events --server fs"):  # fmt: skip
         assert part in msg["message"]
+    assert "server.js" not in msg["message"]  # no command line: it may carry tokens; the DB has it
     rows = wait_for(lambda: [r for r in alert_rows(store) if r["result"] == "sent"], what="alert row")
     assert rows[0]["kind"] == "alert" and rows[0]["attempts"] == 1 and rows[0]["server"] == "fs"
     assert rows[0]["destination"] == "evil.example.net" and rows[0]["reason"] == "not_allowlisted"
@@ -117,39 +133,41 @@ def test_only_flagged_at_min_severity(receiver: Receiver, store: Store) -> None:
     ]
 
 
-def test_dedup_window_and_digest_on_frame_time(receiver: Receiver, store: Store) -> None:
-    a = Alerter(AlertsConfig(urls=(receiver.url,), window_seconds=600), store)
-    for i in range(5):
-        a.write(flagged(T0 + i * 10))  # same (server, destination, reason)
-    a.write(flagged(T0 + 60, name="other.example"))  # another key: its own alert
-    a.write(flagged(T0 + 70, reason="dns_exfil", kind=DNS_QUERY))  # another reason: its own alert
+def test_repeats_under_a_key_go_into_one_digest_on_frame_time(receiver: Receiver, store: Store) -> None:
+    a = Alerter(AlertsConfig(urls=(receiver.url,), window_seconds=600, digest_seconds=60), store)
+    for i in range(5):  # one key: same server, reason and registrable domain, any name under it
+        a.write(flagged(T0 + i, name=f"h{i}.evil.example.net"))
+    a.write(flagged(T0 + 10, name="other.example"))  # another domain: its own alert
+    a.write(flagged(T0 + 20, reason="dns_exfil", kind=DNS_QUERY))  # another reason: its own alert
     wait_for(lambda: len(receiver.messages) == 3, what="three alerts")
-    assert a.counters["alerts_suppressed"] == 4
-    a.write(flagged(T0 + 601))  # window of the first key closed by frame time: digest + new alert
-    wait_for(lambda: len(receiver.messages) == 5, what="digest and new alert")
-    digest = [m for m in receiver.messages if "4 more" in m["title"]]
-    assert len(digest) == 1
+    assert a.rules.counters["alerts_suppressed"] == 4
+    a.write(flagged(T0 + 61, name="x.other.example"))  # digest due by frame time, then this is held
+    digest = wait_for(lambda: [m for m in receiver.messages if "4 more" in m["title"]], what="digest")
+    assert "example.net (4)" in digest[0]["title"]
+    assert "example.net: 4 x not_allowlisted, high, repeats of an alert sent" in digest[0]["message"]
+    a.close()  # the last repeat's digest at shutdown
     assert (
-        "held back" in digest[0]["message"] and digest[0]["message"].count("node[100] tls_sni") == 1 + 4
-    )  # first + held
-    a.close()
+        "1 more" in receiver.messages[-1]["title"] and "other.example (1)" in receiver.messages[-1]["title"]
+    )
     rows = alert_rows(store)
-    assert sum(r["result"] == "held" for r in rows) == 4
-    d = [r for r in rows if r["kind"] == "digest"]
-    assert len(d) == 1 and d[0]["count"] == 4 and d[0]["result"] == "sent"
+    assert [r["kind"] for r in rows] == ["alert", "alert", "alert", "digest", "digest"]
+    assert rows[3]["count"] == 4 and rows[3]["result"] == "sent" and rows[3]["destination"] == "example.net"
 
 
-def test_digest_sent_on_close(receiver: Receiver, store: Store) -> None:
-    a = Alerter(AlertsConfig(urls=(receiver.url,), window_seconds=3600), store)
-    for i in range(3):
-        a.write(flagged(T0 + i))
+def test_a_key_alerts_again_after_its_window(receiver: Receiver, store: Store) -> None:
+    a = Alerter(AlertsConfig(urls=(receiver.url,), window_seconds=600, digest_seconds=60), store)
+    a.write(flagged(T0))
+    a.write(flagged(T0 + 601))
     a.close()
-    assert len(receiver.messages) == 2
-    assert "2 more" in receiver.messages[1]["title"]
+    assert [m["title"].startswith("egresswatch: MCP server fs contacted") for m in receiver.messages] == [
+        True,
+        True,
+    ]
 
 
-def test_digest_timer_closes_windows_by_wall_time(receiver: Receiver, store: Store) -> None:
-    a = Alerter(AlertsConfig(urls=(receiver.url,), window_seconds=1.0), store, digest_timer=0.05)
+def test_digest_timer_sends_by_wall_time(receiver: Receiver, store: Store) -> None:
+    cfg = AlertsConfig(urls=(receiver.url,), digest_seconds=0.5)
+    a = Alerter(cfg, store, digest_timer=0.05)
     now = time.time()  # live capture: frame time follows the wall clock
     a.write(flagged(now))
     a.write(flagged(now + 0.001))
@@ -198,27 +216,6 @@ def test_http_error_is_a_failure(store: Store) -> None:
         r.close()
 
 
-def test_queue_full_drops_without_blocking(tmp_path: Path) -> None:
-    """An endpoint that accepts but never answers stalls the worker; write() goes on."""
-    hang = socket.socket()
-    hang.bind(("127.0.0.1", 0))
-    hang.listen(16)
-    port = hang.getsockname()[1]
-    store = Store(tmp_path / "e.db")
-    cfg = AlertsConfig(urls=(f"json://127.0.0.1:{port}/x?cto=1&rto=1",), retry_seconds=60)
-    a = Alerter(cfg, store, queue_size=2, max_attempts=1)
-    try:
-        for i in range(50):
-            a.write(flagged(T0 + i, name=f"h{i}.example.net"))
-        assert a.counters["alerts_dropped"] >= 40
-        dropped = wait_for(lambda: [r for r in alert_rows(store) if r["result"] == "dropped"], what="dropped")
-        assert dropped[0]["error"] == "alert queue full"
-    finally:
-        a.close(timeout=10)
-        hang.close()
-        store.close()
-
-
 def test_control_characters_escaped_in_notification(receiver: Receiver, store: Store) -> None:
     a = Alerter(AlertsConfig(urls=(receiver.url,)), store)
     a.write(flagged(T0, name="evil\x1b[31m.exa\u202emple"))
@@ -238,12 +235,86 @@ def test_no_targets_still_records_and_notifies_listeners(store: Store) -> None:
     assert [r["result"] for r in alert_rows(store)] == ["no_targets"]
 
 
-def test_flood_of_destinations_shares_one_window(receiver: Receiver, store: Store) -> None:
-    a = Alerter(AlertsConfig(urls=(receiver.url,)), store, max_windows=2)
-    for i in range(6):
-        a.write(flagged(T0 + i, name=f"x{i}.exfil.example", reason="dns_exfil", kind=DNS_QUERY))
+def test_severe_alerts_go_first_and_a_full_queue_gives_up_the_least(store: Store) -> None:
+    """A worker stuck on a slow endpoint: what waits is delivered highest severity first."""
+    gate = threading.Event()
+    order: list[str] = []
+
+    def slow(title: str, body: str) -> bool:
+        gate.wait(20)
+        order.append(title)
+        return True
+
+    cfg = AlertsConfig(budget_burst=100, min_severity="low")
+    a = Alerter(cfg, store, notify=slow, queue_size=3)
+    a.write(flagged(T0, name="first.example", severity="low", reason="first_seen"))
+    wait_for(lambda: not a._heap, what="the worker holding the first alert")
+    for i, (sev, reason) in enumerate([("low", "first_seen"), ("medium", "not_allowlisted"),
+                                       ("low", "first_seen"), ("high", "direct_ip")]):  # fmt: skip
+        a.write(flagged(T0 + 1 + i, name=f"n{i}.d{i}.example", severity=sev, reason=reason))
+    gate.set()
     a.close()
-    titles = [m["title"] for m in receiver.messages]
-    assert len(titles) == 4  # x0, x1, x2 (opens the shared window), then one digest
-    assert "3 more from MCP server fs to (many destinations) (dns_exfil)" in titles[3]
-    assert a.counters["alerts_suppressed"] == 3
+    assert [t.split(" contacted ")[1].split(" ")[0] for t in order] == [
+        "first.example",
+        "n3.d3.example",
+        "n1.d1.example",
+        "n0.d0.example",
+    ]  # the later low one was given up for the high one
+    assert a.counters["alerts_dropped"] == 1
+    assert [r["destination"] for r in alert_rows(store) if r["result"] == "dropped"] == ["n2.d2.example"]
+
+
+def test_exposed_plain_http_targets() -> None:
+    port = free_port()
+    warning = exposed_target(f"json://127.0.0.1:{port}/hook")
+    assert warning and "nothing listens there now" in warning and str(port) in warning
+    assert exposed_target(f"form://localhost:{port}") is not None
+    assert exposed_target(f"jsons://127.0.0.1:{port}/hook") is None  # https: a squatter has no certificate
+    assert exposed_target("json://127.0.0.1:80/hook") is None  # only root binds it
+    assert exposed_target("json://192.0.2.1:8080/hook") is None  # not this host
+    assert exposed_target("ntfy://ntfy.example/topic") is None
+
+
+def test_exposed_target_names_a_user_holding_the_port(tmp_path: Path) -> None:
+    """A real unprivileged account binds the port first: the warning says so."""
+    require_live()
+    nobody = pwd.getpwnam("nobody")
+    port = free_port()
+    squatter = subprocess.Popen(
+        ["/usr/bin/python3", "-c", "import socket,sys,time; s=socket.socket(); "
+         f"s.bind(('127.0.0.1', {port})); s.listen(); print('up', flush=True); time.sleep(30)"],
+        user=nobody.pw_uid, group=nobody.pw_gid, stdout=subprocess.PIPE, text=True,
+    )  # fmt: skip
+    try:
+        assert squatter.stdout is not None and squatter.stdout.readline() == "up\n"
+        warning = exposed_target(f"json://127.0.0.1:{port}/hook")
+        assert warning and f"now held by uid {nobody.pw_uid}" in warning
+    finally:
+        squatter.kill()
+        squatter.wait()
+
+
+def test_start_up_warns_about_an_exposed_target(caplog: pytest.LogCaptureFixture, store: Store) -> None:
+    port = free_port()
+    with caplog.at_level("WARNING", logger="egresswatch.alerts"):
+        Alerter(AlertsConfig(urls=(f"json://127.0.0.1:{port}/hook", "ntfy://ntfy.example/t")), store).close()
+    warned = [r.getMessage() for r in caplog.records if "plain-http target" in r.getMessage()]
+    assert len(warned) == 1 and warned[0].startswith("alerts.urls: entry 1:") and str(port) in warned[0]
+
+
+def test_a_daemon_behind_a_flood_sends_digests_by_frame_time(receiver: Receiver, store: Store) -> None:
+    """30 s behind the wall clock, the timer must not send a digest at every tick."""
+    a = Alerter(AlertsConfig(urls=(receiver.url,), digest_seconds=5), store)
+    behind = time.time() - 30
+    for i in range(40):  # 4 s of frame time, each tick in between sees events flowing
+        a.write(flagged(behind + i * 0.1))
+        a.tick(time.time())
+    assert a.rules.counters["digests"] == 0
+    a.write(flagged(behind + 5.5))  # frame time passed the digest's time: one digest
+    assert a.rules.counters["digests"] == 1
+    wait_for(lambda: any("39 more" in m["title"] for m in receiver.messages), what="digest")
+    a.write(flagged(behind + 5.6))
+    time.sleep(1.1)  # quiet: the timer's wall clock rules again
+    a.tick(time.time())
+    assert a.rules.counters["digests"] == 2
+    a.close()

@@ -54,6 +54,7 @@ CLOCK_FREE = [
     "detectors.py",
     "mcpmatch.py",
     "allowlist.py",
+    "alertrules.py",
 ]
 CLOCKS = {
     ("time", "time"),

@@ -206,3 +206,40 @@ def test_harvester_remembers_sockets_of_tree_processes(child_script: Path) -> No
             child.kill()
             child.wait()
             tracker.stop()
+
+
+def test_behind_the_capture_only_remembered_sockets_count(child_script: Path) -> None:
+    """While the daemon is behind (hurry), no socket lookups: a harvested socket
+    of an MCP tree process is still attributed, an unknown socket is not."""
+    srv = ServerDef(host="zed", scope="user", file=Path("/x"), name="hurry-srv", command=sys.executable,
+                    args=(str(child_script),))  # fmt: skip
+    tracker = LineageTracker([srv], poll_interval=0.02)
+    tracker.start(use_connector=os.geteuid() == 0)
+    attributor = LiveAttributor(tracker, harvest_interval=0)
+    attributor.hurry = lambda frame: True
+    with (
+        socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as udp,
+        socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as mine,
+    ):
+        udp.bind(("127.0.0.1", 0))
+        mine.connect(("127.0.0.1", 53))  # a live socket of this (unwatched) process
+        uport = udp.getsockname()[1]
+        child = subprocess.Popen([sys.executable, str(child_script), "udp", str(uport), "5"], stdout=subprocess.PIPE,
+                                 text=True)  # fmt: skip
+        try:
+            assert child.stdout is not None
+            local = int(child.stdout.readline())
+            wait_for(lambda: tracker.lookup(child.pid)[0], 5, "child known")
+            assert attributor.harvest() >= 1
+            a = attributor.attribute(obs("udp", local, uport, "dns_query"), frame_now())
+            assert a.process is not None and a.process.pid == child.pid and a.server == "hurry-srv"
+            b = attributor.attribute(obs("udp", mine.getsockname()[1], 53, "dns_query"), frame_now())
+            assert b.process is None and b.reason == "capture behind: remembered sockets only"
+            assert attributor.counters["hurried"] >= 1
+            attributor.hurry = None  # caught up: the socket lookup finds this process again
+            c = attributor.attribute(obs("udp", mine.getsockname()[1], 53, "dns_query"), frame_now())
+            assert c.process is not None and c.process.pid == os.getpid()
+        finally:
+            child.kill()
+            child.wait()
+            tracker.stop()

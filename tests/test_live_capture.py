@@ -17,6 +17,7 @@ from scapy.layers.inet import IP, TCP, UDP
 from scapy.layers.l2 import Ether
 
 from egresswatch.capture.live import PRIVILEGE_HINT, LiveSource
+from egresswatch.errors import CaptureError
 from egresswatch.model import Frame
 from tests.helpers.netlab import Lab, require_live, wait_for
 
@@ -177,3 +178,18 @@ def test_without_privileges_the_error_says_what_is_needed() -> None:
         cwd=os.path.dirname(os.path.dirname(os.path.abspath(__file__))),
     )
     assert out.stdout.strip() == PRIVILEGE_HINT, out.stderr
+
+
+def test_one_interface_is_bound_in_the_kernel(lab: Lab) -> None:
+    """With a single interface, loopback traffic never reaches the ring (kernel counters)."""
+    with LiveSource(interfaces=[lab.veth_host]) as src:
+        with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:
+            for _ in range(200):
+                s.sendto(
+                    b"\x12\x34\x01\x00\x00\x01\x00\x00\x00\x00\x00\x00\x01x\x00\x00\x01\x00\x01",
+                    ("127.0.0.1", 53),
+                )
+        packets, _drops = src.kernel_stats()
+        assert packets < 200, packets  # loopback queries were not queued
+    with pytest.raises(CaptureError, match="interface nosuch0"):
+        LiveSource(interfaces=["nosuch0"]).open()

@@ -14,7 +14,7 @@ from pathlib import Path
 
 import pytest
 
-from egresswatch.notifier import AlertFollower, clean
+from egresswatch.notifier import AlertFollower, DesktopAlert, DesktopGate, clean
 from egresswatch.store import Store
 from tests.helpers.netlab import missing as prerequisite_missing
 from tests.helpers.netlab import wait_for
@@ -53,6 +53,27 @@ def test_follower_starts_at_the_end_and_skips_held(tmp_path: Path) -> None:
         follower._conn.execute("DELETE FROM alerts")
     follower.close()
     store.close()
+
+
+def test_desktop_gate_one_per_alert_then_a_summary_never_holding_the_severe() -> None:
+    gate = DesktopGate()
+
+    def alert(i: int, sev: str = "medium", server: str = "s1") -> DesktopAlert:
+        return DesktopAlert(i, "alert", sev, f"t{i}", "b", server, 1)
+
+    first = gate.admit([alert(i, server=f"s{i % 3}") for i in range(20)], now=100.0)
+    assert [a.title for a in first[:5]] == ["t0", "t1", "t2", "t3", "t4"]
+    assert len(first) == 6 and first[5].kind == "summary"
+    assert (
+        first[5].title == "egresswatch: 15 more alerts (15 events) from s0, s1, s2"
+        and first[5].severity == "medium"
+    )
+    # busy: a medium waits for the next summary, a high one is shown at once
+    assert gate.admit([alert(30), alert(31, "high")], now=101.0) == [alert(31, "high")]
+    assert gate.admit([], now=105.0) == []
+    later = gate.admit([], now=111.0)
+    assert [a.kind for a in later] == ["summary"] and "t30" in later[0].body
+    assert [a.title for a in gate.admit([alert(40)], now=200.0)] == ["t40"]  # tokens refilled
 
 
 def _need(*tools: str) -> None:

@@ -106,11 +106,17 @@ def test_doctor_reports_each_check(private: Path) -> None:
     assert status["privileges"] == "ok" and status["capture"] == "ok" and status["proc connector"] == "ok"
     assert status["config"] == "ok" and status["database"] == "ok"
     assert status["attribution"] == "ok" and "attribution: ebpf" in out.stdout  # root, BTF: the eBPF path
-    assert status["alert target 1"] == "FAIL" and "cannot connect" in next(
-        x for x in lines if "target 1" in x
-    )
+    target1 = next(x for x in lines if "target 1" in x)
+    assert status["alert target 1"] == "FAIL" and "cannot connect" in target1
+    assert "any local user can bind" in target1 and "nothing listens there now" in target1
     assert status["alert target 2"] == "FAIL"
     assert out.returncode == 1
+    with socket.socket() as s:  # root's receiver is up, but a user can take the port when it stops
+        s.bind(("127.0.0.1", port))
+        s.listen()
+        out = ew("doctor", "--config", str(cfg), "--db", str(private / "e.db"))
+    target = next(line for line in out.stdout.splitlines() if "alert target 1:" in line)
+    assert target.startswith("warn") and "root listens there now" in target
     cfg.write_text("")
     assert ew("doctor", "--config", str(cfg), "--db", str(private / "e.db")).returncode == 0
 

@@ -210,7 +210,10 @@ def test_user_notifier_unit_delivers_a_desktop_notification(box: Box) -> None:
         assert (
             note["summary"] == "egresswatch: MCP server lab-srv contacted notify-me.example (not_allowlisted)"
         )
-        assert "Command: /usr/bin/python3 /opt/lab/fake_mcp_server.py notify-me.example" in note["body"]
+        assert (
+            "Server: lab-srv (host cursor, phase run)" in note["body"] and "Process: python3[" in note["body"]
+        )
+        assert "fake_mcp_server.py" not in note["body"]  # no command line in an alert (docs/alerts.md)
     finally:
         sink.kill()
         sink.wait()

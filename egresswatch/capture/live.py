@@ -14,6 +14,11 @@ continuation (rule 4 of the filter); :class:`HelloGate` keeps only those of
 flows whose hello start said more bytes were coming, so bulk transfers cost a
 header parse per passed segment instead of a trip through the decoders.
 
+While ring blocks queue up behind the one being read (a flood), the fast
+lane (:mod:`egresswatch.capture.fastlane`) scans them once and hands over
+first the frames ``priority`` picks (in the daemon: DNS queries with a label
+that carries data), so they do not wait for the backlog.
+
 Bridged or stacked interfaces (a container's veth and its bridge, a VLAN device
 and its parent) deliver the same IP packet more than once; an identical IP
 packet seen on a different interface within ``dedupe_window`` seconds is
@@ -30,7 +35,7 @@ import socket
 import struct
 import time
 from collections import Counter, OrderedDict
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from types import TracebackType
 
 from egresswatch.capture import bpf
@@ -56,9 +61,16 @@ PACKET_RX_RING = 5
 PACKET_VERSION = 10
 TPACKET_V3 = 2
 TP_STATUS_USER = 1
-BLOCK_SIZE = 1 << 20
+# The kernel hands a block over when it is full or RETIRE_MS old, whichever
+# comes first. Below the rate that fills a block within RETIRE_MS, every block
+# holds only RETIRE_MS of traffic, so the ring holds (blocks x RETIRE_MS) of
+# backlog: 64 blocks of 1 MiB and 20 ms were 1.3 s (a DNS flood the pipeline
+# was 2 s behind was dropped by the kernel with 60 of 64 MiB unused). 256 KiB
+# blocks (a 64 MiB ring: 256) and 50 ms hold 12.8 s of a slow flood and about
+# 370,000 DNS frames of a fast one; a lone packet waits at most 50 ms.
+BLOCK_SIZE = 1 << 18
 FRAME_SIZE = 2048
-RETIRE_MS = 20  # a partly filled block is handed over after this long (added latency)
+RETIRE_MS = 50  # a partly filled block is handed over after this long (added latency)
 _HDR3 = struct.Struct("=IIIIIIHH")  # next_offset, sec, nsec, snaplen, len, status, mac, net
 _SLL = struct.Struct("=iH")  # sockaddr_ll ifindex, hatype at frame + 52
 _BLOCK = struct.Struct("=III")  # block_status, num_pkts, offset_to_first_pkt at block + 8
@@ -139,26 +151,35 @@ class _Ring:
                             mmap.PROT_READ | mmap.PROT_WRITE)  # fmt: skip
         self.cur = 0
 
-    def ready(self) -> bool:
-        return bool(_BLOCK.unpack_from(self.mm, self.cur * BLOCK_SIZE + 8)[0] & TP_STATUS_USER)
+    def ready(self, ahead: int = 0) -> bool:
+        """The current block (or the one ``ahead`` of it) is ours to read."""
+        idx = (self.cur + ahead) % self.nr
+        return bool(_BLOCK.unpack_from(self.mm, idx * BLOCK_SIZE + 8)[0] & TP_STATUS_USER)
 
-    def block(self) -> Iterator[tuple[bytes, int, float, int, int]]:
-        """(data, orig_len, ts, ifindex, hatype) of the current block's frames; the
-        block goes back to the kernel when the iteration ends (or is abandoned)."""
-        base = self.cur * BLOCK_SIZE
+    def frames_at(self, idx: int) -> Iterator[tuple[int, bytes, int, float, int, int]]:
+        """(position, data, orig_len, ts, ifindex, hatype) of a ready block's frames."""
+        base = idx * BLOCK_SIZE
         mm = self.mm
+        _, count, off = _BLOCK.unpack_from(mm, base + 8)
+        pos = base + off
+        for _ in range(count):
+            nxt, sec, nsec, snap, length, _st, mac, _net = _HDR3.unpack_from(mm, pos)
+            ifindex, hatype = _SLL.unpack_from(mm, pos + 52)
+            yield pos, mm[pos + mac : pos + mac + snap], length, sec + nsec / 1e9, ifindex, hatype
+            if not nxt:
+                break
+            pos += nxt
+
+    def block(self, skip: set[int] | None = None) -> Iterator[tuple[bytes, int, float, int, int]]:
+        """(data, orig_len, ts, ifindex, hatype) of the current block's frames, but
+        those at a position in ``skip`` (already handed over by the fast lane); the
+        block goes back to the kernel when the iteration ends (or is abandoned)."""
         try:
-            _, count, off = _BLOCK.unpack_from(mm, base + 8)
-            pos = base + off
-            for _ in range(count):
-                nxt, sec, nsec, snap, length, _st, mac, _net = _HDR3.unpack_from(mm, pos)
-                ifindex, hatype = _SLL.unpack_from(mm, pos + 52)
-                yield mm[pos + mac : pos + mac + snap], length, sec + nsec / 1e9, ifindex, hatype
-                if not nxt:
-                    break
-                pos += nxt
+            for pos, data, length, ts, ifindex, hatype in self.frames_at(self.cur):
+                if skip is None or pos not in skip:
+                    yield data, length, ts, ifindex, hatype
         finally:
-            struct.pack_into("=I", mm, base + 8, 0)  # TP_STATUS_KERNEL
+            struct.pack_into("=I", self.mm, self.cur * BLOCK_SIZE + 8, 0)  # TP_STATUS_KERNEL
             self.cur = (self.cur + 1) % self.nr
 
     def close(self) -> None:
@@ -169,7 +190,8 @@ class LiveSource:
     """``with LiveSource() as src: for frame in src.frames(0.5): ...``
 
     ``interfaces`` restricts capture to those interface names (empty: all,
-    new ones included). ``program`` replaces the built-in BPF filter;
+    new ones included); with exactly one, the socket is bound to it, so other
+    interfaces' traffic never takes room in the ring. ``program`` replaces the built-in BPF filter;
     ``hello_gate=False`` keeps every frame the kernel filter passed (tests).
     """
 
@@ -198,6 +220,10 @@ class LiveSource:
         self._index = 0
         self._seen: dict[int, tuple[int, float]] = {}
         self._seen_purge = 0.0
+        # the fast lane (egresswatch.capture.fastlane): priority(linktype, data)
+        self.priority: Callable[[int, bytes], bool] | None = None
+        self._scanned: set[int] = set()  # ring blocks scanned ahead
+        self._ahead: dict[int, set[int]] = {}  # ring block -> positions already handed over
 
     # -- lifecycle -----------------------------------------------------------
     def open(self) -> LiveSource:
@@ -213,6 +239,12 @@ class LiveSource:
             except OSError:
                 sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, self.rcvbuf)
             sock.setsockopt(socket.SOL_SOCKET, SO_TIMESTAMPNS, 1)
+            if len(self.interfaces) == 1:  # one interface: the kernel queues only its frames
+                (name,) = self.interfaces
+                try:
+                    sock.bind((name, 0))
+                except OSError as exc:
+                    raise CaptureError(f"interface {name}: {exc.strerror}") from None
             try:
                 bpf.attach(sock, self.program)
             except OSError as exc:
@@ -291,12 +323,37 @@ class LiveSource:
                 continue
             ring = self._ring
             while ring.ready():
-                for data, length, ts, ifindex, hatype in ring.block():
+                if self.priority is not None:
+                    yield from self._fast_lane(ring)
+                cur = ring.cur
+                self._scanned.discard(cur)
+                for data, length, ts, ifindex, hatype in ring.block(self._ahead.pop(cur, None)):
                     frame = self._make_frame(data, length, ts, self._ifname(ifindex), hatype)
                     if frame is not None:
                         yield frame
                 if time.monotonic() >= deadline:
                     return
+
+    def _fast_lane(self, ring: _Ring) -> Iterator[Frame]:
+        """Frames of the blocks queued behind the current one that ``priority``
+        picks, handed over first (each block is scanned once)."""
+        assert self.priority is not None
+        for k in range(1, ring.nr):
+            if not ring.ready(k):
+                return
+            idx = (ring.cur + k) % ring.nr
+            if idx in self._scanned:
+                continue
+            self._scanned.add(idx)
+            for pos, data, length, ts, ifindex, hatype in ring.frames_at(idx):
+                linktype = linktype_for(hatype)
+                if linktype is None or not self.priority(linktype, data):
+                    continue
+                self._ahead.setdefault(idx, set()).add(pos)
+                frame = self._make_frame(data, length, ts, self._ifname(ifindex), hatype)
+                if frame is not None:
+                    self.counters["fast_lane"] += 1
+                    yield frame
 
     def _read_batch(self) -> Iterator[Frame]:
         assert self._sock is not None
