@@ -106,9 +106,9 @@ learning = false
              # the lab's veth only: other test suites on this machine flood their own labs
              "--iface", self.lab.veth_host],
             env=self.env, cwd=REPO, stderr=self.log, text=True,
-            # ahead of the CPU burners: a daemon starved for more than the capture ring
-            # holds (64 blocks retired every 20 ms) loses packets in the kernel, which
-            # is the capture's limit, not attribution's (kernel_drops in the status)
+            # the priority the unit gives it (systemd/egresswatch.service Nice=-10): a
+            # daemon starved for longer than the capture ring holds loses packets in
+            # the kernel, the capture's limit, not attribution's (kernel_drops in status)
             preexec_fn=lambda: os.nice(-10),
         )  # fmt: skip
         try:
