@@ -42,7 +42,8 @@ def ew(*args: str, cwd: Path = REPO, env: dict[str, str] | None = None, timeout:
 def one_error_line(stderr: str) -> str:
     """The single error line; fails on a traceback or on more than one line."""
     assert "Traceback" not in stderr, stderr
-    lines = [ln for ln in stderr.splitlines() if ln.strip()]
+    # warnings about the environment (e.g. install-service: a checkout under /tmp) may precede it
+    lines = [ln for ln in stderr.splitlines() if ln.strip() and not ln.startswith("egresswatch: warning: ")]
     assert len(lines) == 1, stderr
     assert lines[0].startswith("egresswatch: error: "), lines[0]
     return lines[0]

@@ -106,7 +106,10 @@ def user() -> Iterator[User]:
 
 def _line(result: subprocess.CompletedProcess[str]) -> str:
     assert "Traceback" not in result.stderr, result.stderr
-    lines = [ln for ln in result.stderr.splitlines() if ln.strip()]
+    # warnings about the environment (e.g. install-service: a checkout under /tmp) may precede it
+    lines = [
+        ln for ln in result.stderr.splitlines() if ln.strip() and not ln.startswith("egresswatch: warning: ")
+    ]
     assert len(lines) == 1, result.stderr
     return lines[0]
 
