@@ -40,12 +40,12 @@ from typing import Any
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
-from egresswatch.attribution import LiveAttributor  # noqa: E402
+from egresswatch.attribute.attributor import LiveAttributor  # noqa: E402
+from egresswatch.attribute.kernel import KernelAttributor  # noqa: E402
+from egresswatch.attribute.lineage import LineageTracker  # noqa: E402
 from egresswatch.decode.engine import Engine  # noqa: E402
-from egresswatch.discovery_formats import ServerDef  # noqa: E402
 from egresswatch.ebpf.loader import KernelFlows  # noqa: E402
-from egresswatch.kernel_attribution import KernelAttributor  # noqa: E402
-from egresswatch.lineage import LineageTracker  # noqa: E402
+from egresswatch.mcp.formats import ServerDef  # noqa: E402
 from egresswatch.model import Event  # noqa: E402
 from egresswatch.pipeline import Pipeline  # noqa: E402
 from tests.helpers.netlab import Lab, wait_for  # noqa: E402

@@ -31,7 +31,8 @@ LINKTYPES = (0, 1, 12, 14, 101, 105, 113, 117, 119, 127, 163, 192, 228, 229, 239
 
 def _imports() -> None:
     global link, dns, tls, quic, qc, tcpstream, ipfrag, pcapfile, procfile, engine, model, errors
-    from egresswatch import errors, model, procfile  # noqa: F401
+    from egresswatch import errors, model  # noqa: F401
+    from egresswatch.attribute import recorded as procfile  # noqa: F401
     from egresswatch.capture import pcapfile  # noqa: F401
     from egresswatch.decode import dns, engine, ipfrag, link, quic, tcpstream, tls  # noqa: F401
     from egresswatch.decode import quic_crypto as qc  # noqa: F401

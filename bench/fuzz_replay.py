@@ -45,7 +45,7 @@ def rss_mb() -> tuple[float, float]:
 def stored_vs_printed(path: Path, tmp: Path) -> str | None:
     from click.testing import CliRunner
 
-    from egresswatch.cli import cli
+    from egresswatch.cli.main import cli
 
     db = tmp / "fuzz.db"
     res = CliRunner().invoke(cli, ["replay", "--db", str(db), str(path)])

@@ -33,7 +33,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from events_bench import SERVERS, make_events  # noqa: E402
 
 from egresswatch.config import Config  # noqa: E402
-from egresswatch.store import Store  # noqa: E402
+from egresswatch.store.db import Store  # noqa: E402
 from egresswatch.ui import app as ui_app  # noqa: E402
 from egresswatch.ui import queries, serve  # noqa: E402
 

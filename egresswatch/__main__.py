@@ -1,3 +1,3 @@
-from egresswatch.cli import main
+from egresswatch.cli.main import main
 
 main()

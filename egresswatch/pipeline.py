@@ -4,7 +4,7 @@
 
 A source yields :class:`Frame` objects with their own timestamps; the frame's
 timestamp is the only clock. A failing sink is logged and isolated, never
-allowed to stop the pipeline. With a flow tracker (egresswatch.flows) a SYN
+allowed to stop the pipeline. With a flow tracker (egresswatch.judge.flows) a SYN
 reaches the sinks once its flow is decided: with its hello, or when its hello
 window passed in frame time (:meth:`Pipeline.expire`), or at :meth:`Pipeline.finish`.
 """
@@ -14,58 +14,23 @@ from __future__ import annotations
 import logging
 from collections import Counter
 from collections.abc import Callable, Iterable
-from typing import TYPE_CHECKING, Protocol
+from typing import TYPE_CHECKING
 
-from egresswatch.model import UNKNOWN, Attribution, Event, Frame, Observation, Verdict
+from egresswatch.model import Attribution, Event, Frame, Observation
+from egresswatch.stages import (
+    Attributor,
+    Decoder,
+    Judge,
+    NameMemoryLike,
+    NullAttributor,
+    Sink,
+    UnwatchedJudge,
+)
 
 if TYPE_CHECKING:
-    from egresswatch.flows import FlowTracker
+    from egresswatch.judge.flows import FlowTracker
 
 log = logging.getLogger(__name__)
-
-
-class Decoder(Protocol):
-    """Turns frames into observations (egresswatch.decode.engine.Engine)."""
-
-    counters: Counter[str]
-
-    def feed(self, frame: Frame) -> list[Observation]: ...
-
-    def finish(self) -> list[Observation]: ...
-
-
-class Attributor(Protocol):
-    """Finds the process (and MCP server) that owns an observation's local end."""
-
-    def attribute(self, obs: Observation, frame: Frame) -> Attribution: ...
-
-
-class Judge(Protocol):
-    """Decides a verdict (egresswatch.policy.Policy)."""
-
-    def judge(
-        self, obs: Observation, attr: Attribution, dst_name: str | None, candidates: tuple[str, ...] = ()
-    ) -> Verdict: ...
-
-
-class Sink(Protocol):
-    def write(self, event: Event) -> None: ...
-
-    def close(self) -> None: ...
-
-
-class NullAttributor:
-    def attribute(self, obs: Observation, frame: Frame) -> Attribution:
-        return UNKNOWN
-
-
-class UnwatchedJudge:
-    """Used when no policy is configured: nothing is judged."""
-
-    def judge(
-        self, obs: Observation, attr: Attribution, dst_name: str | None, candidates: tuple[str, ...] = ()
-    ) -> Verdict:
-        return Verdict()
 
 
 class Pipeline:
@@ -181,17 +146,3 @@ class Pipeline:
                 sink.close()
             except Exception:
                 log.exception("closing sink %s failed", type(sink).__name__)
-
-
-class NameMemoryLike(Protocol):
-    """Per-process DNS memory (egresswatch.names.NameMemory).
-
-    ``observe`` records DNS answers for the answering process/server and returns
-    the destination name for the event: the SNI or qname, or for a connection
-    to a bare IP the one name that this process (or its server) resolved to it.
-    ``candidates`` lists every name it resolved to a connection's address.
-    """
-
-    def observe(self, obs: Observation, attr: Attribution) -> str | None: ...
-
-    def candidates(self, obs: Observation, attr: Attribution) -> tuple[str, ...]: ...

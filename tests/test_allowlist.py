@@ -1,4 +1,4 @@
-"""Allowlist suggestion, imports and TOML rendering (egresswatch.allowlist, cli_policy)."""
+"""Allowlist suggestion, imports and TOML rendering (egresswatch.judge.allowlist, cli_policy)."""
 
 from __future__ import annotations
 
@@ -10,11 +10,12 @@ from typing import Any
 import pytest
 from click.testing import CliRunner
 
-from egresswatch import allowlist
-from egresswatch.allowlist import collapse, import_docker_catalog, import_toolhive, render_toml, suggest
-from egresswatch.cli import cli
+from egresswatch.cli.main import cli
 from egresswatch.config import parse_config
 from egresswatch.errors import ConfigError
+from egresswatch.judge import allowlist
+from egresswatch.judge.allowlist import collapse, import_docker_catalog, import_toolhive, render_toml, suggest
+from egresswatch.judge.policy import Policy
 from egresswatch.model import (
     CONNECT,
     DNS_QUERY,
@@ -25,7 +26,6 @@ from egresswatch.model import (
     ProcessInfo,
     Verdict,
 )
-from egresswatch.policy import Policy
 
 
 def ev(kind: str, server: str | None = "gh", **kw: Any) -> dict[str, Any]:
@@ -266,7 +266,7 @@ def test_cli_import(tmp_path: Path) -> None:
 
 
 def test_cli_suggest_reads_the_event_database(tmp_path: Path) -> None:
-    from egresswatch.store import Store
+    from egresswatch.store.db import Store
 
     db = tmp_path / "events.db"
     a = Attribution(process=ProcessInfo(7, 1.0, name="node"), server="gh", phase="run")

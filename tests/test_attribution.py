@@ -13,12 +13,12 @@ from typing import Any
 
 import pytest
 
-from egresswatch.attribution import LiveAttributor
-from egresswatch.discovery_formats import ServerDef
-from egresswatch.lineage import LineageTracker
-from egresswatch.mcpmatch import RUN
+from egresswatch.attribute.attributor import LiveAttributor
+from egresswatch.attribute.lineage import LineageTracker
+from egresswatch.attribute.sockets import norm_ip, parse_net_table, read_net_tables
+from egresswatch.mcp.formats import ServerDef
+from egresswatch.mcp.match import RUN
 from egresswatch.model import Frame, Observation
-from egresswatch.sockets import norm_ip, parse_net_table, read_net_tables
 from tests.helpers.netlab import wait_for
 
 TABLE4 = """  sl  local_address rem_address   st tx_queue rx_queue tr tm->when retrnsmt   uid  timeout inode

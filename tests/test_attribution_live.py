@@ -30,13 +30,13 @@ from pathlib import Path
 
 import pytest
 
-from egresswatch.attribution import LiveAttributor
+from egresswatch.attribute.attributor import LiveAttributor
+from egresswatch.attribute.lineage import LineageTracker
 from egresswatch.config import DEFAULT_LAUNCHER_PATTERNS
 from egresswatch.decode.engine import Engine
-from egresswatch.discovery import discover
-from egresswatch.discovery_formats import ServerDef
-from egresswatch.lineage import LineageTracker
-from egresswatch.mcpmatch import INSTALL, RUN
+from egresswatch.mcp.discovery import discover
+from egresswatch.mcp.formats import ServerDef
+from egresswatch.mcp.match import INSTALL, RUN
 from egresswatch.model import Event, Frame
 from egresswatch.pipeline import Pipeline
 from tests.helpers.netlab import Lab, wait_for

@@ -17,12 +17,12 @@ from click.testing import CliRunner
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from egresswatch.audit import Finding, audit, audit_server, command_line, reaches
-from egresswatch.audit_rules import parse_launch
-from egresswatch.cli import cli
-from egresswatch.discovery import ServerDef, discover
-from egresswatch.lookalike import lookalike, skeleton
-from egresswatch.secretscan import mask, redact, redact_argv, scan_value
+from egresswatch.audit.findings import Finding, audit, audit_server, command_line, reaches
+from egresswatch.audit.lookalike import lookalike, skeleton
+from egresswatch.audit.rules import parse_launch
+from egresswatch.audit.secrets import mask, redact, redact_argv, scan_value
+from egresswatch.cli.main import cli
+from egresswatch.mcp.discovery import ServerDef, discover
 
 FIXTURES = Path(__file__).parent / "fixtures" / "homes"
 HOMES = [FIXTURES / "linux" / "alice", FIXTURES / "macos" / "bob", FIXTURES / "windows" / "carol"]
@@ -469,7 +469,7 @@ def test_config_owned_by_another_user(homes: tuple[list[Path], Path]) -> None:
 
 
 def test_inline_bearer_token_and_api_key_are_audited() -> None:
-    from egresswatch.discovery_formats import parse
+    from egresswatch.mcp.formats import parse
 
     codex = parse(
         "codex",

@@ -333,7 +333,7 @@ def test_events_says_how_many_were_not_shown_on_a_terminal(work: Path) -> None:
 
 def test_events_domain_matches_idna_forms(work: Path) -> None:
     from egresswatch.model import TLS_SNI
-    from egresswatch.store import Store
+    from egresswatch.store.db import Store
     from tests.test_store import make_event
 
     db = work / "e.db"
@@ -380,7 +380,7 @@ def test_one_format_option(cmd: list[str], fmt: str, work: Path) -> None:
 
 
 def test_notifier_warns_once_about_a_missing_database(work: Path, caplog: pytest.LogCaptureFixture) -> None:
-    from egresswatch.notifier import follow
+    from egresswatch.alert.notifier import follow
 
     polls = {"n": 0}
 
@@ -388,7 +388,7 @@ def test_notifier_warns_once_about_a_missing_database(work: Path, caplog: pytest
         polls["n"] += 1
         return polls["n"] > 5
 
-    with caplog.at_level("WARNING", logger="egresswatch.notifier"):
+    with caplog.at_level("WARNING", logger="egresswatch.alert.notifier"):
         follow(work / "none.db", lambda a: True, interval=0.01, should_stop=stop)
     warnings = [r.getMessage() for r in caplog.records]
     assert len(warnings) == 1 and "none.db" in warnings[0], warnings

@@ -15,10 +15,10 @@ import click
 import pytest
 from click.testing import CliRunner
 
-from egresswatch.cli_events import events, stats_cmd
+from egresswatch.cli.events import events, stats_cmd
+from egresswatch.cli.render import EVENT_KEYS
 from egresswatch.model import DNS_QUERY, TLS_SNI
-from egresswatch.render import EVENT_KEYS
-from egresswatch.store import Store
+from egresswatch.store.db import Store
 from tests.helpers.netlab import wait_for
 from tests.test_store import T0, make_event, mixed_events
 
@@ -169,7 +169,7 @@ def test_stats_formats(db: Path) -> None:
 
 def test_follow_prints_new_rows_and_exits_0_on_ctrl_c(db: Path) -> None:
     proc = subprocess.Popen(
-        [sys.executable, "-m", "egresswatch.cli_events", "events", "--db", str(db), "--follow",
+        [sys.executable, "-m", "egresswatch.cli.events", "events", "--db", str(db), "--follow",
          "--format", "jsonl", "--limit", "2", "--server", "fs"],
         cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
     )  # fmt: skip

@@ -47,7 +47,7 @@ def _python_for(name: str, pythonpath: str) -> str | None:
     for python in (sys.executable, f"/usr/bin/python{version}"):
         probe = subprocess.run(
             ["runuser", "-u", name, "--", "env", f"PYTHONPATH={pythonpath}", python, "-c",
-             "import egresswatch.cli, click, sqlite_utils, psutil"],
+             "import egresswatch.cli.main, click, sqlite_utils, psutil"],
             capture_output=True, text=True, cwd="/",
         )  # fmt: skip
         if probe.returncode == 0:

@@ -1,11 +1,11 @@
-"""Container processes tied back to the MCP server's `docker run` (egresswatch.containers):
+"""Container processes tied back to the MCP server's `docker run` (egresswatch.attribute.containers):
 the pure parts. The live path (a real dockerd) is in test_containers_live.py."""
 
 from __future__ import annotations
 
 import pytest
 
-from egresswatch.containers import (
+from egresswatch.attribute.containers import (
     ContainerInfo,
     container_id,
     match_cli,
@@ -93,8 +93,8 @@ def test_match_cli_by_name_then_by_image_and_time() -> None:
 
 def test_docker_global_options_before_run() -> None:
     """One parser for `docker [global options] [container] run`: lineage, audit and linker agree."""
-    from egresswatch.audit_rules import parse_launch
-    from egresswatch.mcpmatch import docker_run_at, signature
+    from egresswatch.audit.rules import parse_launch
+    from egresswatch.mcp.match import docker_run_at, signature
 
     argv = ["docker", "-H", "unix:///run/x.sock", "--context", "ci", "container", "run", "--rm", "mcp/github"]
     assert docker_run_at(argv) == 7

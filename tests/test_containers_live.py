@@ -1,5 +1,5 @@
 """An MCP server launched as `docker run`: the real daemon ties the container's
-processes, and their traffic, to the server (egresswatch.containers).
+processes, and their traffic, to the server (egresswatch.attribute.containers).
 
 A real dockerd (the machine's, else one the test starts on a private socket),
 a scratch image made of busybox-static, a lab namespace with a DNS and a TLS
@@ -24,7 +24,7 @@ from typing import Any
 
 import pytest
 
-from egresswatch.containers import _UnixHTTP
+from egresswatch.attribute.containers import _UnixHTTP
 from tests.helpers.netlab import Lab, missing, require_live, wait_for
 from tests.test_e2e import Notify, rows
 

@@ -22,7 +22,7 @@ from pathlib import Path
 
 import pytest
 
-from egresswatch.cli_replay import replay_files
+from egresswatch.cli.replay import replay_files
 from egresswatch.config import Config
 from egresswatch.model import Event
 from tests.corpus import CORPUS, corpus_dir

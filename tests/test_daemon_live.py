@@ -263,7 +263,7 @@ def test_status_fails_when_the_database_is_deleted_or_replaced(private: Path, la
         daemon.unhealthy_with("symbolic link")
         assert victim.read_text() == "precious\n" and victim.stat().st_mode & 0o777 == 0o600
         log = daemon.log_path.read_text()
-        assert log.count("ERROR egresswatch.store: database") == 2, log  # once per incident, not per batch
+        assert log.count("ERROR egresswatch.store.db: database") == 2, log  # once per incident, not per batch
         daemon.db.unlink()  # the admin removes it: a new database, the held event lands there
         wait_for(lambda: qnames(daemon.db, "%.link.test"), 20, "held event in the new database")
     finally:

@@ -1,4 +1,4 @@
-"""DNS exfiltration and encrypted-DNS detectors (egresswatch.detectors)."""
+"""DNS exfiltration and encrypted-DNS detectors (egresswatch.judge.detectors)."""
 
 from __future__ import annotations
 
@@ -12,7 +12,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from egresswatch.config import ExfilConfig
-from egresswatch.detectors import (
+from egresswatch.judge.detectors import (
     UNKNOWN_TLD,
     DnsExfilDetector,
     doh_dot,

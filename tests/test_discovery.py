@@ -15,9 +15,9 @@ from click.testing import CliRunner
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from egresswatch.cli import cli
-from egresswatch.discovery import Discovery, ServerDef, all_homes, discover
-from egresswatch.discovery_formats import PARSERS, parse, strip_jsonc
+from egresswatch.cli.main import cli
+from egresswatch.mcp.discovery import Discovery, ServerDef, all_homes, discover
+from egresswatch.mcp.formats import PARSERS, parse, strip_jsonc
 from tests.helpers.netlab import missing
 
 FIXTURES = Path(__file__).parent / "fixtures" / "homes"
@@ -253,7 +253,7 @@ def test_servers_command_table_and_json() -> None:
 
 
 def test_render_servers_with_trees() -> None:
-    from egresswatch.cli_discovery import render_servers
+    from egresswatch.cli.discovery import render_servers
 
     d = discover([CAROL])
     text = render_servers(d, {d.servers[0]: "npx (pid 10)\n  node (pid 11)\x1b[31m"})

@@ -61,10 +61,10 @@ def test_disk_full_then_space_returns(lab: Lab) -> None:
             assert d.stop() == 0
             assert integrity(d.db) == "ok"
             log = d.log()
-            assert log.count("egresswatch.store: cannot write") == 1, log[-3000:]
-            assert "database or disk is full" in log and log.count("egresswatch.store: writing to") == 1, log[
-                -3000:
-            ]
+            assert log.count("egresswatch.store.db: cannot write") == 1, log[-3000:]
+            assert "database or disk is full" in log and log.count("egresswatch.store.db: writing to") == 1, (
+                log[-3000:]
+            )
             assert "Traceback" not in log, log[-3000:]
         finally:
             d.stop()

@@ -14,7 +14,7 @@ import pytest
 from click.testing import CliRunner
 
 from egresswatch import config as config_mod
-from egresswatch.cli import cli
+from egresswatch.cli.main import cli
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -54,7 +54,7 @@ def test_example_config_covers_every_key() -> None:
 def test_lazy_command_map_matches_modules() -> None:
     import importlib
 
-    from egresswatch.cli import LAZY_COMMANDS
+    from egresswatch.cli.main import LAZY_COMMANDS
 
     modules = set(LAZY_COMMANDS.values())
     defined = {cmd.name: m for m in modules for cmd in importlib.import_module(m).COMMANDS}
@@ -208,7 +208,7 @@ def test_examples_were_found() -> None:
 
 @pytest.mark.parametrize(("where", "cmd"), EXAMPLES, ids=[w for w, _ in EXAMPLES])
 def test_documented_example_runs(where: str, cmd: str, tmp_path: Path) -> None:
-    from egresswatch.store import Store
+    from egresswatch.store.db import Store
     from tests.test_store import mixed_events
 
     files = _sample_files(tmp_path)

@@ -15,9 +15,9 @@ from pathlib import Path
 import psutil
 import pytest
 
+from egresswatch.attribute.lineage import kernel_view
 from egresswatch.ebpf import records
 from egresswatch.ebpf.loader import OBJECT, KernelFlows
-from egresswatch.lineage import kernel_view
 from egresswatch.model import ProcessInfo
 from tests.helpers.netlab import missing, wait_for
 

@@ -11,11 +11,11 @@ import subprocess
 import sys
 import time
 
-from egresswatch.attribution import LiveAttributor
-from egresswatch.discovery_formats import ServerDef
-from egresswatch.lineage import LineageTracker
+from egresswatch.attribute.attributor import LiveAttributor
+from egresswatch.attribute.lineage import LineageTracker
+from egresswatch.attribute.sockets import FdCache
+from egresswatch.mcp.formats import ServerDef
 from egresswatch.model import DNS_QUERY, Frame, Observation
-from egresswatch.sockets import FdCache
 from tests.helpers.netlab import missing, wait_for
 
 HOLDER = """

@@ -1,5 +1,5 @@
-"""One verdict per flow (egresswatch.flows), names shared by one address
-(egresswatch.names), their judgement (egresswatch.policy), storage and
+"""One verdict per flow (egresswatch.judge.flows), names shared by one address
+(egresswatch.judge.names), their judgement (egresswatch.judge.policy), storage and
 `events --flows`. The capture-level scenario is pcaps/mcp-flows.pcap
 (tests/test_golden.py); the live one tests/test_flows_live.py."""
 
@@ -14,9 +14,11 @@ import click
 import sqlite_utils
 from click.testing import CliRunner
 
-from egresswatch.cli_events import events as events_cmd
+from egresswatch.cli.events import events as events_cmd
 from egresswatch.config import Config, PolicyConfig, ServerPolicy
-from egresswatch.flows import HELLO_WINDOW, FlowTracker, flow_id
+from egresswatch.judge.flows import HELLO_WINDOW, FlowTracker, flow_id
+from egresswatch.judge.names import MAX_NAMES_PER_ADDRESS, NameMemory
+from egresswatch.judge.policy import Policy
 from egresswatch.model import (
     CONNECT,
     DNS_ANSWER,
@@ -29,10 +31,8 @@ from egresswatch.model import (
     Observation,
     ProcessInfo,
 )
-from egresswatch.names import MAX_NAMES_PER_ADDRESS, NameMemory
 from egresswatch.pipeline import Pipeline
-from egresswatch.policy import Policy
-from egresswatch.store import Store, _m0001
+from egresswatch.store.db import Store, _m0001
 
 LOCAL, RESOLVER, CDN = "10.0.0.5", "10.0.0.53", "198.51.100.77"
 SRV = Attribution(process=ProcessInfo(pid=42, create_time=1.0), server="notes", host="claude", phase="run")
@@ -299,7 +299,7 @@ def test_old_databases_migrate_and_old_rows_read_as_deciding(tmp_path: Path) -> 
     )
     db.conn.commit()
     db.close()
-    from egresswatch.query import query_events
+    from egresswatch.store.query import query_events
 
     with Store(path) as s:
         (row,) = query_events(s)
@@ -347,7 +347,7 @@ def test_events_flows_one_line_per_flow(tmp_path: Path) -> None:
 
 
 def test_allowlist_suggest_names_a_flow_by_its_hello_not_its_syn() -> None:
-    from egresswatch.allowlist import suggest
+    from egresswatch.judge.allowlist import suggest
 
     rig = Rig()
     shared(rig)
@@ -357,7 +357,7 @@ def test_allowlist_suggest_names_a_flow_by_its_hello_not_its_syn() -> None:
 
 
 def test_stats_count_a_flow_once_by_its_decision(tmp_path: Path) -> None:
-    from egresswatch.query import stats
+    from egresswatch.store.query import stats
 
     rig = Rig()
     shared(rig)
@@ -373,7 +373,7 @@ def test_stats_count_a_flow_once_by_its_decision(tmp_path: Path) -> None:
 
 
 def test_stats_counting_flows_once_still_reads_only_the_covering_index(tmp_path: Path) -> None:
-    from egresswatch.query import stats
+    from egresswatch.store.query import stats
 
     rig = Rig()
     shared(rig)

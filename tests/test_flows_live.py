@@ -24,8 +24,8 @@ from typing import Any
 
 import pytest
 
-from egresswatch.query import query_events
-from egresswatch.store import Store
+from egresswatch.store.db import Store
+from egresswatch.store.query import query_events
 from tests.helpers.flowcheck import Sent, check
 from tests.helpers.netlab import Lab, wait_for
 from tests.test_e2e import Alerts, Notify

@@ -8,9 +8,9 @@ from pathlib import Path
 
 from click.testing import CliRunner
 
+from egresswatch.attribute.recorded import ptcpdump_chain
 from egresswatch.capture.pcapfile import read_frames
-from egresswatch.cli import cli
-from egresswatch.procfile import ptcpdump_chain
+from egresswatch.cli.main import cli
 
 REPO = Path(__file__).resolve().parents[1]
 

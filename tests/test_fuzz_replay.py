@@ -65,7 +65,7 @@ def test_a_logged_traceback_counts_as_a_failure(tmp_path: Path) -> None:
     attribution failures that way instead of stopping)."""
     import logging
 
-    from egresswatch import procfile
+    from egresswatch.attribute import recorded as procfile
 
     path = tmp_path / "ok.pcap"
     path.write_bytes((Path(__file__).resolve().parents[1] / "pcaps" / "dns-answers.pcap").read_bytes())

@@ -15,7 +15,7 @@ from typing import Any
 
 import pytest
 
-from egresswatch.cli_replay import event_json, replay_files
+from egresswatch.cli.replay import event_json, replay_files
 from egresswatch.config import AlertsConfig, Config, load_config
 from egresswatch.errors import EgresswatchError
 from egresswatch.model import Event
@@ -86,7 +86,7 @@ def replay_with_alerts(capture: Path) -> tuple[list[dict[str, Any]], list[Sent]]
     """Replay a golden capture into a list and through the real Alerter with no
     dedupe window and every flagged severity, so only the flow logic can keep
     an event from alerting."""
-    from egresswatch.alerts import Alerter, AlertRecord
+    from egresswatch.alert.deliver import Alerter, AlertRecord
 
     stem = capture.name.rsplit(".", 1)[0]
     cfg_path = PCAPS / f"{stem}.toml"

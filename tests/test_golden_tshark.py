@@ -15,7 +15,7 @@ from pathlib import Path
 
 import pytest
 
-from egresswatch.cli_replay import replay_files
+from egresswatch.cli.replay import replay_files
 from egresswatch.config import Config
 from egresswatch.errors import EgresswatchError
 from tests.corpus import corpus_dir

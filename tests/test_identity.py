@@ -12,8 +12,8 @@ from pathlib import Path
 import pytest
 
 from egresswatch.config import DEFAULT_LAUNCHER_PATTERNS
-from egresswatch.discovery_formats import ServerDef
-from egresswatch.mcpmatch import INSTALL, RUN, Matcher, classify, signature
+from egresswatch.mcp.formats import ServerDef
+from egresswatch.mcp.match import INSTALL, RUN, Matcher, classify, signature
 from egresswatch.model import ProcessInfo
 
 SRV = "/srv/lab/fake_mcp_server.py"

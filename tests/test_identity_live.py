@@ -17,10 +17,10 @@ from pathlib import Path
 
 import pytest
 
+from egresswatch.attribute.lineage import LineageTracker
 from egresswatch.config import DEFAULT_LAUNCHER_PATTERNS
-from egresswatch.discovery import discover
-from egresswatch.lineage import LineageTracker
-from egresswatch.mcpmatch import RUN, Lineage
+from egresswatch.mcp.discovery import discover
+from egresswatch.mcp.match import RUN, Lineage
 from tests.helpers.accounts import Account, account
 from tests.helpers.netlab import missing, wait_for
 

@@ -11,12 +11,12 @@ from pathlib import Path
 
 import pytest
 
+from egresswatch.attribute.lineage import LineageTracker
+from egresswatch.attribute.procevents import EXEC, EXIT, FORK, decode_events, read_process
 from egresswatch.config import DEFAULT_LAUNCHER_PATTERNS
-from egresswatch.discovery_formats import ServerDef
-from egresswatch.lineage import LineageTracker
-from egresswatch.mcpmatch import INSTALL, RUN, Matcher, classify, host_app, signature
+from egresswatch.mcp.formats import ServerDef
+from egresswatch.mcp.match import INSTALL, RUN, Matcher, classify, host_app, signature
 from egresswatch.model import ProcessInfo
-from egresswatch.proc_events import EXEC, EXIT, FORK, decode_events, read_process
 from tests.helpers.netlab import missing, wait_for
 
 _pid = iter(range(1000, 100000))
@@ -393,8 +393,8 @@ def test_read_cmdline_of_a_node_process_title() -> None:
 
 def test_docker_options_with_values_are_skipped_like_the_audit_does() -> None:
     """The lineage matcher and the audit read launch lines with one option table
-    (egresswatch.launchers): a value like ``--network-alias db`` is not the image."""
-    from egresswatch.audit_rules import parse_launch
+    (egresswatch.mcp.launchers): a value like ``--network-alias db`` is not the image."""
+    from egresswatch.audit.rules import parse_launch
 
     argv = ["docker", "run", "-i", "--rm", "--network-alias", "db", "--cidfile", "/tmp/c", "mcp/postgres:1.2"]
     sig = signature(argv)

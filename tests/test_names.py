@@ -1,4 +1,4 @@
-"""Per-owner DNS memory (egresswatch.names)."""
+"""Per-owner DNS memory (egresswatch.judge.names)."""
 
 from __future__ import annotations
 
@@ -7,6 +7,7 @@ import dataclasses
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from egresswatch.judge.names import MAX_TTL, MIN_TTL, NameMemory, owner_key
 from egresswatch.model import (
     CONNECT,
     DNS_ANSWER,
@@ -17,7 +18,6 @@ from egresswatch.model import (
     Observation,
     ProcessInfo,
 )
-from egresswatch.names import MAX_TTL, MIN_TTL, NameMemory, owner_key
 
 CDN_IP = "151.101.1.69"
 HOST = "10.0.0.5"
@@ -264,7 +264,7 @@ def test_hosts_file_names_count_as_resolved_and_reload_replaces_them() -> None:
 
 
 def test_dst_name_lowercases_ascii_letters_only_and_keeps_escapes() -> None:
-    from egresswatch.names import _norm_name
+    from egresswatch.judge.names import _norm_name
 
     assert _norm_name("API.Example.COM.") == "api.example.com"
     assert _norm_name("Caf\\195\\169.Example") == "caf\\195\\169.example"

@@ -14,8 +14,8 @@ from pathlib import Path
 
 import pytest
 
-from egresswatch.notifier import AlertFollower, DesktopAlert, DesktopGate, clean
-from egresswatch.store import Store
+from egresswatch.alert.notifier import AlertFollower, DesktopAlert, DesktopGate, clean
+from egresswatch.store.db import Store
 from tests.helpers.netlab import missing as prerequisite_missing
 from tests.helpers.netlab import wait_for
 

@@ -1,4 +1,4 @@
-"""Allowlists and the verdict order (egresswatch.policy)."""
+"""Allowlists and the verdict order (egresswatch.judge.policy)."""
 
 from __future__ import annotations
 
@@ -11,6 +11,8 @@ from hypothesis import strategies as st
 
 from egresswatch.config import Config, ExfilConfig, PolicyConfig, ServerPolicy, parse_config
 from egresswatch.errors import ConfigError
+from egresswatch.judge.names import NameMemory
+from egresswatch.judge.policy import REASONS, Matcher, Policy, parse_entry
 from egresswatch.model import (
     CONNECT,
     DNS_ANSWER,
@@ -26,8 +28,6 @@ from egresswatch.model import (
     ProcessInfo,
     Proto,
 )
-from egresswatch.names import NameMemory
-from egresswatch.policy import REASONS, Matcher, Policy, parse_entry
 from tests.corpus import corpus_dir
 
 LOCAL = "10.0.0.5"

@@ -9,13 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from egresswatch.capture.pcapfile import read_frames
-from egresswatch.decode.engine import Engine
-from egresswatch.discovery_formats import ServerDef
-from egresswatch.mcpmatch import RUN, Matcher
-from egresswatch.model import Attribution, Frame, Observation, ProcessInfo
-from egresswatch.pipeline import Pipeline
-from egresswatch.procfile import (
+from egresswatch.attribute.recorded import (
     CompositeAttributor,
     ProcsFileError,
     PtcpdumpAttributor,
@@ -24,6 +18,12 @@ from egresswatch.procfile import (
     parse_ptcpdump_comment,
     ptcpdump_chain,
 )
+from egresswatch.capture.pcapfile import read_frames
+from egresswatch.decode.engine import Engine
+from egresswatch.mcp.formats import ServerDef
+from egresswatch.mcp.match import RUN, Matcher
+from egresswatch.model import Attribution, Frame, Observation, ProcessInfo
+from egresswatch.pipeline import Pipeline
 from tests.corpus import corpus_dir
 
 DIG = ServerDef(

@@ -10,10 +10,10 @@ from pathlib import Path
 
 import pytest
 
+from egresswatch.cli.render import EventWriter, destination, events_to_string, render_stats, use_color
 from egresswatch.errors import StoreError
-from egresswatch.jsonlsink import JsonlSink
 from egresswatch.model import CONNECT, DNS_QUERY, QUIC_SNI
-from egresswatch.render import EventWriter, destination, events_to_string, render_stats, use_color
+from egresswatch.store.jsonl import JsonlSink
 from tests.test_store import T0, make_event
 
 

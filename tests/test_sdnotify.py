@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from egresswatch import sdnotify
+from egresswatch.service import sdnotify
 
 
 @pytest.fixture

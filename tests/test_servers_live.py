@@ -10,8 +10,8 @@ from pathlib import Path
 
 from click.testing import CliRunner
 
-from egresswatch.cli import cli
-from egresswatch.lineage import host_project_dirs
+from egresswatch.attribute.lineage import host_project_dirs
+from egresswatch.cli.main import cli
 from tests.helpers.netlab import wait_for
 
 

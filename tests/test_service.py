@@ -12,8 +12,8 @@ from pathlib import Path
 import pytest
 from click.testing import CliRunner
 
-from egresswatch.cli import cli
-from egresswatch.service import read_status, write_status
+from egresswatch.cli.main import cli
+from egresswatch.service.daemon import read_status, write_status
 from tests.helpers.netlab import require_live
 
 REPO = Path(__file__).resolve().parents[1]
@@ -134,7 +134,7 @@ def test_status_shows_why_it_is_unhealthy(private: Path) -> None:
 
 
 def test_health_fails_on_losses_and_logs_each_once(caplog: pytest.LogCaptureFixture) -> None:
-    from egresswatch.health import Health
+    from egresswatch.service.health import Health
 
     h = Health(window=60)
     zero = {"kernel_packets": 0, "kernel_drops": 0}

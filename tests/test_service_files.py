@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 from click.testing import CliRunner
 
-from egresswatch.cli import cli
+from egresswatch.cli.main import cli
 from tests.helpers.netlab import missing
 
 REPO = Path(__file__).resolve().parents[1]
@@ -102,7 +102,7 @@ def test_launchd_plists(name: str, command: str, tmp_path: Path) -> None:
 
 
 def test_install_service_warns_about_a_checkout_under_tmp(tmp_path: Path) -> None:
-    from egresswatch.cli_install import hidden_by_private_tmp
+    from egresswatch.cli.install import hidden_by_private_tmp
 
     link = tmp_path / "link"
     link.symlink_to("/var/tmp/x")

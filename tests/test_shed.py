@@ -6,9 +6,9 @@ from dnslib import DNSRecord
 
 from egresswatch.config import Config
 from egresswatch.decode.engine import Engine
+from egresswatch.judge.policy import Policy
 from egresswatch.model import Attribution, Event, Frame, Observation, ProcessInfo
 from egresswatch.pipeline import Pipeline
-from egresswatch.policy import Policy
 from tests.test_engine import frames_of, udp
 
 WATCHED_PORT = 40001

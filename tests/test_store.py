@@ -27,8 +27,8 @@ from egresswatch.model import (
     ProcessInfo,
     Verdict,
 )
-from egresswatch.query import domain_condition, parse_time, query_events, stats
-from egresswatch.store import MIGRATIONS, Store, check_permissions
+from egresswatch.store.db import MIGRATIONS, Store, check_permissions
+from egresswatch.store.query import domain_condition, parse_time, query_events, stats
 
 T0 = 1_763_000_000.0
 
@@ -385,7 +385,7 @@ def test_chown_refused_is_a_one_line_error(tmp_path: Path) -> None:
         pytest.fail("setpriv (util-linux) is missing")
     name, gid = _other_group()
     code = (
-        "import sys\nfrom egresswatch.store import Store, StoreError\n"
+        "import sys\nfrom egresswatch.store.db import Store, StoreError\n"
         f"try:\n    Store({str(tmp_path / 'e.db')!r}, group={name!r})\n"
         "except StoreError as e:\n    print(e); sys.exit(3)\n"
     )

@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from egresswatch.store import Store
+from egresswatch.store.db import Store
 from tests.test_store import T0, make_event
 
 

@@ -29,7 +29,7 @@ from urllib.parse import quote, urlencode
 import pytest
 from click.testing import CliRunner
 
-from egresswatch.cli import cli
+from egresswatch.cli.main import cli
 from tests.helpers import uidb
 from tests.helpers.netlab import missing, wait_for
 

@@ -10,7 +10,7 @@ import ipaddress
 import struct
 from dataclasses import dataclass
 
-from egresswatch.proc_events import CLK_TCK, boot_time
+from egresswatch.host import CLK_TCK, boot_time
 
 FLOW_KEY = struct.Struct("<BBHHH16s16s")  # proto, pad, lport, rport, pad, laddr, raddr
 # tgid, pid, start_ns, first_ns, last_ns, bytes, netns, sends, comm, ppid, pad, parent's start_ns

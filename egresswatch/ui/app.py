@@ -33,9 +33,8 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 from egresswatch.config import Config
 from egresswatch.errors import EgresswatchError
 from egresswatch.model import KINDS, VERDICTS
-from egresswatch.query import query_events
-from egresswatch.render import destination
-from egresswatch.store import Store
+from egresswatch.store.db import Store
+from egresswatch.store.query import destination, query_events
 from egresswatch.textsafe import safe
 from egresswatch.ui import charts, queries
 from egresswatch.ui.params import BadParam, event_filters, parse_times

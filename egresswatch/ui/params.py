@@ -2,7 +2,7 @@
 
 The names, forms and checks are the CLI's (``--since 2h``, ``--domain '*.x.com'``,
 ``--verdict flagged`` ... become ``?since=2h&domain=*.x.com&verdict=flagged``), and
-the result is passed to the same :func:`egresswatch.query.query_events`, so a
+the result is passed to the same :func:`egresswatch.store.query.query_events`, so a
 link shows what the command shows. A bad value is a one-line :class:`BadParam`.
 """
 
@@ -14,7 +14,7 @@ from typing import Any
 from urllib.parse import urlencode
 
 from egresswatch.model import KINDS, VERDICTS
-from egresswatch.query import parse_time
+from egresswatch.store.query import parse_time
 from egresswatch.textsafe import safe
 
 FILTERS = ("since", "until", "server", "pid", "process", "domain", "verdict", "kind", "limit")

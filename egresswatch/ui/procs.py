@@ -3,7 +3,7 @@
 The daemon's status file holds counters only, and its lineage lives in the
 daemon's memory, so the view builds its own snapshot the way `egresswatch
 servers` does: discover the MCP host configs it can read, walk /proc once
-through :class:`egresswatch.lineage.LineageTracker` and keep the trees. A
+through :class:`egresswatch.attribute.lineage.LineageTracker` and keep the trees. A
 background thread repeats that every ``interval`` seconds; pages read the last
 snapshot and never wait for /proc.
 
@@ -23,9 +23,9 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from egresswatch.attribute.lineage import LineageTracker, ServerTree, host_project_dirs
 from egresswatch.config import DEFAULT_LAUNCHER_PATTERNS
-from egresswatch.discovery import discover
-from egresswatch.lineage import LineageTracker, ServerTree, host_project_dirs
+from egresswatch.mcp.discovery import discover
 
 log = logging.getLogger(__name__)
 

@@ -1,8 +1,8 @@
 """What the pages ask of the event database, over a read-only :class:`Store`.
 
-Per-server destination counts come from :func:`egresswatch.query.stats`, event
-search from :func:`egresswatch.query.query_events` and the allowlist proposal
-from :mod:`egresswatch.allowlist`, so the view says what the CLI says. The SQL
+Per-server destination counts come from :func:`egresswatch.store.query.stats`, event
+search from :func:`egresswatch.store.query.query_events` and the allowlist proposal
+from :mod:`egresswatch.judge.allowlist`, so the view says what the CLI says. The SQL
 here answers only what those do not: the time buckets of the timeline, the
 install-phase split, the alert rows and the "anything new?" probe.
 Every query is bounded by a time window and answered from an index.
@@ -14,12 +14,12 @@ import json
 from dataclasses import dataclass
 from typing import Any
 
-from egresswatch import allowlist
 from egresswatch.config import Config
 from egresswatch.errors import StoreError
-from egresswatch.policy import Policy
-from egresswatch.query import server_names, stats
-from egresswatch.store import Store
+from egresswatch.judge import allowlist
+from egresswatch.judge.policy import Policy
+from egresswatch.store.db import Store
+from egresswatch.store.query import server_names, stats
 
 OVERVIEW_TOP = 10  # destinations listed per server on the servers page
 DEFAULT_WINDOW = 86400.0  # without ?since: the 24 h up to the newest stored event

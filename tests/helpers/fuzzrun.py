@@ -28,7 +28,7 @@ from typing import Any
 
 from click.testing import CliRunner
 
-from egresswatch.cli import cli
+from egresswatch.cli.main import cli
 
 LIMIT = 10.0  # CPU seconds per replay
 WALL_BACKSTOP = 120.0  # a subprocess still running after this is killed and counted

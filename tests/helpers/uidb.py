@@ -14,10 +14,10 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from egresswatch.alerts import Alerter
-from egresswatch.cli_replay import replay_files
+from egresswatch.alert.deliver import Alerter
+from egresswatch.cli.replay import replay_files
 from egresswatch.config import AlertsConfig, load_config
-from egresswatch.store import Store
+from egresswatch.store.db import Store
 
 PCAPS = Path(__file__).resolve().parents[2] / "pcaps"
 XSS = "<script>alert(1)</script>.example"

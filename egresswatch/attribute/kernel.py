@@ -1,0 +1,161 @@
+"""Send-time attribution: the eBPF flow map first, the userspace path after.
+
+:class:`KernelAttributor` wraps a :class:`LiveAttributor`. For each
+observation it asks the kernel's flow map (egresswatch.ebpf) who last sent on
+the socket with the observation's local end (and remote end, or none for an
+unconnected UDP socket, wildcard binds included). The record names the
+thread group and its start time, i.e. the identity ``(pid, create_time)``
+the lineage tracker files processes under, exited ones included, so a socket
+that lived a millisecond in a process started hours ago is attributed. When
+the map has no record (forwarded traffic, a socket that never sent: an
+incoming connection's SYN-ACK) or the tracker does not know the process, the
+userspace path answers as before.
+"""
+
+from __future__ import annotations
+
+import time
+from collections import Counter
+from collections.abc import Callable
+from dataclasses import replace
+from typing import Protocol
+
+from egresswatch.attribute.attributor import LiveAttributor
+from egresswatch.attribute.sockets import norm_ip
+from egresswatch.ebpf.records import ExecRecord, FlowOwner
+from egresswatch.mcp.match import Lineage, attribution
+from egresswatch.model import UDP_FLOW, Attribution, Frame, Observation, ProcessInfo
+
+
+class FlowTable(Protocol):
+    """egresswatch.ebpf.loader.KernelFlows, as far as attribution uses it."""
+
+    def owner(
+        self,
+        proto: str,
+        local: tuple[str, int],
+        remote: tuple[str, int],
+        at: float | None = None,
+        slack: float = 1.0,
+    ) -> FlowOwner | None: ...
+
+    def epoch(self, boot_ns: int) -> float: ...
+
+
+#: a record first seen this long after the packet belongs to a later socket on the port
+LATER_SOCKET = 1.0
+#: a SYN is captured inside connect(2), its record written when connect returns:
+#: a packet handled within this long of its capture may wait for the record
+SETTLE = 0.005
+#: ... but waiting costs at most this share of the time, so a flood of packets that
+#: have no record (raw sockets, forwarded traffic) cannot stall the pipeline
+SETTLE_SHARE = 0.02
+
+
+class KernelAttributor:
+    """The pipeline Attributor when the eBPF programs are loaded."""
+
+    def __init__(self, kernel: FlowTable, live: LiveAttributor) -> None:
+        self.kernel = kernel
+        self.live = live
+        self.lineage = live.lineage
+        self.exec_record: Callable[[int], ExecRecord | None] | None = getattr(kernel, "exec_record", None)
+        self.counters: Counter[str] = Counter()
+        self._budget, self._budget_at = SETTLE, time.monotonic()  # seconds of waiting allowed now
+
+    def start(self) -> None:
+        self.live.start()
+
+    def stop(self) -> None:
+        self.live.stop()
+
+    def attribute(self, obs: Observation, frame: Frame) -> Attribution:
+        ip, port = obs.local()
+        local = (norm_ip(ip), port)
+        rip, rport = obs.remote()
+        remote = (norm_ip(rip), rport)
+        rec = self.kernel.owner(obs.proto, local, remote, frame.ts, LATER_SOCKET)
+        if rec is None and obs.outbound:
+            rec = self._settle(obs.proto, local, remote, frame.ts)
+        if rec is not None:
+            first = self.kernel.epoch(rec.first_ns)
+            if first <= frame.ts + LATER_SOCKET:
+                info, chain, lin = self.identify(rec)
+                if info is not None:
+                    self.live.remember((obs.proto, local[0], port), info.key, frame.ts)
+                    self.counters["kernel"] += 1
+                    return attribution(info, chain, lin, "kernel")
+                self.counters["kernel_unknown_process"] += 1
+            else:
+                self.counters["kernel_later_socket"] += 1
+        self.counters["fallback"] += 1
+        return self.live.attribute(obs, frame)
+
+    def _settle(
+        self, proto: str, local: tuple[str, int], remote: tuple[str, int], ts: float
+    ) -> FlowOwner | None:
+        now = time.monotonic()
+        self._budget = min(SETTLE, self._budget + (now - self._budget_at) * SETTLE_SHARE)
+        self._budget_at = now
+        deadline = min(time.time() + self._budget, ts + SETTLE)
+        rec = None
+        while rec is None and time.time() < deadline:
+            time.sleep(0.0005)
+            rec = self.kernel.owner(proto, local, remote, ts, LATER_SOCKET)
+        self._budget -= time.monotonic() - now
+        self.counters["kernel_settled" if rec is not None else "kernel_not_settled"] += 1
+        return rec
+
+    def identify(self, rec: FlowOwner) -> tuple[ProcessInfo | None, tuple[ProcessInfo, ...], Lineage | None]:
+        """The tracker's process, chain and lineage for a kernel record."""
+        info, chain, lin = self.lineage.lookup_key(rec.key)
+        if info is None:  # not heard of yet (lookup() reads a live one from /proc)
+            info, chain, lin = self.lineage.lookup(rec.tgid)
+            if info is not None and info.key != rec.key:
+                info = None
+        for near in rec.near_keys() if info is None else ():
+            info, chain, lin = self.lineage.lookup_key(near)
+            if info is not None:
+                break
+        if info is None:  # gone before the tracker filed it: tie it through its parent
+            info, chain, lin = self._via_parent(rec)
+        return info, chain, lin
+
+    def udp_flow(self, rec: FlowOwner) -> Observation | None:
+        """The ``udp_flow`` observation of a kernel record of a first datagram,
+        for processes of an MCP tree only (None for the rest of the machine).
+        DNS (port 53) and QUIC (443) are decoded from the packets already."""
+        if rec.remote[1] in (53, 443) or not rec.remote[1]:
+            return None
+        _info, _chain, lin = self.identify(rec)
+        if lin is None:
+            self.counters["udp_flow_outside_mcp"] += 1
+            return None
+        self.counters["udp_flow"] += 1
+        src = rec.local[0]
+        if src == "::" and "." in rec.remote[0]:
+            src = "0.0.0.0"
+        ts = self.kernel.epoch(rec.first_ns)
+        return Observation(ts=ts, frame=0, kind=UDP_FLOW, proto="udp", src=src, sport=rec.local[1],
+                           dst=rec.remote[0], dport=rec.remote[1])  # fmt: skip
+
+    def _via_parent(
+        self, rec: FlowOwner
+    ) -> tuple[ProcessInfo | None, tuple[ProcessInfo, ...], Lineage | None]:
+        """A process that sent and exited before the tracker heard of its fork
+        (the proc connector lags under load): the kernel named its parent at
+        send time; the child inherits the parent's lineage, as at fork, and
+        the command line it exec'd if the kernel saw an exec."""
+        parent, pchain, plin = self.lineage.lookup_key((rec.ppid, rec.parent_create_time))
+        if parent is None or not rec.ppid:
+            return None, (), None
+        cmdline, name = parent.cmdline, rec.comm or parent.name
+        seen = self.exec_record(rec.tgid) if self.exec_record is not None else None
+        if seen is not None and seen.create_time == rec.create_time and seen.argv:
+            cmdline, name = seen.argv, seen.comm or name
+        info = ProcessInfo(rec.tgid, rec.create_time, rec.ppid, name, parent.exe, cmdline, parent.user)
+        self.counters["kernel_via_parent"] += 1
+        lin = replace(plin, depth=plin.depth + 1) if plin is not None else None
+        if lin is not None and cmdline != parent.cmdline:  # it exec'd: classify its own chain
+            lin = self.lineage.classify([info, parent, *pchain]) or lin
+        return info, (parent, *pchain), lin
