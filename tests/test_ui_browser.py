@@ -286,7 +286,7 @@ def _http(url: str, method: str = "GET", host: str | None = None) -> tuple[int, 
 
 def test_http_is_read_only_and_local(server: str, data: Path) -> None:
     before = hashlib.sha256(data.read_bytes()).hexdigest(), data.stat().st_mtime_ns
-    for path in ("/", "/server?name=github", "/alerts?held=1", "/events?verdict=flagged", "/api/head",
+    for path in ("/", "/server?name=github", "/alerts?server=github", "/events?verdict=flagged", "/api/head",
                  "/chart/verdicts.svg?name=github", "/static/ui.css"):  # fmt: skip
         status, headers = _http(server + path)
         assert status == 200, path

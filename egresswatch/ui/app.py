@@ -207,9 +207,8 @@ class UI:
     def alerts(self, request: Request) -> Response:
         def run() -> Response:
             server = request.query_params.get("server") or None
-            held = request.query_params.get("held") == "1"
-            rows = queries.alerts(self.store, server, held=held)
-            return self.page(request, "alerts.html", alerts=rows, server=server, held=held)
+            rows = queries.alerts(self.store, server)
+            return self.page(request, "alerts.html", alerts=rows, server=server)
 
         return self._guard(request, run)
 

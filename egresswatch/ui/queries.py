@@ -227,15 +227,14 @@ def timeline(
     }
 
 
-def alerts(store: Store, server: str | None, held: bool = False, limit: int = 200) -> list[dict[str, Any]]:
-    """Alert and digest rows, newest first; rows ``held`` back inside an alert's
-    window (each is also counted in the window's digest) only when asked."""
-    where, params = [], []
+def alerts(store: Store, server: str | None, limit: int = 200) -> list[dict[str, Any]]:
+    """Alert and digest rows, newest first. What the rules kept back is listed in
+    the digest that counted it; ``held`` rows, written by versions before the
+    per-server budget (#13), are left out as they were then."""
+    where, params = ["result != 'held'"], []
     if server is not None:
         where.append("server = ?")
         params.append(server)
-    if not held:
-        where.append("result != 'held'")
     cond = (" WHERE " + " AND ".join(where)) if where else ""
     rows = store.execute(f"SELECT * FROM alerts{cond} ORDER BY ts DESC, id DESC LIMIT {int(limit)}", params)
     out = []
