@@ -42,7 +42,8 @@ from egresswatch.model import (  # noqa: E402
     Verdict,
 )
 from egresswatch.store.db import Store  # noqa: E402
-from egresswatch.store.query import query_events, stats  # noqa: E402
+from egresswatch.store.query import query_events  # noqa: E402
+from egresswatch.store.stats import stats  # noqa: E402
 
 SERVERS = ["filesystem", "github", "postgres", "slack", "puppeteer", "fetch", "memory", "sentry",
            "notion", "linear", "brave-search", "weather"]  # fmt: skip

@@ -34,8 +34,6 @@ STILL_LONG = {
     "attribute/recorded.py",
     "cli/run.py",
     "service/daemon.py",
-    "store/query.py",
-    "store/db.py",
     "capture/pcapfile.py",
     "capture/live.py",
     "capture/bpf.py",
@@ -83,7 +81,7 @@ STAGES = ("capture", "decode", "attribute", "mcp", "judge", "store", "alert", "a
 CONFINED = {
     "apprise": {"alert/deliver.py"},
     "psutil": {"attribute/lineage.py", "attribute/attributor.py"},
-    "sqlite_utils": {"store/db.py"},
+    "sqlite_utils": {"store/schema.py"},
     "cryptography": {"decode/quic_crypto.py"},
     "dnslib": {"decode/dns.py"},
     "publicsuffixlist": {"judge/detectors.py"},

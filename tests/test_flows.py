@@ -32,7 +32,8 @@ from egresswatch.model import (
     ProcessInfo,
 )
 from egresswatch.pipeline import Pipeline
-from egresswatch.store.db import Store, _m0001
+from egresswatch.store.db import Store
+from egresswatch.store.schema import _m0001
 
 LOCAL, RESOLVER, CDN = "10.0.0.5", "10.0.0.53", "198.51.100.77"
 SRV = Attribution(process=ProcessInfo(pid=42, create_time=1.0), server="notes", host="claude", phase="run")
@@ -357,7 +358,7 @@ def test_allowlist_suggest_names_a_flow_by_its_hello_not_its_syn() -> None:
 
 
 def test_stats_count_a_flow_once_by_its_decision(tmp_path: Path) -> None:
-    from egresswatch.store.query import stats
+    from egresswatch.store.stats import stats
 
     rig = Rig()
     shared(rig)
@@ -373,7 +374,7 @@ def test_stats_count_a_flow_once_by_its_decision(tmp_path: Path) -> None:
 
 
 def test_stats_counting_flows_once_still_reads_only_the_covering_index(tmp_path: Path) -> None:
-    from egresswatch.store.query import stats
+    from egresswatch.store.stats import stats
 
     rig = Rig()
     shared(rig)

@@ -27,8 +27,12 @@ from egresswatch.model import (
     ProcessInfo,
     Verdict,
 )
-from egresswatch.store.db import MIGRATIONS, Store, check_permissions
-from egresswatch.store.query import domain_condition, parse_time, query_events, stats
+from egresswatch.store.db import Store
+from egresswatch.store.domains import domain_condition
+from egresswatch.store.files import check_permissions
+from egresswatch.store.query import parse_time, query_events
+from egresswatch.store.schema import MIGRATIONS
+from egresswatch.store.stats import stats
 
 T0 = 1_763_000_000.0
 

@@ -28,7 +28,8 @@ import apprise
 from egresswatch.alert.rules import AlertRecord, AlertRules, destination_of, format_alert, rank
 from egresswatch.config import AlertsConfig
 from egresswatch.model import Event
-from egresswatch.store.db import AlertLog, Store
+from egresswatch.store.alertlog import AlertLog
+from egresswatch.store.db import Store
 
 log = logging.getLogger(__name__)
 

@@ -15,7 +15,8 @@ from egresswatch.config import load_config
 from egresswatch.errors import EgresswatchError
 from egresswatch.model import KINDS, VERDICTS
 from egresswatch.store.db import Store
-from egresswatch.store.query import count_events, parse_time, query_events, stats
+from egresswatch.store.query import count_events, parse_time, query_events
+from egresswatch.store.stats import stats
 
 FOLLOW_INTERVAL = 0.5
 

@@ -15,7 +15,7 @@ from collections.abc import Iterable, Sequence
 from datetime import datetime
 from typing import Any, TextIO
 
-from egresswatch.store.query import destination
+from egresswatch.store.rows import destination
 from egresswatch.textsafe import safe
 
 FORMATS = ("table", "json", "jsonl", "csv")

@@ -85,7 +85,7 @@ class _Flags:
 def trusted_file_problems(path: Path) -> list[str]:
     """Ways users other than root could change ``path`` (a config file or the
     database): writable file or directories, foreign owner, symlinked file."""
-    from egresswatch.store.db import check_permissions
+    from egresswatch.store.files import check_permissions
 
     return check_permissions(path)
 
@@ -174,7 +174,7 @@ class Daemon:
             raise PermissionProblem(f"refusing to use database {db}: {problems[0]}")
         self._check_outputs()
         try:
-            from egresswatch.store.db import make_db_dir
+            from egresswatch.store.files import make_db_dir
 
             make_db_dir(db, self.config.daemon.db_group)  # the lock lives beside the database
             self.locks.append(InstanceLock(Path(f"{db}.lock"), f"database {db}").acquire())

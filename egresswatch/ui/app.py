@@ -34,7 +34,8 @@ from egresswatch.config import Config
 from egresswatch.errors import EgresswatchError
 from egresswatch.model import KINDS, VERDICTS
 from egresswatch.store.db import Store
-from egresswatch.store.query import destination, query_events
+from egresswatch.store.query import query_events
+from egresswatch.store.rows import destination
 from egresswatch.textsafe import safe
 from egresswatch.ui import charts, queries
 from egresswatch.ui.params import BadParam, event_filters, parse_times

@@ -1,6 +1,6 @@
 """What the pages ask of the event database, over a read-only :class:`Store`.
 
-Per-server destination counts come from :func:`egresswatch.store.query.stats`, event
+Per-server destination counts come from :func:`egresswatch.store.stats.stats`, event
 search from :func:`egresswatch.store.query.query_events` and the allowlist proposal
 from :mod:`egresswatch.judge.allowlist`, so the view says what the CLI says. The SQL
 here answers only what those do not: the time buckets of the timeline, the
@@ -19,7 +19,7 @@ from egresswatch.errors import StoreError
 from egresswatch.judge import allowlist
 from egresswatch.judge.policy import Policy
 from egresswatch.store.db import Store
-from egresswatch.store.query import server_names, stats
+from egresswatch.store.stats import server_names, stats
 
 OVERVIEW_TOP = 10  # destinations listed per server on the servers page
 DEFAULT_WINDOW = 86400.0  # without ?since: the 24 h up to the newest stored event
