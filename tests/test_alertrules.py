@@ -8,7 +8,7 @@ import string
 
 from egresswatch.alert.rules import AlertRecord, AlertRules, format_alert, key_of, shape_of, target_of
 from egresswatch.config import AlertsConfig, ExfilConfig
-from egresswatch.judge.detectors import DnsExfilDetector
+from egresswatch.judge.exfil import DnsExfilDetector
 from egresswatch.model import DNS_QUERY, Event, Verdict
 from tests.test_store import T0, make_event
 
@@ -144,7 +144,7 @@ def test_format_leaves_out_secrets_and_cuts_long_names() -> None:
 
 
 def test_target_is_the_registrable_domain_or_the_address() -> None:
-    from egresswatch.judge.detectors import registrable_domain
+    from egresswatch.judge.suffixes import registrable_domain
 
     names = ["a.b.example.co.uk", "x.y.github.io", "github.io", "x.co.uk", "co.uk", "q1.flood.test", "Evil.Example.COM.",
              "a.b.c.d.e.f.g.h.s3.amazonaws.com", "localhost", "www.ck", "a.www.ck", "b.c.ck"]  # fmt: skip

@@ -37,7 +37,6 @@ STILL_LONG = {
     "capture/pcapfile.py",
     "capture/live.py",
     "capture/bpf.py",
-    "judge/detectors.py",
     "judge/allowlist.py",
     "judge/policy.py",
     "mcp/match.py",
@@ -84,7 +83,7 @@ CONFINED = {
     "sqlite_utils": {"store/schema.py"},
     "cryptography": {"decode/quic_crypto.py"},
     "dnslib": {"decode/dns.py"},
-    "publicsuffixlist": {"judge/detectors.py"},
+    "publicsuffixlist": {"judge/suffixes.py"},
     "scapy": set(),  # tests and capture generators only: too slow for the hot path
     # config formats: MCP host configs (Goose, Continue) and Docker catalog files
     "yaml": {"mcp/formats.py", "cli/policy.py"},
@@ -110,12 +109,8 @@ CLOCK_FREE = [
     "decode/*.py",
     "model.py",
     "pipeline.py",
-    "judge/names.py",
-    "judge/policy.py",
-    "judge/detectors.py",
-    "judge/flows.py",
+    "judge/*.py",  # names, policy, flows, allowlist, exfil, labels, windows, suffixes, doh
     "mcp/match.py",
-    "judge/allowlist.py",
     "alert/rules.py",
 ]
 CLOCKS = {

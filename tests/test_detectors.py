@@ -1,4 +1,4 @@
-"""DNS exfiltration and encrypted-DNS detectors (egresswatch.judge.detectors)."""
+"""DNS exfiltration and encrypted-DNS detectors (egresswatch.judge: exfil, labels, suffixes, doh)."""
 
 from __future__ import annotations
 
@@ -12,17 +12,10 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from egresswatch.config import ExfilConfig
-from egresswatch.judge.detectors import (
-    UNKNOWN_TLD,
-    DnsExfilDetector,
-    doh_dot,
-    is_doh_ip,
-    is_doh_name,
-    label_signals,
-    registrable_domain,
-    shannon_entropy,
-    wire_len,
-)
+from egresswatch.judge.doh import doh_dot, is_doh_ip, is_doh_name
+from egresswatch.judge.exfil import UNKNOWN_TLD, DnsExfilDetector
+from egresswatch.judge.labels import label_signals, shannon_entropy, wire_len
+from egresswatch.judge.suffixes import registrable_domain
 from egresswatch.model import CONNECT, DNS_QUERY, QUIC_SNI, TLS_SNI, Observation, Proto
 from tests.corpus import corpus_dir
 

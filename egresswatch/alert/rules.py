@@ -31,8 +31,8 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime
 
 from egresswatch.config import AlertsConfig
-from egresswatch.judge.detectors import registrable_domain
 from egresswatch.judge.names import is_ip
+from egresswatch.judge.suffixes import registrable_domain
 from egresswatch.model import FLAGGED, Event
 from egresswatch.textsafe import safe
 
@@ -41,7 +41,7 @@ DIGEST_ITEMS = 20  # lines listed in a digest
 MAX_PENDING = 1000  # distinct keys a server's digest tracks; more are only counted
 NAME_SHOWN = 80  # characters of a destination name shown in an alert
 
-# dns_exfil rule phrases of a query that itself carries data (detectors.DnsExfilDetector)
+# dns_exfil rule phrases of a query that itself carries data (exfil.DnsExfilDetector)
 _PAYLOAD = re.compile(r"label of \d+ bytes|\d+ bytes in random-looking labels")
 
 Key = tuple[str, str, str, str]  # (server, reason, target, shape)

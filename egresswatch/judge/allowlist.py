@@ -15,9 +15,9 @@ from typing import Any
 
 from egresswatch.config import Config
 from egresswatch.errors import ConfigError
-from egresswatch.judge.detectors import registrable_domain
 from egresswatch.judge.names import is_ip
 from egresswatch.judge.policy import Matcher, parse_entry
+from egresswatch.judge.suffixes import registrable_domain
 
 #: at least this many distinct subdomains of one registrable domain collapse to ``*.domain``
 COLLAPSE_AT = 3

@@ -26,7 +26,8 @@ from dataclasses import dataclass
 
 from egresswatch.config import Config, ServerPolicy
 from egresswatch.errors import ConfigError
-from egresswatch.judge import detectors
+from egresswatch.judge.doh import doh_dot
+from egresswatch.judge.exfil import DnsExfilDetector
 from egresswatch.judge.names import Owner, owner_key
 from egresswatch.model import (
     ALLOWED,
@@ -220,7 +221,7 @@ class Policy:
         self.max_learned = max(1, max_learned)
         self._learned: OrderedDict[tuple[str, str], None] = OrderedDict()
         self._since: dict[str, float] = {}  # server -> frame time its learning began
-        self.exfil = detectors.DnsExfilDetector(config.policy.exfil)
+        self.exfil = DnsExfilDetector(config.policy.exfil)
         self.reload(config)
 
     def reload(self, config: Config) -> None:
@@ -283,9 +284,9 @@ class Policy:
             name, ip, port = obs.sni or dst_name, obs.dst, obs.dport
         shared = () if obs.is_dns or obs.sni or len(candidates) < 2 else candidates
         ech = " (ECH: outer name)" if obs.ech else ""
-        doh = detectors.doh_dot(obs, dst_name)
+        doh = doh_dot(obs, dst_name)
         for cand in shared:
-            doh = doh or detectors.doh_dot(obs, cand)
+            doh = doh or doh_dot(obs, cand)
         if doh and self._doh_allow.match(name, ip, port) is None:
             return verdict("doh_dot", doh)
         if exfil is not None:
