@@ -1,4 +1,4 @@
-"""Allowlist suggestion, imports and TOML rendering (egresswatch.judge.allowlist, cli_policy)."""
+"""Allowlist suggestion, imports and TOML rendering (egresswatch.judge: allowlist, catalogs, allowtoml; cli policy)."""
 
 from __future__ import annotations
 
@@ -14,7 +14,9 @@ from egresswatch.cli.main import cli
 from egresswatch.config import parse_config
 from egresswatch.errors import ConfigError
 from egresswatch.judge import allowlist
-from egresswatch.judge.allowlist import collapse, import_docker_catalog, import_toolhive, render_toml, suggest
+from egresswatch.judge.allowlist import collapse, suggest
+from egresswatch.judge.allowtoml import render_toml
+from egresswatch.judge.catalogs import import_docker_catalog, import_toolhive
 from egresswatch.judge.policy import Policy
 from egresswatch.model import (
     CONNECT,

@@ -1,4 +1,4 @@
-"""Allowlists and the verdict order (egresswatch.judge.policy)."""
+"""Allowlists and the verdict order (egresswatch.judge.entries, egresswatch.judge.policy)."""
 
 from __future__ import annotations
 
@@ -11,8 +11,9 @@ from hypothesis import strategies as st
 
 from egresswatch.config import Config, ExfilConfig, PolicyConfig, ServerPolicy, parse_config
 from egresswatch.errors import ConfigError
+from egresswatch.judge.entries import Matcher, parse_entry
 from egresswatch.judge.names import NameMemory
-from egresswatch.judge.policy import REASONS, Matcher, Policy, parse_entry
+from egresswatch.judge.policy import REASONS, Policy
 from egresswatch.model import (
     CONNECT,
     DNS_ANSWER,

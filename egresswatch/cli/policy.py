@@ -12,6 +12,8 @@ import click
 from egresswatch.config import load_config
 from egresswatch.errors import EgresswatchError
 from egresswatch.judge import allowlist
+from egresswatch.judge.allowtoml import render_toml
+from egresswatch.judge.catalogs import import_docker_catalog, import_toolhive
 from egresswatch.store.db import Store
 from egresswatch.store.query import parse_time, query_events
 
@@ -71,7 +73,7 @@ def suggest_cmd(server: str | None, db: Path | None, config_path: Path | None, s
             " (listed as FLAGGED comments in the output); review them before allowing any",
             err=True,
         )
-    click.echo(allowlist.render_toml(result, notes, header), nl=False)
+    click.echo(render_toml(result, notes, header), nl=False)
 
 
 def _load(path: Path, yaml_ok: bool) -> Any:
@@ -115,16 +117,16 @@ def import_cmd(toolhive: Path | None, docker_catalog: Path | None) -> None:
     notes: allowlist.Notes = {}
     try:
         if toolhive is not None:
-            result = allowlist.import_toolhive(_load(toolhive, yaml_ok=False), notes)
+            result = import_toolhive(_load(toolhive, yaml_ok=False), notes)
             source = toolhive
         else:
             assert docker_catalog is not None
-            result = allowlist.import_docker_catalog(_load(docker_catalog, yaml_ok=True), notes)
+            result = import_docker_catalog(_load(docker_catalog, yaml_ok=True), notes)
             source = docker_catalog
     except EgresswatchError as exc:
         raise click.ClickException(str(exc)) from None
     header = f"egresswatch allowlist import from {source.name}: {len(result)} server(s)"
-    click.echo(allowlist.render_toml(result, notes, header), nl=False)
+    click.echo(render_toml(result, notes, header), nl=False)
 
 
 COMMANDS = [allowlist_group]

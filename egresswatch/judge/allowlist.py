@@ -1,22 +1,22 @@
-"""Allowlist suggestions from recorded events, imports from ToolHive and Docker
-MCP catalogs, and TOML rendering of ``[servers.NAME] allow = [...]`` tables.
+"""Allowlist suggestions from recorded events: per MCP server, a minimal
+allowlist covering what it contacted, never flagged attacks, with notes saying
+what was left out and why.
 
-Pure functions over dicts: the CLI (cli_policy) does the file and database I/O.
+Pure functions over event dicts: the CLI (``egresswatch allowlist suggest``) and
+the web view do the database I/O. Imports from catalogs are
+:mod:`egresswatch.judge.catalogs`, the TOML output :mod:`egresswatch.judge.allowtoml`.
 """
 
 from __future__ import annotations
 
 import ipaddress
-import json
-import re
 from collections import defaultdict
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from typing import Any
 
 from egresswatch.config import Config
-from egresswatch.errors import ConfigError
+from egresswatch.judge.entries import Matcher, is_valid_entry
 from egresswatch.judge.names import is_ip
-from egresswatch.judge.policy import Matcher, parse_entry
 from egresswatch.judge.suffixes import registrable_domain
 
 #: at least this many distinct subdomains of one registrable domain collapse to ``*.domain``
@@ -31,6 +31,7 @@ LEARNED_REASONS = frozenset({"first_seen"})
 #: at most this many flagged destinations are named per server in the notes
 FLAGGED_SHOWN = 20
 
+#: server -> notes on its proposal (one line each), shown as TOML comments
 Notes = dict[str, list[str]]
 
 
@@ -45,14 +46,6 @@ def _destination(ev: Mapping[str, Any]) -> str | None:
     if not isinstance(name, str) or not name.strip():
         return None
     return name.strip().rstrip(".").lower()
-
-
-def _valid(entry: str) -> bool:
-    try:
-        parse_entry(entry)
-    except ConfigError:
-        return False
-    return True
 
 
 def collapse(destinations: Iterable[str]) -> list[str]:
@@ -129,7 +122,7 @@ def suggest(
             continue
         ok = valid.get(dest)
         if ok is None:
-            ok = valid[dest] = _valid(dest)
+            ok = valid[dest] = is_valid_entry(dest)
         if not ok:  # counted, never echoed: the name is not one an allowlist could hold
             dropped[srv]["not a host name"] += n
             continue
@@ -198,140 +191,3 @@ def config_skipper(cfg: Config) -> Callable[[str, Mapping[str, Any]], bool]:
         return hit
 
     return skip
-
-
-# --- imports -----------------------------------------------------------------------
-
-
-def _toolhive_allow(entry: Mapping[str, Any], note: list[str]) -> list[str] | None:
-    perms = entry.get("permissions")
-    if isinstance(perms, str):  # a built-in profile name
-        return ["*"] if perms == "network" else []
-    if not isinstance(perms, Mapping):
-        return None
-    net = perms.get("network")
-    outbound = net.get("outbound") if isinstance(net, Mapping) else None
-    if not isinstance(outbound, Mapping):
-        note.append("no outbound network permissions declared")
-        return []
-    if outbound.get("insecure_allow_all") is True:
-        note.append("ToolHive insecure_allow_all: any destination")
-        return ["*"]
-    hosts = [h for h in outbound.get("allow_host") or [] if isinstance(h, str)]
-    ports = [p for p in outbound.get("allow_port") or [] if isinstance(p, int) and not isinstance(p, bool)]
-    out: list[str] = []
-    for host in hosts:
-        h = host.strip()
-        forms = [h[1:], f"*{h}"] if h.startswith(".") else [h]  # ".x.com": x.com and subdomains
-        for form in forms:
-            for e in [f"{_bracket(form)}:{p}" for p in ports] if ports else [form]:
-                if _valid(e):
-                    out.append(e)
-                else:
-                    note.append(f"skipped unusable host {json.dumps(host)}")
-    return list(dict.fromkeys(out))
-
-
-def _bracket(host: str) -> str:
-    return f"[{host}]" if ":" in host else host
-
-
-def import_toolhive(data: Any, notes: Notes | None = None) -> dict[str, list[str]]:
-    """Allowlists from a ToolHive registry (``servers`` / ``remote_servers`` /
-    ``groups``, each entry's ``permissions.network.outbound``: ``allow_host``
-    with ``.domain`` for a domain and its subdomains, ``allow_port``,
-    ``insecure_allow_all``) or from one server entry with a ``name``."""
-    if not isinstance(data, Mapping):
-        raise ConfigError("ToolHive data: expected a JSON object")
-    entries: dict[str, Any] = {}
-    if isinstance(data.get("servers"), Mapping):
-        entries.update(data["servers"])
-        for group in data.get("groups") or []:
-            if isinstance(group, Mapping) and isinstance(group.get("servers"), Mapping):
-                entries.update(group["servers"])
-    elif isinstance(data.get("name"), str):
-        entries[data["name"]] = data
-    else:
-        raise ConfigError("ToolHive data: no 'servers' table and no server 'name'")
-    out: dict[str, list[str]] = {}
-    for name, entry in sorted(entries.items()):
-        if not isinstance(entry, Mapping):
-            continue
-        note: list[str] = []
-        allow = _toolhive_allow(entry, note)
-        if allow is None:
-            continue
-        out[str(name)] = allow
-        if notes is not None and note:
-            notes.setdefault(str(name), []).extend(dict.fromkeys(note))
-    return out
-
-
-def import_docker_catalog(data: Any, notes: Notes | None = None) -> dict[str, list[str]]:
-    """Allowlists from a Docker MCP catalog (``registry.<name>.allowHosts``,
-    ``disableNetwork``) or one docker/mcp-registry ``server.yaml``
-    (``name`` + ``run.allowHosts``). Entries are ``host:port``."""
-    if not isinstance(data, Mapping):
-        raise ConfigError("Docker catalog: expected a mapping")
-    if isinstance(data.get("registry"), Mapping):
-        entries: dict[str, Any] = dict(data["registry"])
-    elif isinstance(data.get("name"), str):
-        entries = {data["name"]: data}
-    else:
-        raise ConfigError("Docker catalog: no 'registry' table and no server 'name'")
-    out: dict[str, list[str]] = {}
-    for name, entry in sorted(entries.items()):
-        if not isinstance(entry, Mapping):
-            continue
-        note: list[str] = []
-        run_value = entry.get("run")
-        run: Mapping[str, Any] = run_value if isinstance(run_value, Mapping) else {}
-        hosts = entry.get("allowHosts") or run.get("allowHosts") or []
-        allow: list[str] = []
-        if entry.get("disableNetwork") is True or run.get("disableNetwork") is True:
-            note.append("disableNetwork: no network at all")
-        else:
-            for h in hosts if isinstance(hosts, list) else []:
-                if isinstance(h, str) and _valid(h.strip()):
-                    allow.append(h.strip())
-                else:
-                    note.append(f"skipped unusable host {json.dumps(h)}")
-            if not hosts:
-                note.append("no allowHosts declared")
-        out[str(name)] = list(dict.fromkeys(allow))
-        if notes is not None and note:
-            notes.setdefault(str(name), []).extend(note)
-    return out
-
-
-# --- TOML ----------------------------------------------------------------------------
-
-_BARE_KEY = re.compile(r"[A-Za-z0-9_-]+")
-
-
-def _toml_str(s: str) -> str:
-    return json.dumps(s)  # a TOML basic string: JSON escapes are valid TOML escapes
-
-
-def _comment(text: str) -> str:
-    return re.sub(r"[\x00-\x1f\x7f]", "?", text)
-
-
-def render_toml(allow: Mapping[str, list[str]], notes: Notes | None = None, header: str = "") -> str:
-    """``[servers.NAME]`` tables with an ``allow`` list each, ready for config.toml."""
-    lines = [f"# {_comment(h)}" for h in header.splitlines()]
-    for name, entries in allow.items():
-        key = name if _BARE_KEY.fullmatch(name) else _toml_str(name)
-        if lines:
-            lines.append("")
-        lines.append(f"[servers.{key}]")
-        lines += [f"# {_comment(n)}" for n in (notes or {}).get(name, [])]
-        if not entries:
-            lines.append("allow = []")
-            continue
-        lines.append("allow = [")
-        for e in entries:
-            tail = "  # IP address: contacted without a resolved name" if is_ip(e) else ""
-            lines.append(f"  {_toml_str(e)},{tail}")
-        lines.append("]")
-    return "\n".join(lines) + "\n"

@@ -17,6 +17,7 @@ from typing import Any
 from egresswatch.config import Config
 from egresswatch.errors import StoreError
 from egresswatch.judge import allowlist
+from egresswatch.judge.allowtoml import render_toml
 from egresswatch.judge.policy import Policy
 from egresswatch.store.db import Store
 from egresswatch.store.stats import server_names, stats
@@ -191,7 +192,7 @@ def suggestion(rows: list[dict[str, Any]], cfg: Config, server: str) -> str:
     )  # fmt: skip
     total = sum(r["count"] for r in rows)
     header = f"egresswatch allowlist suggest --server {server}: {total} events"
-    return allowlist.render_toml(result, notes, header)
+    return render_toml(result, notes, header)
 
 
 def timeline(
