@@ -6,7 +6,9 @@ import dataclasses
 import random
 import string
 
-from egresswatch.alert.rules import AlertRecord, AlertRules, format_alert, key_of, shape_of, target_of
+from egresswatch.alert.keys import key_of, shape_of, target_of
+from egresswatch.alert.message import AlertRecord, format_alert
+from egresswatch.alert.rules import AlertRules
 from egresswatch.config import AlertsConfig, ExfilConfig
 from egresswatch.judge.exfil import DnsExfilDetector
 from egresswatch.model import DNS_QUERY, Event, Verdict

@@ -16,7 +16,9 @@ from typing import Any
 
 import pytest
 
-from egresswatch.alert.deliver import Alerter, AlertRecord, exposed_target
+from egresswatch.alert.deliver import Alerter
+from egresswatch.alert.message import AlertRecord
+from egresswatch.alert.targets import exposed_target
 from egresswatch.config import AlertsConfig
 from egresswatch.model import DNS_QUERY, TLS_SNI
 from egresswatch.store.db import Store
@@ -299,7 +301,7 @@ def test_exposed_target_names_a_user_holding_the_port(tmp_path: Path) -> None:
 
 def test_start_up_warns_about_an_exposed_target(caplog: pytest.LogCaptureFixture, store: Store) -> None:
     port = free_port()
-    with caplog.at_level("WARNING", logger="egresswatch.alert.deliver"):
+    with caplog.at_level("WARNING", logger="egresswatch.alert.channels"):
         Alerter(AlertsConfig(urls=(f"json://127.0.0.1:{port}/hook", "ntfy://ntfy.example/t")), store).close()
     warned = [r.getMessage() for r in caplog.records if "plain-http target" in r.getMessage()]
     assert len(warned) == 1 and warned[0].startswith("alerts.urls: entry 1:") and str(port) in warned[0]

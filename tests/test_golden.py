@@ -86,7 +86,8 @@ def replay_with_alerts(capture: Path) -> tuple[list[dict[str, Any]], list[Sent]]
     """Replay a golden capture into a list and through the real Alerter with no
     dedupe window and every flagged severity, so only the flow logic can keep
     an event from alerting."""
-    from egresswatch.alert.deliver import Alerter, AlertRecord
+    from egresswatch.alert.deliver import Alerter
+    from egresswatch.alert.message import AlertRecord
 
     stem = capture.name.rsplit(".", 1)[0]
     cfg_path = PCAPS / f"{stem}.toml"

@@ -1,31 +1,28 @@
-"""Alert delivery: the rules of :mod:`egresswatch.alert.rules`, then apprise.
+"""Alert delivery: the rules of :mod:`egresswatch.alert.rules`, then the channels.
 
-The only module that imports ``apprise``. :meth:`Alerter.write` decides on
-frame time (``event.obs.ts``) and only puts records on a bounded priority
-queue (highest severity, then urgent, then oldest first), so it never blocks
-capture and nothing severe waits behind a backlog of lesser alerts; a worker
-thread delivers with retries and records every alert and digest in the
-store's ``alerts`` table through its own connection.
+:meth:`Alerter.write` decides on frame time (``event.obs.ts``) and only puts
+records on a bounded priority queue (highest severity, then urgent, then
+oldest first), so it never blocks capture and nothing severe waits behind a
+backlog of lesser alerts; a worker thread delivers (apprise, through
+:mod:`egresswatch.alert.channels`) with retries and records every alert and
+digest in the store's ``alerts`` table through its own connection.
 """
 
 from __future__ import annotations
 
 import heapq
-import ipaddress
 import itertools
 import logging
-import socket
 import threading
 import time
 from collections import Counter, deque
 from collections.abc import Callable
-from pathlib import Path
 from typing import Any
-from urllib.parse import urlsplit
 
-import apprise
-
-from egresswatch.alert.rules import AlertRecord, AlertRules, destination_of, format_alert, rank
+from egresswatch.alert.channels import apprise_notifier
+from egresswatch.alert.keys import rank
+from egresswatch.alert.message import AlertRecord
+from egresswatch.alert.rules import AlertRules
 from egresswatch.config import AlertsConfig
 from egresswatch.model import Event
 from egresswatch.store.alertlog import AlertLog
@@ -33,101 +30,7 @@ from egresswatch.store.db import Store
 
 log = logging.getLogger(__name__)
 
-PLAIN_HTTP = frozenset({"json", "xml", "form", "http"})  # apprise schemes sent over plain http
 _Item = tuple[int, int, int, AlertRecord]  # (-severity, -urgent, seq, record)
-
-
-def _unprivileged_port_start() -> int:
-    try:
-        return int(Path("/proc/sys/net/ipv4/ip_unprivileged_port_start").read_text())
-    except (OSError, ValueError):
-        return 1024
-
-
-def _is_local(host: str) -> bool:
-    if host == "localhost":
-        return True
-    try:
-        ip = ipaddress.ip_address(host.strip("[]"))
-    except ValueError:
-        return False
-    if ip.is_loopback or ip.is_unspecified:
-        return True
-    try:  # an address of one of this host's interfaces: binding port 0 succeeds
-        with socket.socket(socket.AF_INET6 if ip.version == 6 else socket.AF_INET, socket.SOCK_DGRAM) as s:
-            s.bind((str(ip), 0))
-    except OSError:
-        return False
-    return True
-
-
-def _listener_uids(port: int) -> set[int]:
-    """Owners (uid) of TCP sockets listening on ``port`` in this network namespace."""
-    uids: set[int] = set()
-    for table in ("/proc/net/tcp", "/proc/net/tcp6"):
-        try:
-            lines = Path(table).read_text().splitlines()[1:]
-        except OSError:
-            continue
-        for line in lines:
-            f = line.split()
-            if len(f) > 7 and f[3] == "0A" and int(f[1].rsplit(":", 1)[1], 16) == port:
-                uids.add(int(f[7]))
-    return uids
-
-
-def exposed_target(url: str) -> str | None:
-    """Why a plain-http alert target on this host could be taken by a local
-    user (who then reads every alert), or None. For `doctor` and start-up."""
-    try:
-        parts = urlsplit(url)
-        port = parts.port
-    except ValueError:
-        return None
-    scheme, host = parts.scheme.lower(), parts.hostname
-    if scheme not in PLAIN_HTTP or not host or not _is_local(host):
-        return None
-    port = port or 80
-    if port < _unprivileged_port_start():
-        return None
-    uids = _listener_uids(port)
-    now = (
-        "nothing listens there now"
-        if not uids
-        else f"now held by uid {', '.join(str(u) for u in sorted(uids))}"
-        if uids - {0}
-        else "root listens there now, any user can take it when that receiver stops"
-    )
-    return (
-        f"plain-http target on local port {port} ({now}): any local user can bind an unprivileged"
-        " port and read the alerts; use a port below"
-        f" {_unprivileged_port_start()}, a unix-socket relay or an https target"
-    )
-
-
-def apprise_target(url: str) -> str | None:
-    """``url`` as apprise will use it, secrets hidden; None when apprise cannot
-    use it (unknown scheme, missing plugin). For `doctor`."""
-    ap = apprise.Apprise()
-    if not ap.add(url):
-        return None
-    return str(next(iter(ap)).url(privacy=True))
-
-
-def apprise_sender(url: str) -> Callable[[str, str, str], bool] | None:
-    """A function sending ``(title, body, severity)`` to one apprise URL and
-    returning whether it was delivered; None when apprise cannot use the URL.
-    For the user-session desktop notifier."""
-    ap = apprise.Apprise()
-    if not ap.add(url):
-        return None
-    types = {"high": apprise.NotifyType.FAILURE, "medium": apprise.NotifyType.WARNING}
-
-    def send(title: str, body: str, severity: str) -> bool:
-        kind = types.get(severity, apprise.NotifyType.INFO)
-        return bool(ap.notify(title=title, body=body, notify_type=kind))
-
-    return send
 
 
 class Alerter:
@@ -165,23 +68,13 @@ class Alerter:
         self._stopping = False
         self._last_ts = float("-inf")  # newest frame time written
         self._last_write = float("-inf")  # monotonic time of the last write
-        self._apprise: Any = None
         self.targets: list[str] = []
         self.counters: Counter[str] = Counter()
         if notify is not None:
             self._notify = notify
             self.targets = ["callback"]
         else:
-            self._apprise = apprise.Apprise()
-            for i, url in enumerate(config.urls, 1):
-                if not self._apprise.add(url):
-                    log.warning("alerts.urls: entry %d is not a usable apprise URL; ignored", i)
-                    continue
-                exposed = exposed_target(url)
-                if exposed:
-                    log.warning("alerts.urls: entry %d: %s", i, exposed)
-            self.targets = [s.url(privacy=True) for s in self._apprise]
-            self._notify = self._apprise_notify
+            self._notify, self.targets = apprise_notifier(config.urls)
         self._worker = threading.Thread(target=self._run, name="egresswatch-alerts", daemon=True)
         self._worker.start()
 
@@ -259,9 +152,6 @@ class Alerter:
         return row
 
     # -- worker ----------------------------------------------------------------
-    def _apprise_notify(self, title: str, body: str) -> object:
-        return self._apprise.notify(body=body, title=title)
-
     def _send(self, rec: AlertRecord) -> tuple[bool, str | None]:
         try:
             result = self._notify(rec.title, rec.body)
@@ -352,6 +242,3 @@ class Alerter:
         finally:
             if alog is not None:
                 alog.close()
-
-
-__all__ = ["Alerter", "AlertRecord", "format_alert", "destination_of", "exposed_target"]

@@ -173,7 +173,7 @@ class DesktopGate:
 
 
 def apprise_sender(url: str) -> Callable[[DesktopAlert], bool]:
-    from egresswatch.alert.deliver import apprise_sender as sender_for
+    from egresswatch.alert.channels import apprise_sender as sender_for
 
     send_one = sender_for(url)
     if send_one is None:

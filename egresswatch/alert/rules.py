@@ -2,8 +2,10 @@
 
 Pure and clock-free: every decision uses the event's frame time (``obs.ts``)
 or the time a caller passes to :meth:`AlertRules.due`, so a replay of the
-same capture makes the same alerts. The delivery side lives in
-:mod:`egresswatch.alert.deliver`. The rules, and why, are in docs/alerts.md:
+same capture makes the same alerts. What an alert is keyed on is
+:mod:`egresswatch.alert.keys`, what it says :mod:`egresswatch.alert.message`;
+the delivery side lives in :mod:`egresswatch.alert.deliver`. The rules, and
+why, are in docs/alerts.md:
 
 - an alert is keyed on what a person acts on: (server, reason, registrable
   domain or IP, shape), ``shape`` being ``payload`` or ``volume`` for
@@ -24,132 +26,17 @@ same capture makes the same alerts. The delivery side lives in
 
 from __future__ import annotations
 
-import functools
-import re
 from collections import Counter
 from dataclasses import dataclass, field
-from datetime import UTC, datetime
 
+from egresswatch.alert.keys import Key, key_of, rank
+from egresswatch.alert.message import AlertRecord, format_alert, shown_destination, when
 from egresswatch.config import AlertsConfig
-from egresswatch.judge.names import is_ip
-from egresswatch.judge.suffixes import registrable_domain
 from egresswatch.model import FLAGGED, Event
 from egresswatch.textsafe import safe
 
-SEVERITIES = ("info", "low", "medium", "high")
 DIGEST_ITEMS = 20  # lines listed in a digest
 MAX_PENDING = 1000  # distinct keys a server's digest tracks; more are only counted
-NAME_SHOWN = 80  # characters of a destination name shown in an alert
-
-# dns_exfil rule phrases of a query that itself carries data (exfil.DnsExfilDetector)
-_PAYLOAD = re.compile(r"label of \d+ bytes|\d+ bytes in random-looking labels")
-
-Key = tuple[str, str, str, str]  # (server, reason, target, shape)
-
-
-@dataclass(frozen=True, slots=True)
-class AlertRecord:
-    """One alert (``kind`` "alert") or digest (``kind`` "digest") to deliver."""
-
-    kind: str
-    ts: float
-    server: str
-    destination: str
-    reason: str
-    severity: str
-    title: str
-    body: str
-    count: int = 1
-    host: str | None = None
-    pid: int | None = None
-    process: str | None = None
-    urgent: bool = False
-    target: str = ""  # registrable domain(s) or IP of the key(s)
-
-
-def rank(sev: str) -> int:
-    return SEVERITIES.index(sev) if sev in SEVERITIES else len(SEVERITIES) - 1
-
-
-def when(ts: float) -> str:
-    return datetime.fromtimestamp(ts, UTC).isoformat(timespec="seconds")
-
-
-def destination_of(event: Event) -> str:
-    """The event's own flow's destination (SNI, else the candidate names, ...)."""
-    return event.destination()
-
-
-@functools.lru_cache(maxsize=4096)
-def _registrable(name: str) -> str:
-    return registrable_domain(name)
-
-
-def target_of(event: Event) -> str:
-    """The registrable domain of the destination name, or the IP address.
-
-    A flood's names differ in their first label only: the lookup is made for
-    ``_.PARENT`` (cached), which gives the same answer for any first label
-    unless that label is part of the registrable domain itself."""
-    name = destination_of(event)
-    if " | " in name:  # several names share the address (candidates): key on the address
-        return event.obs.dst
-    if name == event.obs.dst or (name[-1:].isdigit() or ":" in name) and is_ip(name):
-        return name
-    n = name.rstrip(".").lower()
-    _first, dot, parent = n.partition(".")
-    if not dot:
-        return n
-    found = _registrable("_." + parent)
-    return n if found == "_." + parent else found
-
-
-def shape_of(event: Event) -> str:
-    """``payload`` (one query carries data), ``volume`` (many names) or ``""``."""
-    v = event.verdict
-    if v.reason != "dns_exfil":
-        return ""
-    return "payload" if _PAYLOAD.search(v.rule or "") else "volume"
-
-
-def key_of(event: Event) -> Key:
-    return (event.attr.server or "-", event.verdict.reason, target_of(event), shape_of(event))
-
-
-def shown_destination(event: Event) -> str:
-    """The destination as an alert shows it: a tunnelled name carries the
-    stolen data, so dns_exfil shows its size and domain; long names are cut."""
-    name = destination_of(event)
-    if event.verdict.reason == "dns_exfil" and name != target_of(event):
-        return f"{len(name)}-byte name under {target_of(event)}"
-    return name if len(name) <= NAME_SHOWN else name[: NAME_SHOWN - 3] + "..."
-
-
-def format_alert(event: Event) -> tuple[str, str]:
-    """(title, body) for a flagged event: what a responder needs, no more.
-
-    No command line (it may hold tokens) and no tunnelled payload: the
-    database keeps the full record. Every packet- or process-derived string
-    is escaped."""
-    o, a, v = event.obs, event.attr, event.verdict
-    server = safe(a.server or "-")
-    dest = safe(shown_destination(event))
-    title = f"egresswatch: MCP server {server} contacted {dest} ({safe(v.reason)})"
-    p = a.process
-    chain = " > ".join(f"{safe(c.name or '?')}[{c.pid}]" for c in a.chain) or "-"
-    rule = safe(v.rule) if v.rule and v.reason != "dns_exfil" else safe((v.rule or "").split(": ", 1)[-1])
-    lines = [
-        f"Server: {server} (host {safe(a.host or '-')}, phase {safe(a.phase or '-')})",
-        f"Destination: {dest} ({safe(o.dst)}:{o.dport}/{o.proto}, {safe(o.kind)})",
-        f"Reason: {safe(v.reason)}" + (f" ({rule})" if rule else "") + f", severity {safe(v.severity)}",
-        f"Time: {when(o.ts)}",
-        f"Process: {safe(p.name) if p else '-'}[{p.pid if p else '-'}]"
-        + (f" {safe(p.exe)}" if p and p.exe else "")
-        + (f" user {safe(p.user)}" if p and p.user else ""),
-        f"Chain: {chain}",
-        f"Full record: egresswatch events --server {server} --since {when(o.ts)}",
-    ]
-    return title, "\n".join(lines)
 
 
 @dataclass
@@ -303,6 +190,3 @@ class AlertRules:
         st.due = None
         return AlertRecord("digest", last, server, dest, ",".join(reasons), top, title, "\n".join(lines),
                            total, st.host, target=dest)  # fmt: skip
-
-
-__all__ = ["AlertRecord", "AlertRules", "format_alert", "destination_of", "key_of", "target_of", "shape_of"]

@@ -262,7 +262,8 @@ def _database(path: Path) -> Check:
 
 
 def _target(url: str) -> Check:
-    from egresswatch.alert.deliver import apprise_target, exposed_target
+    from egresswatch.alert.channels import apprise_target
+    from egresswatch.alert.targets import exposed_target
 
     target = apprise_target(url)
     if target is None:
