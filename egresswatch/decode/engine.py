@@ -32,6 +32,7 @@ from egresswatch.decode import link, linkmore
 from egresswatch.decode.ipfrag import Defragmenter
 from egresswatch.decode.tcpstream import FlowTable, Stream
 from egresswatch.decode.tls import ClientHello, HelloScanner, looks_like_hello_start
+from egresswatch.decode.wire import Fragment
 from egresswatch.model import (
     CONNECT,
     DNS_ANSWER,
@@ -193,7 +194,7 @@ class Engine:
         if pkt is None and frame.linktype not in link.LINKTYPES:
             pkt = linkmore.decode(frame.linktype, data)
         if type(pkt) is not IPPacket:
-            if not isinstance(pkt, link.Fragment):
+            if not isinstance(pkt, Fragment):
                 self.counters["non_ip"] += 1
                 return []
             self.counters["fragments"] += 1
