@@ -24,7 +24,6 @@ STILL_LONG = {
     "alert/rules.py",
     "alert/deliver.py",
     "audit/findings.py",
-    "decode/tls.py",
     "decode/quic.py",
     "decode/engine.py",
     "decode/dns.py",

@@ -31,7 +31,8 @@ from egresswatch.decode import dns as dnsmod
 from egresswatch.decode import link, linkmore
 from egresswatch.decode.ipfrag import Defragmenter
 from egresswatch.decode.tcpstream import FlowTable, Stream
-from egresswatch.decode.tls import ClientHello, HelloScanner, looks_like_hello_start
+from egresswatch.decode.tls import ClientHello
+from egresswatch.decode.tlsstream import HelloScanner, looks_like_hello_start
 from egresswatch.decode.wire import Fragment
 from egresswatch.model import (
     CONNECT,
