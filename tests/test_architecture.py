@@ -26,7 +26,6 @@ STILL_LONG = {
     "audit/findings.py",
     "decode/quic.py",
     "decode/engine.py",
-    "decode/dns.py",
     "attribute/attributor.py",
     "attribute/lineage.py",
     "attribute/recorded.py",
@@ -83,7 +82,7 @@ CONFINED = {
     "psutil": {"attribute/lineage.py", "attribute/attributor.py"},
     "sqlite_utils": {"store/db.py"},
     "cryptography": {"decode/quic_crypto.py"},
-    "dnslib": {"decode/dns.py"},
+    "dnslib": {"decode/dnsrdata.py"},
     "publicsuffixlist": {"judge/detectors.py"},
     "scapy": set(),  # tests and capture generators only: too slow for the hot path
     # config formats: MCP host configs (Goose, Continue) and Docker catalog files

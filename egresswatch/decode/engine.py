@@ -6,7 +6,7 @@ replaying a capture always gives the same observations in the same order
 reassembly is reported on the frame that completes it, with that frame's ts.
 
 - DNS over UDP and TCP port 53 (either side; 5353 mDNS / 5355 LLMNR are not
-  DNS). TCP messages go through :class:`dns.TcpDnsFramer` after reassembly.
+  DNS). TCP messages go through :class:`dnstcp.TcpDnsFramer` after reassembly.
 - TLS ClientHello on any TCP port: a client stream is tracked from its SYN, or
   from a segment that starts a TLS handshake record. The first bytes are
   scanned for a ClientHello record (also after STARTTLS, HTTP CONNECT, SOCKS);
@@ -29,6 +29,7 @@ from typing import Any
 
 from egresswatch.decode import dns as dnsmod
 from egresswatch.decode import link, linkmore
+from egresswatch.decode.dnstcp import TcpDnsFramer
 from egresswatch.decode.ipfrag import Defragmenter
 from egresswatch.decode.tcpstream import FlowTable, Stream
 from egresswatch.decode.tls import ClientHello
@@ -87,7 +88,7 @@ class _Flow:
         self.isn = isn  # SYN sequence number when the SYN was seen
         cap = _DNS_STREAM_CAP if dns else TLS_CAP
         self.stream = Stream(next_seq, cap=cap, pending_cap=DNS_PENDING_CAP if dns else TLS_CAP)
-        self.framer: dnsmod.TcpDnsFramer | None = dnsmod.TcpDnsFramer() if dns else None
+        self.framer: TcpDnsFramer | None = TcpDnsFramer() if dns else None
         self.scanner: HelloScanner | None = None if dns else HelloScanner()
         self.held = 0  # bytes buffered, as last accounted in Engine._held
         self.done = False  # nothing more to look for: kept as a tombstone

@@ -14,7 +14,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from egresswatch.decode.dns import presentation
+from egresswatch.decode.dnsname import presentation
 
 __all__ = ["ClientHello", "parse_client_hello", "handshake_length", "partial_sni"]
 
@@ -39,7 +39,7 @@ def _is_grease(v: int) -> bool:
 
 def _text(b: bytes) -> str:
     """Host names are ASCII; any other byte is written \\DDD and "\\" as "\\\\",
-    the lossless form DNS names use (decode.dns.presentation)."""
+    the lossless form DNS names use (decode.dnsname.presentation)."""
     return presentation(b)
 
 
