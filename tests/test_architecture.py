@@ -24,7 +24,6 @@ STILL_LONG = {
     "alert/rules.py",
     "alert/deliver.py",
     "audit/findings.py",
-    "decode/engine.py",
     "attribute/attributor.py",
     "attribute/lineage.py",
     "attribute/recorded.py",
