@@ -31,7 +31,6 @@ STILL_LONG = {
     "service/daemon.py",
     "store/query.py",
     "store/db.py",
-    "capture/pcapfile.py",
     "capture/live.py",
     "capture/bpf.py",
     "judge/detectors.py",
