@@ -30,11 +30,23 @@ LINKTYPES = (0, 1, 12, 14, 101, 105, 113, 117, 119, 127, 163, 192, 228, 229, 239
 
 
 def _imports() -> None:
-    global link, dns, tls, quic, qc, tcpstream, ipfrag, pcapfile, procfile, engine, model, errors
+    global link, wire, dns, dnstcp, tls, tlsstream, quic, qc, tcpstream, ipfrag, pcap, pcapng, pcapfile
+    global procfile, engine, model, errors
     from egresswatch import errors, model  # noqa: F401
     from egresswatch.attribute import recorded as procfile  # noqa: F401
-    from egresswatch.capture import pcapfile  # noqa: F401
-    from egresswatch.decode import dns, engine, ipfrag, link, quic, tcpstream, tls  # noqa: F401
+    from egresswatch.capture import pcap, pcapfile, pcapng  # noqa: F401
+    from egresswatch.decode import (  # noqa: F401
+        dns,
+        dnstcp,
+        engine,
+        ipfrag,
+        link,
+        quic,
+        tcpstream,
+        tls,
+        tlsstream,
+        wire,
+    )
     from egresswatch.decode import quic_crypto as qc  # noqa: F401
 
 
@@ -83,7 +95,7 @@ def t_link(data: bytes) -> None:
 
 def t_dns(data: bytes) -> None:
     dns.parse_message(data)
-    framer = dns.TcpDnsFramer()
+    framer = dnstcp.TcpDnsFramer()
     inp = Input(data)
     while inp.left:
         for msg in framer.feed(inp.chunk(600)):
@@ -94,9 +106,9 @@ def t_dns(data: bytes) -> None:
 def t_tls(data: bytes) -> None:
     tls.parse_client_hello(data)
     tls.partial_sni(data)
-    tls.looks_like_hello_start(data)
-    tls.hello_from_stream(data)
-    scanner = tls.HelloScanner()
+    tlsstream.looks_like_hello_start(data)
+    tlsstream.hello_from_stream(data)
+    scanner = tlsstream.HelloScanner()
     inp = Input(data)
     while inp.left:
         scanner.feed(inp.chunk(400))
@@ -156,7 +168,7 @@ def t_ipfrag(data: bytes) -> None:
     while inp.left:
         f = inp.u8()
         ts += inp.u8() / 8
-        frag = link.Fragment(
+        frag = wire.Fragment(
             ip_version=4 + 2 * (f & 1),
             src="192.0.2.1",
             dst="192.0.2.2",
@@ -180,12 +192,12 @@ def _capture(reader: Callable[..., object], data: bytes) -> None:
 
 
 def t_pcap(data: bytes) -> None:
-    magic = bytes(data[:4]) in pcapfile._PCAP_MAGICS
-    _capture(pcapfile._read_pcap, data if magic else b"\xd4\xc3\xb2\xa1" + data)
+    magic = bytes(data[:4]) in pcap.PCAP_MAGICS
+    _capture(pcap.read_pcap, data if magic else b"\xd4\xc3\xb2\xa1" + data)
 
 
 def t_pcapng(data: bytes) -> None:
-    _capture(pcapfile._read_pcapng, b"\x0a\x0d\x0d\x0a" + data)
+    _capture(pcapng.read_pcapng, b"\x0a\x0d\x0d\x0a" + data)
 
 
 def t_procfile(data: bytes) -> None:

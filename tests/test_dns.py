@@ -1,4 +1,4 @@
-"""DNS message parsing and DNS-over-TCP framing (egresswatch.decode.dns)."""
+"""DNS message parsing and DNS-over-TCP framing (egresswatch.decode.dns, dnsname, dnsrdata, dnstcp)."""
 
 from __future__ import annotations
 
@@ -9,8 +9,9 @@ from dnslib import QTYPE, RR, DNSRecord
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from egresswatch.decode import dns
-from egresswatch.decode.dns import TcpDnsFramer, parse_message
+from egresswatch.decode.dns import parse_message
+from egresswatch.decode.dnsname import read_name
+from egresswatch.decode.dnstcp import TcpDnsFramer
 from egresswatch.model import DnsRecord
 
 
@@ -237,7 +238,7 @@ _SAMPLES = [
 def test_never_raises_on_random(data: bytes) -> None:
     m = parse_message(data)
     assert m is None or isinstance(m.answers, tuple)
-    dns.read_name(data, 0)
+    read_name(data, 0)
     TcpDnsFramer().feed(data)
 
 

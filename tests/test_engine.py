@@ -17,7 +17,8 @@ from scapy.layers.l2 import Ether
 from scapy.packet import Packet
 
 from egresswatch.capture.pcapfile import read_frames
-from egresswatch.decode.engine import TLS_CAP, Engine
+from egresswatch.decode.engine import Engine
+from egresswatch.decode.tcpflows import TLS_CAP
 from egresswatch.model import Frame, IPPacket, Observation
 from tests.test_tls import build_hello, python_hello, records
 

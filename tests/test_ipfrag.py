@@ -20,7 +20,8 @@ from scapy.packet import Packet
 
 from egresswatch.capture.pcapfile import read_frames
 from egresswatch.decode.ipfrag import Defragmenter
-from egresswatch.decode.link import Fragment, decode
+from egresswatch.decode.link import decode
+from egresswatch.decode.wire import Fragment
 from egresswatch.model import IPPacket
 
 

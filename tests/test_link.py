@@ -31,7 +31,8 @@ from scapy.packet import Packet, Raw
 
 from egresswatch.capture.pcapfile import read_frames
 from egresswatch.decode import link, linkmore
-from egresswatch.decode.link import Fragment, decode, decode_ip, transport
+from egresswatch.decode.link import decode, decode_ip, transport
+from egresswatch.decode.wire import Fragment
 from egresswatch.model import IPPacket
 
 PCAPS = Path(__file__).resolve().parents[1] / "pcaps"

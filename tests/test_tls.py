@@ -1,4 +1,4 @@
-"""TLS ClientHello parsing and the TCP record layer (egresswatch.decode.tls)."""
+"""TLS ClientHello parsing and the TCP record layer (egresswatch.decode.tls, .tlsstream)."""
 
 from __future__ import annotations
 
@@ -9,8 +9,9 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from egresswatch.decode import tls
-from egresswatch.decode.tls import BAD, DONE, NEED_MORE, ClientHello
+from egresswatch.decode import tls, tlsstream
+from egresswatch.decode.tls import ClientHello
+from egresswatch.decode.tlsstream import BAD, DONE, NEED_MORE
 
 # -- builders (also used by test_engine) -------------------------------------------
 
@@ -98,7 +99,7 @@ def python_hello(server_hostname: str = "example.org") -> bytes:
 
 def test_real_openssl_hello() -> None:
     rec = python_hello("example.org")
-    state, hello, msg, end = tls.hello_from_stream(rec)
+    state, hello, msg, end = tlsstream.hello_from_stream(rec)
     assert state == DONE and end == len(rec)
     assert hello is not None
     assert hello == ClientHello(
@@ -182,30 +183,30 @@ def test_hello_split_across_records_and_segments() -> None:
     assert len(msg) > 1400
     stream = records(msg, size=100)
     for cut in range(0, len(stream), 37):
-        state, _, _, _ = tls.hello_from_stream(stream[:cut])
+        state, _, _, _ = tlsstream.hello_from_stream(stream[:cut])
         assert state == NEED_MORE
-    state, hello, got, end = tls.hello_from_stream(stream + b"\x17\x03\x03\x00\x01\x00")
+    state, hello, got, end = tlsstream.hello_from_stream(stream + b"\x17\x03\x03\x00\x01\x00")
     assert state == DONE and got == msg and end == len(stream)
     assert hello is not None and hello.sni == "split.example"
 
 
 def test_record_layer_rejects_other_content() -> None:
-    assert tls.scan_records(b"GET / HTTP/1.1\r\n")[0] == BAD
-    assert tls.scan_records(b"\x17\x03\x03\x00\x10")[0] == BAD
-    assert tls.scan_records(b"\x16\x03\x03\x00\x05\x02\x00\x00\x01\x00")[0] == BAD  # ServerHello
-    assert tls.scan_records(b"\x16\x03\x09")[0] == BAD
-    assert tls.scan_records(b"\x16\x03")[0] == NEED_MORE
-    assert tls.scan_records(b"")[0] == NEED_MORE
+    assert tlsstream.scan_records(b"GET / HTTP/1.1\r\n")[0] == BAD
+    assert tlsstream.scan_records(b"\x17\x03\x03\x00\x10")[0] == BAD
+    assert tlsstream.scan_records(b"\x16\x03\x03\x00\x05\x02\x00\x00\x01\x00")[0] == BAD  # ServerHello
+    assert tlsstream.scan_records(b"\x16\x03\x09")[0] == BAD
+    assert tlsstream.scan_records(b"\x16\x03")[0] == NEED_MORE
+    assert tlsstream.scan_records(b"")[0] == NEED_MORE
 
 
 def test_find_record_start_after_proxy_preamble() -> None:
     hello = records(build_hello("behind.proxy"))
     stream = b"CONNECT behind.proxy:443 HTTP/1.1\r\n\x16\x03\x09 noise\r\n\r\n" + hello
-    pos = tls.find_record_start(stream)
+    pos = tlsstream.find_record_start(stream)
     assert stream[pos:] == hello
-    assert tls.find_record_start(b"no tls here") == -1
-    assert tls.looks_like_hello_start(hello[:6])
-    assert not tls.looks_like_hello_start(b"\x16\x03\x03\x00\x10\x02")
+    assert tlsstream.find_record_start(b"no tls here") == -1
+    assert tlsstream.looks_like_hello_start(hello[:6])
+    assert not tlsstream.looks_like_hello_start(b"\x16\x03\x03\x00\x10\x02")
 
 
 # -- never raise ----------------------------------------------------------------------
@@ -219,9 +220,9 @@ def test_parsers_never_raise_on_random(data: bytes) -> None:
     tls.parse_client_hello(data)
     tls.parse_client_hello(b"\x01" + data)
     tls.partial_sni(b"\x01" + data)
-    tls.hello_from_stream(data)
-    tls.hello_from_stream(b"\x16\x03\x01" + data)
-    tls.find_record_start(data)
+    tlsstream.hello_from_stream(data)
+    tlsstream.hello_from_stream(b"\x16\x03\x01" + data)
+    tlsstream.find_record_start(data)
 
 
 @settings(max_examples=300, deadline=None)
@@ -238,7 +239,7 @@ def test_parsers_never_raise_on_mutated_hellos(msg: bytes, edits: list[tuple[int
     h = tls.parse_client_hello(mutated)
     assert h is None or isinstance(h, ClientHello)
     tls.partial_sni(mutated)
-    state, _, _, _ = tls.hello_from_stream(records(mutated, size=300))
+    state, _, _, _ = tlsstream.hello_from_stream(records(mutated, size=300))
     assert state in (DONE, NEED_MORE, BAD)
 
 
@@ -247,13 +248,13 @@ def test_need_is_a_lower_bound(size: int) -> None:
     msg = build_hello("need.example", key_share=600)
     stream = records(msg, size=size)
     for cut in range(0, len(stream), max(1, len(stream) // 97)):
-        state, prefix, need = tls.scan_records(stream[:cut])
+        state, prefix, need = tlsstream.scan_records(stream[:cut])
         assert state == NEED_MORE and msg.startswith(prefix)
         assert cut < need <= len(stream)
 
 
 def test_hello_scanner_preamble_hrr_and_end() -> None:
-    sc = tls.HelloScanner()
+    sc = tlsstream.HelloScanner()
     first = records(build_hello("scan.example"), size=200)
     stream = b"CONNECT scan.example:443 HTTP/1.1\r\n\r\n" + first
     got: list[ClientHello] = []
@@ -269,12 +270,12 @@ def test_hello_scanner_preamble_hrr_and_end() -> None:
 
 
 def test_hello_scanner_partial_and_malformed() -> None:
-    sc = tls.HelloScanner()
+    sc = tlsstream.HelloScanner()
     rec = records(build_hello("part.example", key_share=1400))
     assert sc.feed(rec[:300]) == [] and sc.in_hello
     part = sc.partial()
     assert part is not None and part.sni == "part.example"
-    bad = tls.HelloScanner()
+    bad = tlsstream.HelloScanner()
     msg = bytearray(build_hello("bad.example"))
     msg[4] = 9  # legacy_version major byte: not TLS
     assert bad.feed(records(bytes(msg))) == [] and bad.malformed == 1 and not bad.in_hello

@@ -21,7 +21,8 @@ from __future__ import annotations
 
 from collections import Counter
 
-from egresswatch.decode.link import Fragment, transport
+from egresswatch.decode.link import transport
+from egresswatch.decode.wire import Fragment
 from egresswatch.model import IPPacket
 
 __all__ = ["Defragmenter"]

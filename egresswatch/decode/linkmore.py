@@ -18,7 +18,8 @@ from __future__ import annotations
 import struct
 
 from egresswatch.decode import link
-from egresswatch.decode.link import Fragment, _ethertype, _ip, _ppp
+from egresswatch.decode.ip import _ethertype, _ip, _ppp
+from egresswatch.decode.wire import Fragment
 from egresswatch.model import IPPacket
 
 __all__ = ["LINKTYPES", "decode"]

@@ -12,8 +12,8 @@ Pure and stateful per connection, no I/O and no clock: the ``ts`` argument of
   client keys: the ones answering a known client (DCID = the client's SCID) are
   skipped without any crypto, others fail authentication and are counted.
 - CRYPTO frames are reassembled per (flow, original DCID) across packets, out
-  of order, duplicated or overlapping, with caps on connections, bytes and idle
-  time. A complete handshake message of type ClientHello is reported once; the
+  of order, duplicated or overlapping (:mod:`quic_stream`), with caps on
+  connections, bytes and idle time. A complete handshake message of type ClientHello is reported once; the
   hello re-sent after a Retry (new DCID, same 4-tuple, same hello) is not.
 - Nothing raises out of :meth:`QuicTracker.feed`; problems are counted in
   ``counters`` (keys ``quic_*``).
@@ -23,7 +23,6 @@ from __future__ import annotations
 
 import logging
 from collections import Counter, OrderedDict
-from dataclasses import dataclass, field
 
 from egresswatch.decode.quic_crypto import (
     DRAFT29,
@@ -40,14 +39,22 @@ from egresswatch.decode.quic_crypto import (
     read_varint,
     seal_client_initial,
 )
-from egresswatch.decode.tls import ClientHello, handshake_length, parse_client_hello, partial_sni
+from egresswatch.decode.quic_stream import (
+    Conn,
+    Flow,
+    QuicPending,
+    add_crypto,
+    client_hellos,
+    held,
+    pending,
+)
+from egresswatch.decode.tls import ClientHello
 
 __all__ = [
     "DRAFT29",
     "V1",
     "V2",
     "VERSIONS",
-    "QuicPending",
     "QuicTracker",
     "Version",
     "client_keys",
@@ -57,50 +64,6 @@ __all__ = [
 ]
 
 log = logging.getLogger(__name__)
-
-Flow = tuple[str, int, str, int]  # src, sport, dst, dport of the datagram
-
-
-def _held(conn: _Conn) -> int:
-    return len(conn.have) + conn.pending_bytes
-
-
-@dataclass(frozen=True, slots=True)
-class QuicPending:
-    """A client connection whose ClientHello never completed (from ``finish``)."""
-
-    ts: float  # time of the last datagram that added CRYPTO data
-    frame: int  # its frame number (as passed to feed)
-    flow: Flow
-    version: int
-    received: int  # contiguous CRYPTO bytes from offset 0
-    needed: int | None  # length of the hello when its header was seen
-    hello: ClientHello | None  # best-effort parse of the bytes received (partial_sni)
-
-
-def _pending(c: _Conn) -> QuicPending | None:
-    if c.hellos or c.base or c.dead or not (c.have or c.pending):
-        return None
-    hello = partial_sni(bytes(c.have))
-    return QuicPending(c.data_ts, c.data_frame, c.flow, c.version.number, len(c.have), c.needed, hello)
-
-
-@dataclass(slots=True)
-class _Conn:
-    version: Version
-    flow: Flow
-    dcid: bytes
-    last_ts: float
-    largest_pn: int = -1
-    base: int = 0  # CRYPTO stream offset of have[0]
-    have: bytearray = field(default_factory=bytearray)
-    pending: dict[int, bytes] = field(default_factory=dict)
-    pending_bytes: int = 0
-    hellos: int = 0
-    data_ts: float = 0.0
-    data_frame: int = 0
-    needed: int | None = None
-    dead: bool = False
 
 
 class QuicTracker:
@@ -121,7 +84,7 @@ class QuicTracker:
         self.max_keys = max_keys
         self.max_total_bytes = max_total_bytes  # CRYPTO bytes held over all connections
         self._held = 0
-        self._conns: OrderedDict[tuple[Flow, bytes], _Conn] = OrderedDict()
+        self._conns: OrderedDict[tuple[Flow, bytes], Conn] = OrderedDict()
         self._by_flow: dict[Flow, list[bytes]] = {}  # client flow -> original DCIDs
         self._server_cids: OrderedDict[tuple[Flow, bytes], float] = OrderedDict()
         self._reported: OrderedDict[Flow, list[ClientHello]] = OrderedDict()
@@ -148,7 +111,7 @@ class QuicTracker:
         """End of input: the incomplete hellos of connections dropped earlier
         (see :meth:`take_incomplete`) and of those still open; clears all state."""
         res = self.take_incomplete()
-        res += [p for c in self._conns.values() if (p := _pending(c)) is not None]
+        res += [p for c in self._conns.values() if (p := pending(c)) is not None]
         self._conns.clear()
         self._by_flow.clear()
         self._held = 0
@@ -247,12 +210,12 @@ class QuicTracker:
             self._server_cids.popitem(last=False)
         frames = crypto_frames(plain, self.counters)
         if frames and not conn.dead:
-            before = _held(conn)
+            before = held(conn)
             for off, chunk in frames:
-                self._add_crypto(conn, off, chunk)
+                add_crypto(conn, off, chunk, self.max_crypto, self.counters)
             conn.data_ts, conn.data_frame = ts, self._frame
             self._messages(conn, out)
-            self._held += _held(conn) - before
+            self._held += held(conn) - before
             while self._held > self.max_total_bytes and len(self._conns) > 1:
                 oldest = next(iter(self._conns.values()))
                 if oldest is conn:
@@ -275,11 +238,11 @@ class QuicTracker:
             self._keys.move_to_end(k)
         return keys
 
-    def _new_conn(self, ts: float, flow: Flow, version: Version, dcid: bytes) -> _Conn:
+    def _new_conn(self, ts: float, flow: Flow, version: Version, dcid: bytes) -> Conn:
         old = self._conns.pop((flow, dcid), None)
         if old is not None:  # same DCID under another version
             self._drop(old)
-        conn = _Conn(version=version, flow=flow, dcid=bytes(dcid), last_ts=ts)
+        conn = Conn(version=version, flow=flow, dcid=bytes(dcid), last_ts=ts)
         self._conns[(flow, conn.dcid)] = conn
         self._by_flow.setdefault(flow, []).append(conn.dcid)
         self.counters["quic_connections"] += 1
@@ -288,13 +251,13 @@ class QuicTracker:
             self.counters["quic_conns_evicted"] += 1
         return conn
 
-    def _drop(self, conn: _Conn) -> None:
+    def _drop(self, conn: Conn) -> None:
         """Forget a connection already removed from ``_conns``."""
-        self._held -= _held(conn)
-        pending = _pending(conn)
-        if pending is not None:
+        self._held -= held(conn)
+        incomplete = pending(conn)
+        if incomplete is not None:
             if len(self._incomplete) < 1024:
-                self._incomplete.append(pending)
+                self._incomplete.append(incomplete)
             else:
                 self.counters["quic_incomplete_dropped"] += 1
         dcids = self._by_flow.get(conn.flow)
@@ -316,65 +279,8 @@ class QuicTracker:
         while self._server_cids and next(iter(self._server_cids.values())) < limit:
             self._server_cids.popitem(last=False)
 
-    # -- CRYPTO stream ----------------------------------------------------------
-
-    def _add_crypto(self, conn: _Conn, off: int, chunk: bytes) -> None:
-        end = off + len(chunk)
-        if end > self.max_crypto:
-            self.counters["quic_crypto_cap"] += 1
-            return
-        top = conn.base + len(conn.have)
-        if end <= top:
-            return  # already have all of it
-        if off > top:
-            old = conn.pending.get(off)
-            if old is None or len(old) < len(chunk):
-                if conn.pending_bytes + len(chunk) > self.max_crypto:
-                    self.counters["quic_crypto_cap"] += 1
-                    return
-                conn.pending[off] = chunk
-                conn.pending_bytes += len(chunk) - (len(old) if old else 0)
-            return
-        conn.have += chunk[top - off :]
-        progress = True
-        while progress and conn.pending:
-            progress = False
-            top = conn.base + len(conn.have)
-            for poff in sorted(conn.pending):
-                if poff > top:
-                    break
-                data = conn.pending.pop(poff)
-                conn.pending_bytes -= len(data)
-                if poff + len(data) > top:
-                    conn.have += data[top - poff :]
-                    top = conn.base + len(conn.have)
-                    progress = True
-
-    def _messages(self, conn: _Conn, out: list[tuple[ClientHello, int]]) -> None:
-        while True:
-            length = handshake_length(bytes(conn.have[:4]))
-            if length is None:
-                return
-            conn.needed = length
-            if conn.base + length > self.max_crypto:
-                self.counters["quic_hello_too_large"] += 1
-                conn.dead = True
-                return
-            if len(conn.have) < length:
-                return
-            msg = bytes(conn.have[:length])
-            del conn.have[:length]
-            conn.base += length
-            conn.needed = None
-            if msg[0] != 0x01:
-                self.counters["quic_not_client_hello"] += 1
-                conn.dead = True
-                return
-            hello = parse_client_hello(msg)
-            if hello is None:
-                self.counters["quic_bad_client_hello"] += 1
-                continue
-            conn.hellos += 1
+    def _messages(self, conn: Conn, out: list[tuple[ClientHello, int]]) -> None:
+        for hello in client_hellos(conn, self.max_crypto, self.counters):
             four = conn.flow
             seen = self._reported.get(four)
             if seen is not None and hello in seen:

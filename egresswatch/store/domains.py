@@ -40,7 +40,7 @@ def domain_forms(pattern: str) -> list[str]:
     (``*``) stay as they are."""
     from encodings import idna
 
-    from egresswatch.decode.dns import presentation
+    from egresswatch.decode.dnsname import presentation
 
     labels = pattern.split(".")
     ascii_form, byte_form = [], []
