@@ -20,8 +20,9 @@ from egresswatch.attribute.recorded import (
 )
 from egresswatch.capture.pcapfile import read_frames
 from egresswatch.decode.engine import Engine
-from egresswatch.mcp.formats import ServerDef
-from egresswatch.mcp.match import RUN, Matcher
+from egresswatch.mcp.match import RUN
+from egresswatch.mcp.matcher import Matcher
+from egresswatch.mcp.serverdef import ServerDef
 from egresswatch.model import Attribution, Frame, Observation, ProcessInfo
 from egresswatch.pipeline import Pipeline
 from tests.corpus import corpus_dir

@@ -133,7 +133,7 @@ def build_attributor(procs: Path | None, config: Config) -> Attributor:
     """Replay attribution: ptcpdump per-packet comments first, then a recorded
     procs file (``run --record-procs``), else unknown."""
     from egresswatch.attribute.recorded import CompositeAttributor, PtcpdumpAttributor, RecordedAttributor
-    from egresswatch.mcp.match import Matcher
+    from egresswatch.mcp.matcher import Matcher
 
     # Offline, MCP roots are recognised by the launcher patterns only: the
     # machine replaying a capture is not the one that made it.

@@ -501,7 +501,7 @@ class Daemon:
 
     def _rediscover(self) -> None:
         """New MCP server definitions apply to servers launched from now on."""
-        from egresswatch.attribute.lineage import Matcher
+        from egresswatch.mcp.matcher import Matcher
 
         try:
             found = self._discover()
