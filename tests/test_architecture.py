@@ -42,8 +42,6 @@ STILL_LONG = {
     "judge/detectors.py",
     "judge/allowlist.py",
     "judge/policy.py",
-    "mcp/match.py",
-    "mcp/formats.py",
 }
 
 # Each top-level unit (package or module) of egresswatch/ and its layer: a unit
@@ -89,7 +87,7 @@ CONFINED = {
     "publicsuffixlist": {"judge/detectors.py"},
     "scapy": set(),  # tests and capture generators only: too slow for the hot path
     # config formats: MCP host configs (Goose, Continue) and Docker catalog files
-    "yaml": {"mcp/formats.py", "cli/policy.py"},
+    "yaml": {"mcp/syntax.py", "cli/policy.py"},
     # `egresswatch ui` (the [ui] extra): the web framework stays in the ui package
     "starlette": {"ui/app.py", "ui/serve.py"},
     "jinja2": {"ui/app.py"},
@@ -116,6 +114,9 @@ CLOCK_FREE = [
     "judge/policy.py",
     "judge/detectors.py",
     "judge/flows.py",
+    "mcp/signature.py",
+    "mcp/hosts.py",
+    "mcp/matcher.py",
     "mcp/match.py",
     "judge/allowlist.py",
     "alert/rules.py",
