@@ -9,15 +9,9 @@ from pathlib import Path
 
 import pytest
 
-from egresswatch.attribute.recorded import (
-    CompositeAttributor,
-    ProcsFileError,
-    PtcpdumpAttributor,
-    RecordedAttributor,
-    RecordingAttributor,
-    parse_ptcpdump_comment,
-    ptcpdump_chain,
-)
+from egresswatch.attribute.composite import CompositeAttributor
+from egresswatch.attribute.ptcpdump import PtcpdumpAttributor, parse_ptcpdump_comment, ptcpdump_chain
+from egresswatch.attribute.recorded import ProcsFileError, RecordedAttributor, RecordingAttributor
 from egresswatch.capture.pcapfile import read_frames
 from egresswatch.decode.engine import Engine
 from egresswatch.mcp.match import RUN
