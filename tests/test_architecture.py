@@ -29,9 +29,6 @@ STILL_LONG = {
     "decode/quic.py",
     "decode/engine.py",
     "decode/dns.py",
-    "attribute/attributor.py",
-    "attribute/lineage.py",
-    "attribute/recorded.py",
     "cli/run.py",
     "service/daemon.py",
     "store/query.py",
@@ -80,7 +77,7 @@ STAGES = ("capture", "decode", "attribute", "mcp", "judge", "store", "alert", "a
 # library -> the modules allowed to import it
 CONFINED = {
     "apprise": {"alert/deliver.py"},
-    "psutil": {"attribute/lineage.py", "attribute/attributor.py"},
+    "psutil": {"attribute/listings.py"},
     "sqlite_utils": {"store/db.py"},
     "cryptography": {"decode/quic_crypto.py"},
     "dnslib": {"decode/dns.py"},

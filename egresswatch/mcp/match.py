@@ -1,10 +1,20 @@
 """An ancestor chain -> the MCP server launch it descends from, and its phase.
 
-:func:`classify` turns a process and its ancestors into a :class:`Lineage`
-(server, host, phase, root): the ROOT is the outermost ancestor whose command
-line matches a server (:class:`~egresswatch.mcp.matcher.Matcher`), the phase
-is "install" or "run" (see egresswatch.attribute.lineage for the live process
-tree and the phase rules). Pure: no I/O.
+:func:`classify` turns a process and its ancestors (the process first, then
+its parent, grandparent ...) into a :class:`Lineage` (server, host, phase,
+root). The ROOT is the outermost process of the chain whose command line
+matches a server (:class:`~egresswatch.mcp.matcher.Matcher`), so ``sh -c "npx
+-y pkg"`` is the root, and npm's install children, siblings of the final
+server process, are tied to it too.
+
+Phase: a root that is a package runner starts in "install"; walking down from
+the root, the first process that is an install step (``npm install``,
+``node-gyp``, ``pip install``, an npm lifecycle script, a PEP 517 build hook
+...) fixes "install" for everything below it; the first process that is
+neither a runner, a shell wrapper nor an install step is the server itself and
+fixes "run" for everything below it (a server that later runs ``npm install``
+is still running, so install allowlists do not cover it). Pure: no I/O; the
+live process tree is egresswatch.attribute.lineage.
 """
 
 from __future__ import annotations
