@@ -120,7 +120,7 @@ def all_homes() -> list[Path]:
 
 def account(uid: int | None) -> str:
     """The user name of ``uid`` exactly as the process readers name a process's
-    account (proc_events.user_name, one memo for both sides); "?" (no account)
+    account (egresswatch.host.user_name, one memo for both sides); "?" (no account)
     when unknown."""
     return "?" if uid is None else user_name(uid)
 
