@@ -45,7 +45,7 @@ from egresswatch.attribute.kernel import KernelAttributor  # noqa: E402
 from egresswatch.attribute.lineage import LineageTracker  # noqa: E402
 from egresswatch.decode.engine import Engine  # noqa: E402
 from egresswatch.ebpf.loader import KernelFlows  # noqa: E402
-from egresswatch.mcp.formats import ServerDef  # noqa: E402
+from egresswatch.mcp.serverdef import ServerDef  # noqa: E402
 from egresswatch.model import Event  # noqa: E402
 from egresswatch.pipeline import Pipeline  # noqa: E402
 from tests.helpers.netlab import Lab, wait_for  # noqa: E402

@@ -31,9 +31,9 @@ LINKTYPES = (0, 1, 12, 14, 101, 105, 113, 117, 119, 127, 163, 192, 228, 229, 239
 
 def _imports() -> None:
     global link, wire, dns, dnstcp, tls, tlsstream, quic, qc, tcpstream, ipfrag, pcap, pcapng, pcapfile
-    global procfile, engine, model, errors
+    global ptcpdump, recorded, engine, model, errors
     from egresswatch import errors, model  # noqa: F401
-    from egresswatch.attribute import recorded as procfile  # noqa: F401
+    from egresswatch.attribute import ptcpdump, recorded  # noqa: F401
     from egresswatch.capture import pcap, pcapfile, pcapng  # noqa: F401
     from egresswatch.decode import (  # noqa: F401
         dns,
@@ -202,10 +202,10 @@ def t_pcapng(data: bytes) -> None:
 
 def t_procfile(data: bytes) -> None:
     text = data.decode("utf-8", errors="replace")
-    procfile.parse_ptcpdump_comment(text)
-    procfile.ptcpdump_chain(text)
+    ptcpdump.parse_ptcpdump_comment(text)
+    ptcpdump.ptcpdump_chain(text)
     try:
-        procfile.parse_record(json.loads(data))
+        recorded.parse_record(json.loads(data))
     except (ValueError, RecursionError):
         pass
 

@@ -16,8 +16,8 @@ import pytest
 from egresswatch.attribute.attributor import LiveAttributor
 from egresswatch.attribute.lineage import LineageTracker
 from egresswatch.attribute.sockets import norm_ip, parse_net_table, read_net_tables
-from egresswatch.mcp.formats import ServerDef
 from egresswatch.mcp.match import RUN
+from egresswatch.mcp.serverdef import ServerDef
 from egresswatch.model import Frame, Observation
 from tests.helpers.netlab import wait_for
 

@@ -35,8 +35,8 @@ from egresswatch.attribute.lineage import LineageTracker
 from egresswatch.config import DEFAULT_LAUNCHER_PATTERNS
 from egresswatch.decode.engine import Engine
 from egresswatch.mcp.discovery import discover
-from egresswatch.mcp.formats import ServerDef
 from egresswatch.mcp.match import INSTALL, RUN
+from egresswatch.mcp.serverdef import ServerDef
 from egresswatch.model import Event, Frame
 from egresswatch.pipeline import Pipeline
 from tests.helpers.netlab import Lab, wait_for

@@ -94,7 +94,7 @@ def test_match_cli_by_name_then_by_image_and_time() -> None:
 def test_docker_global_options_before_run() -> None:
     """One parser for `docker [global options] [container] run`: lineage, audit and linker agree."""
     from egresswatch.audit.rules import parse_launch
-    from egresswatch.mcp.match import docker_run_at, signature
+    from egresswatch.mcp.signature import docker_run_at, signature
 
     argv = ["docker", "-H", "unix:///run/x.sock", "--context", "ci", "container", "run", "--rm", "mcp/github"]
     assert docker_run_at(argv) == 7

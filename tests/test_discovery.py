@@ -17,7 +17,8 @@ from hypothesis import strategies as st
 
 from egresswatch.cli.main import cli
 from egresswatch.mcp.discovery import Discovery, ServerDef, all_homes, discover
-from egresswatch.mcp.formats import PARSERS, parse, strip_jsonc
+from egresswatch.mcp.formats import PARSERS, parse
+from egresswatch.mcp.syntax import strip_jsonc
 from tests.helpers.netlab import missing
 
 FIXTURES = Path(__file__).parent / "fixtures" / "homes"

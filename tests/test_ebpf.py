@@ -15,7 +15,7 @@ from pathlib import Path
 import psutil
 import pytest
 
-from egresswatch.attribute.lineage import kernel_view
+from egresswatch.attribute.procread import kernel_view
 from egresswatch.ebpf import records
 from egresswatch.ebpf.loader import OBJECT, KernelFlows
 from egresswatch.model import ProcessInfo

@@ -14,7 +14,7 @@ import time
 from egresswatch.attribute.attributor import LiveAttributor
 from egresswatch.attribute.lineage import LineageTracker
 from egresswatch.attribute.sockets import FdCache
-from egresswatch.mcp.formats import ServerDef
+from egresswatch.mcp.serverdef import ServerDef
 from egresswatch.model import DNS_QUERY, Frame, Observation
 from tests.helpers.netlab import missing, wait_for
 

@@ -8,7 +8,7 @@ from pathlib import Path
 
 from click.testing import CliRunner
 
-from egresswatch.attribute.recorded import ptcpdump_chain
+from egresswatch.attribute.ptcpdump import ptcpdump_chain
 from egresswatch.capture.pcapfile import read_frames
 from egresswatch.cli.main import cli
 

@@ -65,7 +65,7 @@ def test_a_logged_traceback_counts_as_a_failure(tmp_path: Path) -> None:
     attribution failures that way instead of stopping)."""
     import logging
 
-    from egresswatch.attribute import recorded as procfile
+    from egresswatch.attribute import ptcpdump
 
     path = tmp_path / "ok.pcap"
     path.write_bytes((Path(__file__).resolve().parents[1] / "pcaps" / "dns-answers.pcap").read_bytes())
@@ -77,10 +77,10 @@ def test_a_logged_traceback_counts_as_a_failure(tmp_path: Path) -> None:
         except ValueError:
             logging.getLogger("egresswatch.pipeline").exception("attribution failed")
 
-    old = procfile.PtcpdumpAttributor.attribute
-    procfile.PtcpdumpAttributor.attribute = boom  # type: ignore[method-assign]
+    old = ptcpdump.PtcpdumpAttributor.attribute
+    ptcpdump.PtcpdumpAttributor.attribute = boom  # type: ignore[method-assign]
     try:
         out = replay_inprocess(path)
     finally:
-        procfile.PtcpdumpAttributor.attribute = old  # type: ignore[method-assign]
+        ptcpdump.PtcpdumpAttributor.attribute = old  # type: ignore[method-assign]
     assert out.problem is not None and "planted" in out.problem

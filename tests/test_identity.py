@@ -12,8 +12,10 @@ from pathlib import Path
 import pytest
 
 from egresswatch.config import DEFAULT_LAUNCHER_PATTERNS
-from egresswatch.mcp.formats import ServerDef
-from egresswatch.mcp.match import INSTALL, RUN, Matcher, classify, signature
+from egresswatch.mcp.match import INSTALL, RUN, classify
+from egresswatch.mcp.matcher import Matcher
+from egresswatch.mcp.serverdef import ServerDef
+from egresswatch.mcp.signature import signature
 from egresswatch.model import ProcessInfo
 
 SRV = "/srv/lab/fake_mcp_server.py"

@@ -14,8 +14,11 @@ import pytest
 from egresswatch.attribute.lineage import LineageTracker
 from egresswatch.attribute.procevents import EXEC, EXIT, FORK, decode_events, read_process
 from egresswatch.config import DEFAULT_LAUNCHER_PATTERNS
-from egresswatch.mcp.formats import ServerDef
-from egresswatch.mcp.match import INSTALL, RUN, Matcher, classify, host_app, signature
+from egresswatch.mcp.hosts import host_app
+from egresswatch.mcp.match import INSTALL, RUN, classify
+from egresswatch.mcp.matcher import Matcher
+from egresswatch.mcp.serverdef import ServerDef
+from egresswatch.mcp.signature import signature
 from egresswatch.model import ProcessInfo
 from tests.helpers.netlab import missing, wait_for
 

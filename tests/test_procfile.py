@@ -9,19 +9,14 @@ from pathlib import Path
 
 import pytest
 
-from egresswatch.attribute.recorded import (
-    CompositeAttributor,
-    ProcsFileError,
-    PtcpdumpAttributor,
-    RecordedAttributor,
-    RecordingAttributor,
-    parse_ptcpdump_comment,
-    ptcpdump_chain,
-)
+from egresswatch.attribute.composite import CompositeAttributor
+from egresswatch.attribute.ptcpdump import PtcpdumpAttributor, parse_ptcpdump_comment, ptcpdump_chain
+from egresswatch.attribute.recorded import ProcsFileError, RecordedAttributor, RecordingAttributor
 from egresswatch.capture.pcapfile import read_frames
 from egresswatch.decode.engine import Engine
-from egresswatch.mcp.formats import ServerDef
-from egresswatch.mcp.match import RUN, Matcher
+from egresswatch.mcp.match import RUN
+from egresswatch.mcp.matcher import Matcher
+from egresswatch.mcp.serverdef import ServerDef
 from egresswatch.model import Attribution, Frame, Observation, ProcessInfo
 from egresswatch.pipeline import Pipeline
 from tests.corpus import corpus_dir

@@ -10,7 +10,7 @@ from pathlib import Path
 
 from click.testing import CliRunner
 
-from egresswatch.attribute.lineage import host_project_dirs
+from egresswatch.attribute.listings import host_project_dirs
 from egresswatch.cli.main import cli
 from tests.helpers.netlab import wait_for
 

@@ -33,7 +33,7 @@ from dataclasses import dataclass
 from datetime import datetime
 
 from egresswatch.mcp.launchers import VALUE_OPTS
-from egresswatch.mcp.match import docker_run_at, signature
+from egresswatch.mcp.signature import docker_run_at, signature
 from egresswatch.model import ProcessInfo
 
 log = logging.getLogger(__name__)

@@ -2,7 +2,7 @@
 /proc/net tables, an exact NETLINK_SOCK_DIAG lookup of one 4-tuple (about
 0.1 ms, against 3.5 ms for reading /proc/net/tcp on a big host), the socket
 inodes in /proc/PID/fd, and a socket's local address read through
-pidfd_getfd(2). Used by egresswatch.attribute.attributor; stdlib only.
+pidfd_getfd(2). Used by egresswatch.attribute.owners and .harvest; stdlib only.
 """
 
 from __future__ import annotations

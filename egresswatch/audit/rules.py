@@ -11,7 +11,7 @@ import shlex
 from dataclasses import dataclass, replace
 
 from egresswatch.mcp.launchers import VALUE_OPTS
-from egresswatch.mcp.match import docker_run_at
+from egresswatch.mcp.signature import docker_run_at
 
 PKG_RUNNERS = ("npx", "bunx", "pnpm dlx", "yarn dlx", "npm exec", "uvx", "pipx run")
 CONTAINER_RUNNERS = ("docker run", "podman run")

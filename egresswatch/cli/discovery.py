@@ -198,7 +198,7 @@ def _discover(
     homes: tuple[Path, ...], files: tuple[Path, ...], projects: tuple[Path, ...], warn: bool = True
 ) -> Discovery:
     if not projects:
-        from egresswatch.attribute.lineage import host_project_dirs
+        from egresswatch.attribute.listings import host_project_dirs
 
         # where MCP hosts run now: their project-scope configs
         projects = tuple(host_project_dirs())
@@ -211,7 +211,8 @@ def _discover(
 def live_trees(d: Discovery) -> dict[ServerDef, str]:
     """The process trees running now from each discovered server (a psutil
     snapshot through the lineage matcher; needs root to see other users)."""
-    from egresswatch.attribute.lineage import LineageTracker, render_tree
+    from egresswatch.attribute.lineage import LineageTracker
+    from egresswatch.attribute.trees import render_tree
     from egresswatch.config import DEFAULT_LAUNCHER_PATTERNS
 
     tracker = LineageTracker(d.servers, DEFAULT_LAUNCHER_PATTERNS)

@@ -132,8 +132,10 @@ class _Printer:
 def build_attributor(procs: Path | None, config: Config) -> Attributor:
     """Replay attribution: ptcpdump per-packet comments first, then a recorded
     procs file (``run --record-procs``), else unknown."""
-    from egresswatch.attribute.recorded import CompositeAttributor, PtcpdumpAttributor, RecordedAttributor
-    from egresswatch.mcp.match import Matcher
+    from egresswatch.attribute.composite import CompositeAttributor
+    from egresswatch.attribute.ptcpdump import PtcpdumpAttributor
+    from egresswatch.attribute.recorded import RecordedAttributor
+    from egresswatch.mcp.matcher import Matcher
 
     # Offline, MCP roots are recognised by the launcher patterns only: the
     # machine replaying a capture is not the one that made it.

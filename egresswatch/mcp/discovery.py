@@ -2,7 +2,7 @@
 configured to launch, in every user's home and in project directories.
 
 ``discover()`` reads files only (it never runs anything); parsing is done by
-``discovery_formats``. Every problem (unreadable file, broken JSON/TOML/YAML,
+``egresswatch.mcp.formats``. Every problem (unreadable file, broken JSON/TOML/YAML,
 wrong type, unknown key) is a warning string, never an exception. Output order
 is deterministic: homes sorted, then hosts in LOCATIONS order, then servers in
 file order, then project directories sorted.
@@ -18,7 +18,8 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 
 from egresswatch.host import user_name
-from egresswatch.mcp.formats import ServerDef, parse, sniff
+from egresswatch.mcp.formats import parse, sniff
+from egresswatch.mcp.serverdef import ServerDef
 
 __all__ = ["ConfigFile", "Discovery", "ServerDef", "discover", "all_homes", "MAX_FILE_BYTES"]
 
@@ -119,7 +120,7 @@ def all_homes() -> list[Path]:
 
 def account(uid: int | None) -> str:
     """The user name of ``uid`` exactly as the process readers name a process's
-    account (proc_events.user_name, one memo for both sides); "?" (no account)
+    account (egresswatch.host.user_name, one memo for both sides); "?" (no account)
     when unknown."""
     return "?" if uid is None else user_name(uid)
 

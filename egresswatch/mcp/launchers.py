@@ -1,7 +1,8 @@
 """Command-line options of package runners and container runners that take a
 separate value (``--opt value``; ``--opt=value`` is always one word): the one
-table both launch parsers use, the lineage matcher (mcpmatch) and the audit
-(audit_rules), so that they agree on which word is the package or image.
+table both launch parsers use, the launch signature (egresswatch.mcp.signature)
+and the audit (egresswatch.audit.rules), so that they agree on which word is
+the package or image.
 
 Also the wrappers that run a command for someone (su, sudo, runuser, setpriv,
 doas, nice, ionice, timeout, flatpak-spawn ...): :func:`unwrap` gives the

@@ -484,7 +484,7 @@ class Daemon:
     def _discover(self) -> Discovery:
         """The MCP server definitions of every home, the configured extra homes
         and files, and the projects running hosts work in; warnings logged."""
-        from egresswatch.attribute.lineage import host_project_dirs
+        from egresswatch.attribute.listings import host_project_dirs
         from egresswatch.mcp.discovery import all_homes, discover
 
         cfg = self.config.discovery
@@ -501,7 +501,7 @@ class Daemon:
 
     def _rediscover(self) -> None:
         """New MCP server definitions apply to servers launched from now on."""
-        from egresswatch.attribute.lineage import Matcher
+        from egresswatch.mcp.matcher import Matcher
 
         try:
             found = self._discover()

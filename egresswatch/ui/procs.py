@@ -23,7 +23,9 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from egresswatch.attribute.lineage import LineageTracker, ServerTree, host_project_dirs
+from egresswatch.attribute.lineage import LineageTracker
+from egresswatch.attribute.listings import host_project_dirs
+from egresswatch.attribute.trees import ServerTree
 from egresswatch.config import DEFAULT_LAUNCHER_PATTERNS
 from egresswatch.mcp.discovery import discover
 

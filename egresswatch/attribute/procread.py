@@ -1,0 +1,60 @@
+"""Read one process: what it runs, as launched.
+
+:func:`read_seen` reads a process from /proc on Linux (psutil elsewhere) and,
+when the eBPF programs recorded its last exec, prefers the command line the
+kernel saw then over one the process has rewritten since
+(:func:`kernel_view`): a server posing as ``/usr/sbin/sshd -D`` is still
+matched to its launch.
+"""
+
+from __future__ import annotations
+
+import sys
+from collections.abc import Callable
+from dataclasses import replace
+from typing import TYPE_CHECKING
+
+from egresswatch.attribute.listings import process_info
+from egresswatch.attribute.procevents import read_process
+from egresswatch.model import ProcessInfo
+
+if TYPE_CHECKING:
+    from egresswatch.ebpf.records import ExecRecord
+
+ExecSource = Callable[[int], "ExecRecord | None"]
+
+
+def read_any(pid: int) -> ProcessInfo | None:
+    """``pid`` now; None when it is gone (or hidden)."""
+    return read_process(pid) if sys.platform.startswith("linux") else process_info(pid)
+
+
+def read_seen(pid: int, exec_source: ExecSource | None) -> tuple[ProcessInfo | None, bool]:
+    """(``pid`` as launched, True when the kernel's exec record replaced what
+    /proc shows); ``exec_source`` gives the kernel's record of a pid's last exec."""
+    info = read_any(pid)
+    if info is None or exec_source is None:
+        return info, False
+    try:
+        rec = exec_source(pid)
+    except OSError:
+        return info, False
+    if rec is None or rec.create_time != info.create_time:
+        return info, False  # exec'd while no eBPF program watched
+    seen = kernel_view(info, rec)
+    return seen, seen is not info
+
+
+def kernel_view(info: ProcessInfo, rec: ExecRecord) -> ProcessInfo:
+    """``info`` with the command line and name the kernel saw at exec when the
+    process has rewritten them since (a server posing as ``/usr/sbin/sshd -D``);
+    ``info`` itself when /proc still shows what was launched. Only the first
+    512 bytes of argv are kept at exec: a longer one that /proc still starts
+    with is taken whole from /proc."""
+    if not rec.argv:
+        return info
+    now, then = "\0".join(info.cmdline), "\0".join(rec.argv)
+    same = now.startswith(then) if rec.truncated else now == then
+    if same and info.name == rec.comm:
+        return info
+    return replace(info, cmdline=info.cmdline if same else rec.argv, name=rec.comm or info.name)
