@@ -32,8 +32,6 @@ STILL_LONG = {
     "attribute/attributor.py",
     "attribute/lineage.py",
     "attribute/recorded.py",
-    "cli/run.py",
-    "service/daemon.py",
     "store/query.py",
     "store/db.py",
     "capture/pcapfile.py",
@@ -103,6 +101,9 @@ CONFINED = {
         "cli/policy.py",
         "cli/replay.py",
         "cli/run.py",
+        "cli/status.py",
+        "cli/doctor.py",
+        "cli/notifier.py",
         "cli/ui.py",
     },
     # foreign calls: libbpf (the eBPF loader), libc socket/syscall helpers, the capture filter
