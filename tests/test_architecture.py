@@ -23,7 +23,6 @@ MAX_LINES = 300
 STILL_LONG = {
     "alert/rules.py",
     "alert/deliver.py",
-    "audit/findings.py",
     "decode/link.py",
     "decode/tls.py",
     "decode/quic.py",
