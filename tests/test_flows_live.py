@@ -60,7 +60,7 @@ def test_live_flows_get_one_verdict_named_by_themselves(lab: Lab, tmp_path: Path
     tmp = tmp_path / "ew"
     tmp.mkdir(mode=0o700)
     os.chmod(tmp_path, 0o700)
-    alerts = Receiver()
+    endpoint = Receiver()
     config = f"""
 [daemon]
 database = "{tmp}/events.db"
@@ -69,7 +69,7 @@ interfaces = ["{lab.veth_host}"]
 [discovery]
 extra_homes = ["{tmp}/home"]
 [alerts]
-urls = ["{alerts.url}"]
+urls = ["{endpoint.url}"]
 min_severity = "low"
 window_seconds = 0.001
 desktop = false
@@ -148,7 +148,7 @@ allow = ["api.notes.test"]
             + ["collector.exfil-sink.test", " | ".join(NAMES), " | ".join(NAMES), "ech-front.cdn.test"]
         )
         assert {a["result"] for a in alerts} == {"sent"}
-        mine = [a for a in alerts.messages if "MCP server notes" in json.dumps(a)]
+        mine = [a for a in endpoint.messages if "MCP server notes" in json.dumps(a)]
         assert len(mine) >= 6 and not any("contacted api.notes.test (" in json.dumps(a) for a in mine)
         assert daemon.stop(timeout=30) == 0
     finally:
@@ -159,4 +159,4 @@ allow = ["api.notes.test"]
                 pass
             host.wait(timeout=10)
         daemon.close()
-        alerts.close()
+        endpoint.close()
