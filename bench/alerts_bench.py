@@ -19,7 +19,6 @@ import argparse
 import json
 import os
 import signal
-import sqlite3
 import subprocess
 import sys
 import tempfile
@@ -31,31 +30,24 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
 from bench.daemon_bench import cpu_seconds, rss_peak_mb  # noqa: E402
+from tests.helpers.alertsink import Receiver  # noqa: E402
+from tests.helpers.daemonrun import Daemon, query  # noqa: E402
 from tests.helpers.netlab import Lab, wait_for  # noqa: E402
-from tests.test_alerts import Receiver  # noqa: E402
-from tests.test_e2e import Notify  # noqa: E402
 
 DATA = REPO / "tests" / "e2e_data"
 EXFIL = "nbswy3dpeb3w64tmmqqgc3dpnfzhgzlsmvxgizlsnb2gk4tfnzqxi.exfil.test"
 
 
 def scalar(db: Path, sql: str) -> Any:
-    conn = sqlite3.connect(f"file:{db}?mode=ro", uri=True)
-    try:
-        row = conn.execute(sql).fetchone()
-        return row[0] if row else None
-    except sqlite3.Error:
-        return None
-    finally:
-        conn.close()
+    rows = query(db, sql)
+    return next(iter(rows[0].values())) if rows else None
 
 
 def one_rate(lab: Lab, rate: int, seconds: float) -> dict[str, Any]:
     tmp = Path(tempfile.mkdtemp(prefix="ew-alerts-bench-"))
     os.chmod(tmp, 0o700)
     receiver = Receiver()
-    cfg = tmp / "config.toml"
-    cfg.write_text(f"""
+    config = f"""
 [daemon]
 database = "{tmp}/events.db"
 interfaces = ["{lab.veth_host}"]  # this lab's traffic only, not other tests' floods
@@ -68,8 +60,7 @@ digest_seconds = 10
 learning = false
 [servers.flooder]
 allow = ["allowed.test"]
-""")
-    os.chmod(cfg, 0o600)
+"""
     home = tmp / "home" / ".cursor"
     home.mkdir(parents=True)
     report = tmp / "report.json"
@@ -86,18 +77,12 @@ allow = ["allowed.test"]
     (home / "mcp.json").write_text(
         json.dumps({"mcpServers": {"flooder": {"command": sys.executable, "args": args}}})
     )
-    notify = Notify(tmp / "notify.sock")
-    env = {**os.environ, "NOTIFY_SOCKET": str(tmp / "notify.sock"), "PYTHONPATH": str(REPO)}
-    log = open(tmp / "daemon.log", "w")
-    daemon = subprocess.Popen(
-        [sys.executable, "-m", "egresswatch", "run", "--config", str(cfg), "--status-file", str(tmp / "status.json")],
-        env=env, cwd=REPO, stderr=log,
-    )  # fmt: skip
+    daemon = Daemon(tmp, config)
     db = tmp / "events.db"
     out: dict[str, Any] = {"rate": rate, "queries": count}
     host = None
     try:
-        notify.wait("READY=1")
+        daemon.start()
         cpu0 = cpu_seconds(daemon.pid)
         host = subprocess.Popen([sys.executable, str(DATA / "fake_mcp_host.py"), str(home / "mcp.json")],
                                 cwd=REPO, start_new_session=True)  # fmt: skip
@@ -126,7 +111,7 @@ allow = ["allowed.test"]
 
         wait_for(drained, 900, "the flood drained")
         out["daemon_cpu_s"] = round(cpu_seconds(daemon.pid) - cpu0, 1)  # the flood, drained
-        counters = json.loads((tmp / "status.json").read_text())["counters"]
+        counters = daemon.status()["counters"]
         out.update(
             fast_lane=counters.get("fast_lane", 0),
             stored_queries=stored,
@@ -146,10 +131,8 @@ allow = ["allowed.test"]
             except ProcessLookupError:
                 pass
             host.wait(timeout=10)
-        daemon.send_signal(signal.SIGTERM)
-        daemon.wait(timeout=60)
-        log.close()
-        notify.close()
+        daemon.stop(timeout=60)
+        daemon.close()
         receiver.close()
     return out
 

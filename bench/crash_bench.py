@@ -28,7 +28,7 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
-from tests.helpers.daemonrun import Daemon, count_rows, crash_cycle, integrity, start_flood, stop  # noqa: E402
+from tests.helpers.flood import count_rows, crash_cycle, flood_daemon, integrity, start_flood, stop  # noqa: E402
 from tests.helpers.netlab import Lab, wait_for  # noqa: E402
 
 
@@ -46,7 +46,7 @@ def main() -> int:
         lab.start_udp_sink(53)
         tmp = Path(t)
         os.chmod(tmp, 0o700)
-        d = Daemon(tmp, tmp / "events.db", lab.veth_host)
+        d = flood_daemon(tmp, tmp / "events.db", lab.veth_host)
         try:
             for i in range(args.kills):
                 r = crash_cycle(d, lab, f"k{i}", args.qps, rng.uniform(1.0, 3.0), patience=args.patience)
@@ -62,6 +62,7 @@ def main() -> int:
             log = d.log()
         finally:
             d.stop()
+            d.close()
         final = {"ready_s": round(ready, 2), "exit": code, "integrity": integrity(d.db),
                  "tracebacks_in_log": log.count("Traceback"), "errors_in_log": log.count("ERROR"),
                  "db_mb": round((tmp / "events.db").stat().st_size / 1e6, 1)}  # fmt: skip

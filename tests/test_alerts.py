@@ -10,7 +10,6 @@ import subprocess
 import threading
 import time
 from collections.abc import Iterator
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any
 
@@ -22,48 +21,10 @@ from egresswatch.alert.targets import exposed_target
 from egresswatch.config import AlertsConfig
 from egresswatch.model import DNS_QUERY, TLS_SNI
 from egresswatch.store.db import Store
+from tests.helpers.alertsink import Receiver
 from tests.helpers.netlab import missing as require_missing
 from tests.helpers.netlab import wait_for
 from tests.test_store import T0, make_event
-
-
-class Receiver:
-    """An HTTP endpoint on 127.0.0.1 recording every JSON body posted to it."""
-
-    def __init__(self, port: int = 0, status: int = 200) -> None:
-        self.messages: list[dict[str, Any]] = []
-        self.times: list[float] = []  # arrival (wall clock) of each message
-        self.status = status
-        outer = self
-
-        class Handler(BaseHTTPRequestHandler):
-            def do_POST(self) -> None:  # noqa: N802 - http.server API
-                body = self.rfile.read(int(self.headers.get("Content-Length", "0")))
-                if outer.status == 200:
-                    outer.times.append(time.time())
-                    outer.messages.append(json.loads(body))
-                self.send_response(outer.status)
-                self.end_headers()
-
-            def log_message(self, *args: object) -> None:
-                pass
-
-        ThreadingHTTPServer.allow_reuse_address = True
-        self.server = ThreadingHTTPServer(("127.0.0.1", port), Handler)
-        self.port = self.server.server_address[1]
-        self.thread = threading.Thread(target=self.server.serve_forever, daemon=True)
-        self.thread.start()
-
-    def arrivals(self) -> list[tuple[float, dict[str, Any]]]:
-        return list(zip(list(self.times), list(self.messages), strict=False))
-
-    @property
-    def url(self) -> str:
-        return f"json://127.0.0.1:{self.port}/hook"
-
-    def close(self) -> None:
-        self.server.shutdown()
-        self.server.server_close()
 
 
 @pytest.fixture

@@ -13,7 +13,6 @@ import json
 import os
 import re
 import signal
-import sqlite3
 import subprocess
 import sys
 from collections.abc import Iterator
@@ -22,12 +21,11 @@ from typing import Any
 
 import pytest
 
+from tests.helpers.alertsink import Receiver
+from tests.helpers.daemonrun import REPO, Daemon, query
 from tests.helpers.netlab import Lab, wait_for
-from tests.test_alerts import Receiver
-from tests.test_e2e import Notify
 
 pytestmark = pytest.mark.live
-REPO = Path(__file__).resolve().parents[1]
 DATA = Path(__file__).resolve().parent / "e2e_data"
 BURST = 5
 EXFIL_LABEL = "nbswy3dpeb3w64tmmqqgc3dpnfzhgzlsmvxgizlsnb2gk4tfnzqxi"  # 53 bytes of base32
@@ -41,17 +39,7 @@ def lab() -> Iterator[Lab]:
 
 
 def flagged(db: Path) -> list[dict[str, Any]]:
-    conn = sqlite3.connect(f"file:{db}?mode=ro", uri=True)
-    conn.row_factory = sqlite3.Row
-    try:
-        return [
-            dict(r)
-            for r in conn.execute("SELECT * FROM events WHERE server = 'flooder' AND verdict = 'flagged'")
-        ]
-    except sqlite3.Error:
-        return []
-    finally:
-        conn.close()
+    return query(db, "SELECT * FROM events WHERE server = 'flooder' AND verdict = 'flagged'")
 
 
 @pytest.mark.parametrize("exfil_domain", ["exfil.test", "flood.test"], ids=["other-domain", "same-domain"])
@@ -60,8 +48,7 @@ def test_exfiltration_after_a_flood_alerts_at_once(lab: Lab, tmp_path: Path, exf
     tmp.mkdir(mode=0o700)
     os.chmod(tmp_path, 0o700)
     receiver = Receiver()
-    cfg = tmp / "config.toml"
-    cfg.write_text(f"""
+    config = f"""
 [daemon]
 database = "{tmp}/events.db"
 interfaces = ["{lab.veth_host}"]  # this lab's traffic only, not other tests' floods
@@ -76,8 +63,7 @@ digest_seconds = 10
 learning = false
 [servers.flooder]
 allow = ["allowed.test"]
-""")
-    os.chmod(cfg, 0o600)
+"""
     exfil = f"{EXFIL_LABEL}.{exfil_domain}"
     report = tmp / "report.json"
     home = tmp / "home" / ".cursor"
@@ -86,16 +72,10 @@ allow = ["allowed.test"]
     (home / "mcp.json").write_text(
         json.dumps({"mcpServers": {"flooder": {"command": sys.executable, "args": args}}})
     )
-    notify = Notify(tmp / "notify.sock")
-    env = {**os.environ, "NOTIFY_SOCKET": str(tmp / "notify.sock"), "PYTHONPATH": str(REPO)}
-    log = open(tmp / "daemon.log", "w")
-    daemon = subprocess.Popen(
-        [sys.executable, "-m", "egresswatch", "run", "--config", str(cfg), "--status-file", str(tmp / "status.json")],
-        env=env, cwd=REPO, stderr=log, text=True,
-    )  # fmt: skip
+    daemon = Daemon(tmp, config)
     host = None
     try:
-        notify.wait("READY=1")
+        daemon.start()
         host = subprocess.Popen([sys.executable, str(DATA / "fake_mcp_host.py"), str(home / "mcp.json")],
                                 cwd=REPO, start_new_session=True)  # fmt: skip
         sent = wait_for(
@@ -134,7 +114,7 @@ allow = ["allowed.test"]
         wait_for(
             lambda: summarised() == len(flood) - len(alerted), 40, "digests naming flood.test and its count"
         )
-        status = json.loads((tmp / "status.json").read_text())["counters"]
+        status = daemon.status()["counters"]
         assert status["kernel_drops"] == 0 and len(flood) == sent["sent"], (status, len(flood))
         assert at - event["ts"] <= 1.0, f"alert {at - event['ts']:.2f}s after its packet; {status}"
         print(f"\n{exfil_domain}: {len(flood)} flood events flagged, {len(during)} deliveries during the flood,"
@@ -146,12 +126,6 @@ allow = ["allowed.test"]
             except ProcessLookupError:
                 pass
             host.wait(timeout=10)
-        daemon.send_signal(signal.SIGTERM)
-        try:
-            daemon.wait(timeout=30)
-        except subprocess.TimeoutExpired:
-            daemon.kill()
-            daemon.wait()
-        log.close()
-        notify.close()
+        daemon.stop(timeout=30)
+        daemon.close()
         receiver.close()

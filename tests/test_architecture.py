@@ -13,6 +13,8 @@
 from __future__ import annotations
 
 import ast
+import re
+import sys
 from pathlib import Path
 
 import pytest
@@ -21,9 +23,6 @@ PKG = Path(__file__).resolve().parents[1] / "egresswatch"
 MAX_LINES = 300
 # Modules still being split (issue #11): this list only shrinks, and must end empty.
 STILL_LONG = {
-    "audit/findings.py",
-    "cli/run.py",
-    "service/daemon.py",
     "capture/live.py",
     "capture/bpf.py",
 }
@@ -85,6 +84,9 @@ CONFINED = {
         "cli/policy.py",
         "cli/replay.py",
         "cli/run.py",
+        "cli/status.py",
+        "cli/doctor.py",
+        "cli/notifier.py",
         "cli/ui.py",
     },
     # foreign calls: libbpf (the eBPF loader), libc socket/syscall helpers, the capture filter
@@ -216,3 +218,57 @@ def test_no_module_over_300_lines() -> None:
         if (n := len((PKG / name).read_text().splitlines())) > MAX_LINES and name not in STILL_LONG
     }
     assert long == {}, f"modules over {MAX_LINES} lines (split them along their seams): {long}"
+
+
+# -- docs/architecture.md stays true to the tree ------------------------------------
+ARCH_DOC = PKG.parent / "docs" / "architecture.md"
+_STDLIB_OR_OURS = {*sys.stdlib_module_names, "egresswatch", "__future__"}
+
+
+def _doc_rows(heading: str) -> list[list[str]]:
+    """The cells of the table under ``heading`` (header and separator dropped)."""
+    section = ARCH_DOC.read_text().split(f"\n## {heading}\n", 1)[1].split("\n## ", 1)[0]
+    rows = [line for line in section.splitlines() if line.startswith("|")]
+    return [[c.strip() for c in row.strip("|").split("|")] for row in rows[2:]]
+
+
+def _third_party(tree: ast.Module) -> set[str]:
+    return {i.split(".")[0] for i in _imports(tree)} - _STDLIB_OR_OURS
+
+
+def test_architecture_doc_names_only_paths_that_exist() -> None:
+    """Module paths (``capture/live.py``, ``egresswatch/capture/live.py``,
+    ``tests/test_docs.py``) and package paths (``egresswatch/capture/``)."""
+    text = ARCH_DOC.read_text()
+    named = set(re.findall(r"(?<![\w/.*-])((?:[\w-]+/)+[\w-]+\.py|egresswatch/(?:[\w-]+/)+)", text))
+    assert len(named) > 50, sorted(named)
+    missing = sorted(p for p in named if not (PKG.parent / p).exists() and not (PKG / p).exists())
+    assert missing == [], f"docs/architecture.md names paths that do not exist: {missing}"
+
+
+def test_architecture_doc_lists_every_module_with_its_libraries() -> None:
+    rows = {cells[0].strip("`"): cells[2] for cells in _doc_rows("Modules")}
+    tree = {f"egresswatch/{name}" for name in MODULES if not name.endswith("__init__.py")}
+    assert set(rows) == tree, (
+        f"docs/architecture.md module table: missing {sorted(tree - set(rows))}, gone {sorted(set(rows) - tree)}"
+    )
+    wrong = {}
+    for path, cell in rows.items():
+        said = set() if cell == "-" else {lib.strip() for lib in cell.split(",")}
+        imported = _third_party(MODULES[path.removeprefix("egresswatch/")])
+        if said != imported:
+            wrong[path] = (sorted(said), sorted(imported))
+    assert wrong == {}, f"third-party column (said, imported): {wrong}"
+
+
+def test_architecture_doc_describes_every_package_and_layer() -> None:
+    text = ARCH_DOC.read_text()
+    packages = sorted(p.name for p in PKG.iterdir() if (p / "__init__.py").exists())
+    undescribed = [p for p in packages if f"\n### egresswatch/{p}/\n" not in text]
+    assert undescribed == [], f"docs/architecture.md: add a section per package: {undescribed}"
+    layers = {
+        unit.strip("` "): int(cells[0])
+        for cells in _doc_rows("Layers: dependencies point one way")
+        for unit in cells[1].split(",")
+    }
+    assert layers == {u: n for u, n in LAYERS.items() if u not in ("__main__", "__init__")}

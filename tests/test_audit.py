@@ -17,10 +17,12 @@ from click.testing import CliRunner
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from egresswatch.audit.findings import Finding, audit, audit_server, command_line, reaches
+from egresswatch.audit.findings import Finding, command_line, reaches
 from egresswatch.audit.lookalike import lookalike, skeleton
 from egresswatch.audit.rules import parse_launch
+from egresswatch.audit.scan import audit
 from egresswatch.audit.secrets import mask, redact, redact_argv, scan_value
+from egresswatch.audit.server import audit_server
 from egresswatch.cli.main import cli
 from egresswatch.mcp.discovery import ServerDef, discover
 

@@ -13,9 +13,7 @@ import json
 import os
 import shutil
 import signal
-import sqlite3
 import subprocess
-import sys
 import tarfile
 import tempfile
 from collections.abc import Iterator
@@ -25,11 +23,10 @@ from typing import Any
 import pytest
 
 from egresswatch.attribute.containers import _UnixHTTP
+from tests.helpers.daemonrun import Daemon, query
 from tests.helpers.netlab import Lab, missing, require_live, wait_for
-from tests.test_e2e import Notify, rows
 
 pytestmark = pytest.mark.live
-REPO = Path(__file__).resolve().parents[1]
 IMAGE = "egresswatch-test/busybox:1"
 BUSYBOX = Path("/bin/busybox")
 
@@ -126,22 +123,14 @@ def test_docker_run_server_traffic_is_tied_to_the_server(docker: str, tmp_path: 
         (home / "mcp.json").write_text(
             json.dumps({"mcpServers": {"boxed": {"command": "docker", "args": args}}})
         )
-        cfg = tmp / "config.toml"
-        cfg.write_text(
+        daemon = Daemon(
+            tmp,
             f'[daemon]\ndatabase = "{tmp}/events.db"\ncontainer_sockets = ["{docker}"]\n'
             f'[discovery]\nextra_homes = ["{tmp}/home"]\n[policy]\nlearning = false\n'
-            '[servers.boxed]\nallow = ["box.test"]\n'
+            '[servers.boxed]\nallow = ["box.test"]\n',
         )
-        os.chmod(cfg, 0o600)
-        notify = Notify(tmp / "notify.sock")
-        log = open(tmp / "daemon.log", "w")
-        daemon = subprocess.Popen(
-            [sys.executable, "-m", "egresswatch", "run", "--config", str(cfg)],
-            env={**os.environ, "NOTIFY_SOCKET": str(tmp / "notify.sock"), "PYTHONPATH": str(REPO)},
-            cwd=REPO, stderr=log,
-        )  # fmt: skip
         try:
-            notify.wait("READY=1")
+            daemon.start()
             # the "host" launches the server as its config says
             cli = subprocess.run(
                 ["docker", *args], env={**os.environ, "DOCKER_HOST": f"unix://{docker}"},
@@ -151,22 +140,18 @@ def test_docker_run_server_traffic_is_tied_to_the_server(docker: str, tmp_path: 
             db = tmp / "events.db"
 
             def complete() -> list[dict[str, Any]] | None:
-                rs = [r for r in rows(db, "boxed") if r["kind"] == "connect"]
+                rs = query(db, "SELECT * FROM events WHERE server = 'boxed' AND kind = 'connect'")
                 return rs if len({r["sport"] for r in rs}) >= 2 else None
 
             try:
                 events = wait_for(complete, 30, "the container's events tied to the server")
             except AssertionError:
-                conn = sqlite3.connect(f"file:{db}?mode=ro", uri=True)
-                seen = conn.execute(
-                    "SELECT kind, src, dst_name, server, process, attribution FROM events"
-                ).fetchall()
-                daemon_log = (tmp / "daemon.log").read_text()[-3000:]
+                seen = query(db, "SELECT kind, src, dst_name, server, process, attribution FROM events")
+                daemon_log = daemon.log()[-3000:]
                 raise AssertionError(f"events: {seen}\ndaemon log:\n{daemon_log}") from None
         finally:
-            daemon.send_signal(signal.SIGTERM)
-            daemon.wait(20)
-            notify.close()
+            daemon.stop(timeout=20)
+            daemon.close()
     for r in events:
         chain = json.loads(r["chain"])
         # a process inside the container (its own address, before the bridge's NAT),

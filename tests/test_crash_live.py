@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.helpers.daemonrun import Daemon, count_rows, crash_cycle, integrity, start_flood, stop
+from tests.helpers.flood import count_rows, crash_cycle, flood_daemon, integrity, start_flood, stop
 from tests.helpers.netlab import Lab, require_live, wait_for
 
 pytestmark = pytest.mark.live
@@ -31,7 +31,7 @@ def test_kill_9_while_storing_loses_at_most_one_batch(lab: Lab) -> None:
     with tempfile.TemporaryDirectory() as t:
         tmp = Path(t)
         os.chmod(tmp, 0o700)
-        d = Daemon(tmp, tmp / "events.db", lab.veth_host)
+        d = flood_daemon(tmp, tmp / "events.db", lab.veth_host)
         try:
             results = [crash_cycle(d, lab, f"kill{i}", qps=6000, seconds=1.5, patience=60) for i in range(3)]
             for r in results:
@@ -53,3 +53,4 @@ def test_kill_9_while_storing_loses_at_most_one_batch(lab: Lab) -> None:
             print(results)
         finally:
             d.stop()
+            d.close()

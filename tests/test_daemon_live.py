@@ -9,7 +9,6 @@ from __future__ import annotations
 import json
 import os
 import signal
-import sqlite3
 import subprocess
 import sys
 from collections.abc import Iterator
@@ -18,11 +17,10 @@ from typing import Any
 
 import pytest
 
+from tests.helpers.daemonrun import Daemon, base_config, query
 from tests.helpers.netlab import Lab, require_live, run, wait_for
-from tests.test_e2e import Notify
 
 pytestmark = pytest.mark.live
-REPO = Path(__file__).resolve().parents[1]
 
 
 SENDER = """
@@ -44,22 +42,15 @@ def send_queries(lab: Lab, prefix: str, count: int, suffix: str) -> None:
 
 
 def qnames(db: Path, like: str) -> set[str]:
-    if not db.exists():
-        return set()
-    conn = sqlite3.connect(f"file:{db}?mode=ro", uri=True)
-    try:
-        sql = "SELECT DISTINCT qname FROM events WHERE kind = 'dns_query' AND qname LIKE ?"
-        return {r[0] for r in conn.execute(sql, (like,))}
-    except sqlite3.Error:
-        return set()
-    finally:
-        conn.close()
+    sql = "SELECT DISTINCT qname FROM events WHERE kind = 'dns_query' AND qname LIKE ?"
+    return {r["qname"] for r in query(db, sql, (like,))}
 
 
-class Daemon:
+class LabDaemon(Daemon):
     """`egresswatch run` with a config of its own in ``tmp`` (root-only), in
     the lab's network namespace: it sees the test's traffic and nothing of
-    the other tests running on the machine."""
+    the other tests running on the machine. Launched at once; :meth:`ready`
+    waits for READY=1 and the first status file."""
 
     def __init__(
         self,
@@ -70,54 +61,23 @@ class Daemon:
         args: tuple[str, ...] = (),
         status: Path | None = None,
     ) -> None:
-        self.tmp = tmp
-        self.db = tmp / "events.db"
-        self.status = status or tmp / f"{name}.status.json"
-        self.cfg = tmp / f"{name}.toml"
-        self.log_path = tmp / f"{name}.log"
-        (tmp / "home").mkdir(exist_ok=True)
-        self.cfg.write_text(
-            f'[daemon]\ndatabase = "{self.db}"\n{extra}\n'
-            f'[discovery]\nextra_homes = ["{tmp}/home"]\n[policy]\nlearning = false\n'
-        )
-        os.chmod(self.cfg, 0o600)
-        self.notify = Notify(tmp / f"{name}.notify.sock")
-        env = {**os.environ, "NOTIFY_SOCKET": str(tmp / f"{name}.notify.sock"), "PYTHONPATH": str(REPO)}
-        self.log = open(self.log_path, "w")  # noqa: SIM115 - a file: the daemon must never block on a pipe
-        self.proc = subprocess.Popen(
-            ["ip", "netns", "exec", lab.ns, sys.executable, "-m", "egresswatch", "run", "--config", str(self.cfg),
-             "--status-file", str(self.status), *args],
-            env=env, cwd=REPO, stderr=self.log, text=True,
-        )  # fmt: skip
-        self.pid = self.proc.pid
+        config = base_config(tmp, tmp / "events.db", daemon=extra)
+        super().__init__(tmp, config, name=name, args=args, netns=lab.ns, status=status)
+        self.launch()
 
-    def ready(self) -> Daemon:
-        try:
-            self.notify.wait("READY=1", timeout=60)
-        except AssertionError:
-            raise AssertionError(f"no READY=1; log:\n{self.log_path.read_text()[-3000:]}") from None
-        wait_for(self.status.exists, 10, "the first status file")
+    def ready(self, timeout: float = 60) -> LabDaemon:
+        super().ready(timeout)
+        wait_for(self.status_path.exists, 10, "the first status file")
         return self
 
-    def stop(self) -> int:
-        if self.proc.poll() is None:
-            self.proc.send_signal(signal.SIGTERM)
+    def stop(self, timeout: float = 40) -> int:
         try:
-            return self.proc.wait(timeout=40)
+            return super().stop(timeout)
         finally:
             self.close()
 
-    def close(self) -> None:
-        if self.proc.poll() is None:
-            self.proc.kill()
-            self.proc.wait(timeout=10)
-        self.log.close()
-        self.notify.close()
-
     def show(self) -> tuple[int, dict[str, Any], str]:
-        cmd = [sys.executable, "-m", "egresswatch", "status", "--status-file", str(self.status)]
-        text = subprocess.run(cmd, capture_output=True, text=True, cwd=REPO)
-        js = subprocess.run([*cmd, "--json"], capture_output=True, text=True, cwd=REPO)
+        text, js = self.show_status(), self.show_status("--json")
         return text.returncode, json.loads(js.stdout) if js.stdout.strip() else {}, text.stdout
 
     def unhealthy_with(self, words: str, timeout: float = 20) -> str:
@@ -147,13 +107,15 @@ def lab() -> Iterator[Lab]:
 
 
 def test_second_daemon_on_the_same_database_or_status_file_is_refused(private: Path, lab: Lab) -> None:
-    first = Daemon(lab, private, "a").ready()
-    others: list[Daemon] = []
+    first = LabDaemon(lab, private, "a").ready()
+    others: list[LabDaemon] = []
     try:
         # the same database, another status file; then the same status file, another database
-        others.append(Daemon(lab, private, "b"))
+        others.append(LabDaemon(lab, private, "b"))
         others.append(
-            Daemon(lab, private, "c", args=("--db", str(private / "new" / "other.db")), status=first.status)
+            LabDaemon(
+                lab, private, "c", args=("--db", str(private / "new" / "other.db")), status=first.status_path
+            )
         )
         for other in others:
             try:
@@ -175,7 +137,7 @@ def test_second_daemon_on_the_same_database_or_status_file_is_refused(private: P
 
 
 def test_sigterm_right_after_a_burst_stores_all_of_it(private: Path, lab: Lab) -> None:
-    daemon = Daemon(lab, private).ready()
+    daemon = LabDaemon(lab, private).ready()
     steady = "import socket,time\ns=socket.socket(socket.AF_INET,socket.SOCK_DGRAM)\nwhile True:\n"
     steady += f" s.sendto(b'steady', ('{lab.host4}', 53)); time.sleep(0.1)"
     lab.spawn(sys.executable, "-c", steady)  # traffic that goes on after the signal
@@ -186,7 +148,7 @@ def test_sigterm_right_after_a_burst_stores_all_of_it(private: Path, lab: Lab) -
     finally:
         daemon.close()
     stored = qnames(daemon.db, "%.burst.test")
-    final = json.loads(daemon.status.read_text())["counters"]
+    final = json.loads(daemon.status_path.read_text())["counters"]
     lost = 5000 - len(stored)
     assert lost == 0, f"{lost} of 5000 queries lost at SIGTERM (kernel drops {final['kernel_drops']})"
     # drained up to the signal, not for as long as traffic goes on (then it would be a WARNING)
@@ -194,7 +156,7 @@ def test_sigterm_right_after_a_burst_stores_all_of_it(private: Path, lab: Lab) -
 
 
 def test_status_fails_while_the_kernel_drops_packets(private: Path, lab: Lab) -> None:
-    daemon = Daemon(lab, private, extra="capture_buffer_mb = 4").ready()
+    daemon = LabDaemon(lab, private, extra="capture_buffer_mb = 4").ready()
     try:
         code, data, out = daemon.show()
         assert code == 0 and not data.get("problems"), out
@@ -218,7 +180,7 @@ def test_status_fails_when_the_disk_is_full(private: Path, lab: Lab) -> None:
     mnt.mkdir(mode=0o700)
     run("mount", "-t", "tmpfs", "-o", "size=32m,mode=0700", "tmpfs", str(mnt))
     try:
-        daemon = Daemon(lab, private, "full", args=("--db", str(mnt / "events.db"))).ready()
+        daemon = LabDaemon(lab, private, "full", args=("--db", str(mnt / "events.db"))).ready()
         try:
             send_queries(lab, "a", 10, "before.test")
             wait_for(lambda: len(qnames(mnt / "events.db", "%.before.test")) == 10, 20, "events stored")
@@ -243,7 +205,7 @@ def test_status_fails_when_the_disk_is_full(private: Path, lab: Lab) -> None:
 
 
 def test_status_fails_when_the_database_is_deleted_or_replaced(private: Path, lab: Lab) -> None:
-    daemon = Daemon(lab, private).ready()
+    daemon = LabDaemon(lab, private).ready()
     victim = private / "victim"
     victim.write_text("precious\n")
     os.chmod(victim, 0o600)

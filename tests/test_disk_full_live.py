@@ -5,8 +5,6 @@ returns (the tmpfs grown) every event held meanwhile is written."""
 from __future__ import annotations
 
 import os
-import subprocess
-import sys
 import tempfile
 import time
 from collections.abc import Iterator
@@ -14,7 +12,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.helpers.daemonrun import REPO, Daemon, exported, integrity, start_flood, stop, stored
+from tests.helpers.flood import exported, flood_daemon, integrity, start_flood, stop, stored
 from tests.helpers.netlab import Lab, require_live, run, wait_for
 
 pytestmark = pytest.mark.live
@@ -35,7 +33,7 @@ def test_disk_full_then_space_returns(lab: Lab) -> None:
         mnt = tmp / "db"
         mnt.mkdir()
         run("mount", "-t", "tmpfs", "-o", "size=2m,mode=0700", "tmpfs", str(mnt))
-        d = Daemon(tmp, mnt / "events.db", lab.veth_host)
+        d = flood_daemon(tmp, mnt / "events.db", lab.veth_host)
         try:
             d.start()
             flood = start_flood(lab, "full", 2000)
@@ -49,8 +47,7 @@ def test_disk_full_then_space_returns(lab: Lab) -> None:
                 assert d.counter("events_pending") > 0 and d.counter("store_disk_full") == 1
             finally:
                 stop(flood)
-            shown = subprocess.run([sys.executable, "-m", "egresswatch", "status", "--status-file",
-                                    str(d.status_path)], capture_output=True, text=True, cwd=REPO)  # fmt: skip
+            shown = d.show_status()
             assert "store_disk_full: 1" in shown.stdout, shown.stdout
             assert any("disk is full" in p for p in d.status()["problems"]), d.status()  # unhealthy, and why
             run("mount", "-o", "remount,size=64m", str(mnt))  # space returns
@@ -68,4 +65,5 @@ def test_disk_full_then_space_returns(lab: Lab) -> None:
             assert "Traceback" not in log, log[-3000:]
         finally:
             d.stop()
+            d.close()
             run("umount", str(mnt), check=False)

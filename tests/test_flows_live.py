@@ -13,12 +13,9 @@ from __future__ import annotations
 import json
 import os
 import signal
-import sqlite3
 import subprocess
 import sys
-import threading
 from collections.abc import Iterator
-from http.server import HTTPServer
 from pathlib import Path
 from typing import Any
 
@@ -26,12 +23,12 @@ import pytest
 
 from egresswatch.store.db import Store
 from egresswatch.store.query import query_events
+from tests.helpers.alertsink import Receiver
+from tests.helpers.daemonrun import REPO, Daemon, query
 from tests.helpers.flowcheck import Sent, check
 from tests.helpers.netlab import Lab, wait_for
-from tests.test_e2e import Alerts, Notify
 
 pytestmark = pytest.mark.live
-REPO = Path(__file__).resolve().parents[1]
 DATA = Path(__file__).resolve().parent / "e2e_data"
 NAMES = ["api.notes.test", "collector.exfil-sink.test", "ech-front.cdn.test"]
 
@@ -55,24 +52,16 @@ def flow_rows(db: Path) -> list[dict[str, Any]]:
 
 
 def alert_rows(db: Path) -> list[dict[str, Any]]:
-    conn = sqlite3.connect(f"file:{db}?mode=ro", uri=True)
-    conn.row_factory = sqlite3.Row
-    try:
-        sql = "SELECT * FROM alerts WHERE kind = 'alert' AND server = 'notes' ORDER BY id"
-        return [dict(r) for r in conn.execute(sql)]
-    finally:
-        conn.close()
+    sql = "SELECT * FROM alerts WHERE kind = 'alert' AND server = 'notes' ORDER BY id"
+    return query(db, sql, strict=True)
 
 
 def test_live_flows_get_one_verdict_named_by_themselves(lab: Lab, tmp_path: Path) -> None:
     tmp = tmp_path / "ew"
     tmp.mkdir(mode=0o700)
     os.chmod(tmp_path, 0o700)
-    httpd = HTTPServer(("127.0.0.1", 0), Alerts)
-    threading.Thread(target=httpd.serve_forever, daemon=True).start()
-    Alerts.received = []
-    cfg = tmp / "config.toml"
-    cfg.write_text(f"""
+    endpoint = Receiver()
+    config = f"""
 [daemon]
 database = "{tmp}/events.db"
 # only the lab's link: other tests' floods on this host must not fill the capture buffer
@@ -80,7 +69,7 @@ interfaces = ["{lab.veth_host}"]
 [discovery]
 extra_homes = ["{tmp}/home"]
 [alerts]
-urls = ["json://127.0.0.1:{httpd.server_address[1]}/"]
+urls = ["{endpoint.url}"]
 min_severity = "low"
 window_seconds = 0.001
 desktop = false
@@ -88,25 +77,18 @@ desktop = false
 learning = false
 [servers.notes]
 allow = ["api.notes.test"]
-""")
-    os.chmod(cfg, 0o600)
+"""
     home = tmp / "home" / ".cursor"
     home.mkdir(parents=True)
     server_cmd = [sys.executable, str(DATA / "flows_mcp_server.py"), lab.peer4]
     (home / "mcp.json").write_text(
         json.dumps({"mcpServers": {"notes": {"command": server_cmd[0], "args": server_cmd[1:]}}})
     )
-    notify = Notify(tmp / "notify.sock")
-    env = {**os.environ, "NOTIFY_SOCKET": str(tmp / "notify.sock"), "PYTHONPATH": str(REPO)}
-    log = open(tmp / "daemon.log", "w")
-    daemon = subprocess.Popen(
-        [sys.executable, "-m", "egresswatch", "run", "--config", str(cfg), "--status-file", str(tmp / "status.json")],
-        env=env, cwd=REPO, stderr=log, text=True,
-    )  # fmt: skip
+    daemon = Daemon(tmp, config)
     host = None
     db = tmp / "events.db"
     try:
-        notify.wait("READY=1")
+        daemon.start()
         host = subprocess.Popen([sys.executable, str(DATA / "fake_mcp_host.py"), str(home / "mcp.json")],
                                 stdout=subprocess.PIPE, text=True, cwd=REPO, start_new_session=True)  # fmt: skip
         assert host.stdout is not None
@@ -122,13 +104,13 @@ allow = ["api.notes.test"]
         try:
             rows = wait_for(decided, 45, "five decided flows of the notes server")
         except AssertionError:
-            conn = sqlite3.connect(f"file:{db}?mode=ro", uri=True)
-            seen = conn.execute(
+            seen = query(
+                db,
                 "SELECT kind, sni, qname, sport, verdict, reason, decides, server, process, attribution FROM events"
                 " WHERE dst = ? OR src = ?",
                 (lab.peer4, lab.peer4),
-            ).fetchall()
-            conn.close()
+                strict=True,
+            )
             raise AssertionError(f"stored: {seen}") from None
         flows: dict[str, list[dict[str, Any]]] = {}
         for r in rows:
@@ -166,10 +148,9 @@ allow = ["api.notes.test"]
             + ["collector.exfil-sink.test", " | ".join(NAMES), " | ".join(NAMES), "ech-front.cdn.test"]
         )
         assert {a["result"] for a in alerts} == {"sent"}
-        mine = [a for a in Alerts.received if "MCP server notes" in json.dumps(a)]
+        mine = [a for a in endpoint.messages if "MCP server notes" in json.dumps(a)]
         assert len(mine) >= 6 and not any("contacted api.notes.test (" in json.dumps(a) for a in mine)
-        daemon.send_signal(signal.SIGTERM)
-        assert daemon.wait(timeout=30) == 0
+        assert daemon.stop(timeout=30) == 0
     finally:
         if host is not None:
             try:
@@ -177,9 +158,5 @@ allow = ["api.notes.test"]
             except ProcessLookupError:
                 pass
             host.wait(timeout=10)
-        if daemon.poll() is None:
-            daemon.kill()
-        daemon.wait(timeout=10)
-        log.close()
-        httpd.shutdown()
-        notify.close()
+        daemon.close()
+        endpoint.close()

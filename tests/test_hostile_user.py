@@ -19,8 +19,8 @@ from pathlib import Path
 import pytest
 
 from egresswatch.safefiles import trust_problems
+from tests.helpers.daemonrun import Notify
 from tests.helpers.netlab import missing, require_live, run, wait_for
-from tests.test_e2e import Notify
 
 pytestmark = pytest.mark.live
 REPO = Path(__file__).resolve().parents[1]

@@ -23,16 +23,15 @@ import signal
 import sqlite3
 import subprocess
 import sys
-import threading
 from collections.abc import Iterator
-from http.server import HTTPServer
 from pathlib import Path
 from typing import Any
 
 import pytest
 
+from tests.helpers.alertsink import Receiver
+from tests.helpers.daemonrun import Notify
 from tests.helpers.netlab import Lab, missing, wait_for
-from tests.test_e2e import Alerts, Notify
 
 pytestmark = pytest.mark.live
 REPO = Path(__file__).resolve().parents[1]
@@ -63,9 +62,7 @@ class Daemon:
     def __init__(self, tmp: Path, lab: Lab, servers: dict[str, list[str]], allow: dict[str, list[str]],
                  env: dict[str, str] | None = None) -> None:  # fmt: skip
         self.tmp = tmp
-        self.httpd = HTTPServer(("127.0.0.1", 0), Alerts)
-        threading.Thread(target=self.httpd.serve_forever, daemon=True).start()
-        Alerts.received = []
+        self.alerts = Receiver()
         self.cfg = tmp / "config.toml"
         text = f"""
 [daemon]
@@ -73,7 +70,7 @@ database = "{tmp}/events.db"
 [discovery]
 extra_homes = ["{tmp}/home"]
 [alerts]
-urls = ["json://127.0.0.1:{self.httpd.server_address[1]}/"]
+urls = ["{self.alerts.url}"]
 min_severity = "low"
 window_seconds = 1
 [policy]
@@ -147,7 +144,7 @@ learning = false
                 self.proc.kill()
                 self.proc.wait(timeout=10)
         self.log.close()
-        self.httpd.shutdown()
+        self.alerts.close()
         self.notify.close()
 
 
@@ -234,11 +231,11 @@ def test_every_packet_of_a_long_lived_server_is_attributed(lab: Lab, tmpdir700: 
             other.kill()
             other.wait()
         d.close()
-    check_scenario(rows, srv, oth, server_pid, lab)
+    check_scenario(rows, srv, oth, server_pid, lab, d.alerts.messages)
 
 
 def check_scenario(rows: list[dict[str, Any]], srv: list[dict[str, Any]], oth: list[dict[str, Any]],
-                   server_pid: int, lab: Lab) -> None:  # fmt: skip
+                   server_pid: int, lab: Lab, alerts: list[dict[str, Any]]) -> None:  # fmt: skip
     bad: list[str] = []
 
     def expect(rs: list[dict[str, Any]], pid: int | None, what: str) -> None:
@@ -307,7 +304,7 @@ def check_scenario(rows: list[dict[str, Any]], srv: list[dict[str, Any]], oth: l
         bad.append(f"{len(direct)} direct_ip events to the resolved address {lab.peer4}")
     kinds = sorted({r["attribution"] for r in rows if r["server"] == "fake"})
     assert not bad, f"{len(bad)} problems, e.g.:\n" + "\n".join(bad[:20]) + f"\nattribution reasons: {kinds}"
-    assert any("exfil.test" in json.dumps(a) for a in Alerts.received), "no exfil alert delivered"
+    assert any("exfil.test" in json.dumps(a) for a in alerts), "no exfil alert delivered"
 
 
 def test_a_server_that_renames_itself_stays_identified(lab: Lab, tmpdir700: Path) -> None:

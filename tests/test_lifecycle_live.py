@@ -17,7 +17,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.helpers.daemonrun import Daemon, count_rows, start_flood, stop
+from tests.helpers.flood import count_rows, flood_config, flood_daemon, start_flood, stop
 from tests.helpers.netlab import Lab, require_live, wait_for
 
 pytestmark = pytest.mark.live
@@ -71,7 +71,7 @@ def test_sighup_with_a_broken_config_keeps_the_running_one(lab: Lab) -> None:
                                                             "args": [str(tmp / "probe.py"), lab.peer4]}}}))  # fmt: skip
         good = '[servers.probe]\nallow = ["good.test"]\n'
         both = '[servers.probe]\nallow = ["good.test", "other.test"]\n'
-        d = Daemon(tmp, tmp / "events.db", lab.veth_host, extra_config=good)
+        d = flood_daemon(tmp, tmp / "events.db", lab.veth_host, extra=good)
         d.start()
         host = subprocess.Popen([sys.executable, str(HOST), str(mcp)], start_new_session=True)
         try:
@@ -84,8 +84,8 @@ def test_sighup_with_a_broken_config_keeps_the_running_one(lab: Lab) -> None:
                 (dict(extra='[servers.probe]\nallow = ["other.test", "bad entry"]\n'), "invalid entry"),
             ):
                 rejected = d.log().count("reload rejected")
-                d.write_config(**broken)  # type: ignore[arg-type]
-                d.proc.send_signal(signal.SIGHUP)
+                d.write_config(flood_config(tmp, d.db, **broken))  # type: ignore[arg-type]
+                d.send_signal(signal.SIGHUP)
                 wait_for(lambda: d.log().count("reload rejected") > rejected, 20, f"rejection ({why})")  # noqa: B023
                 line = [x for x in d.log().splitlines() if "reload rejected" in x][-1]
                 assert str(d.config) in line, line  # says which file and why
@@ -96,8 +96,8 @@ def test_sighup_with_a_broken_config_keeps_the_running_one(lab: Lab) -> None:
                 assert d.proc.poll() is None
             assert "bad entry" in d.log()
             # the probe is sensitive to the config: a good one changes the verdict
-            d.write_config(extra=both)
-            d.proc.send_signal(signal.SIGHUP)
+            d.write_config(flood_config(tmp, d.db, extra=both))
+            d.send_signal(signal.SIGHUP)
             wait_for(lambda: "configuration reloaded" in d.log(), 20, "reload")
             after = time.time()
             wait_for(lambda: len(_verdicts_after(d.db, after)) >= 5, 20, "events after the good reload")
@@ -108,6 +108,7 @@ def test_sighup_with_a_broken_config_keeps_the_running_one(lab: Lab) -> None:
             os.killpg(host.pid, signal.SIGKILL)
             host.wait()
             d.stop()
+            d.close()
 
 
 def test_interface_created_after_ready_is_captured() -> None:
@@ -115,7 +116,7 @@ def test_interface_created_after_ready_is_captured() -> None:
     with tempfile.TemporaryDirectory() as t:
         tmp = Path(t)
         os.chmod(tmp, 0o700)
-        d = Daemon(tmp, tmp / "events.db", None)  # every interface, as configured by default
+        d = flood_daemon(tmp, tmp / "events.db", None)  # every interface, as configured by default
         d.start()
         try:
             with Lab() as lab:  # its veth pair is created after READY=1
@@ -130,3 +131,4 @@ def test_interface_created_after_ready_is_captured() -> None:
             assert d.stop() == 0
         finally:
             d.stop()
+            d.close()

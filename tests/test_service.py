@@ -13,7 +13,7 @@ import pytest
 from click.testing import CliRunner
 
 from egresswatch.cli.main import cli
-from egresswatch.service.daemon import read_status, write_status
+from egresswatch.service.status import read_status, write_status
 from tests.helpers.netlab import require_live
 
 REPO = Path(__file__).resolve().parents[1]

@@ -16,7 +16,8 @@ from pathlib import Path
 
 import click
 
-from egresswatch.audit.findings import SEVERITIES, Finding, audit, command_line, reaches
+from egresswatch.audit.findings import SEVERITIES, Finding, command_line, reaches
+from egresswatch.audit.scan import audit
 from egresswatch.cli.main import format_option
 from egresswatch.mcp.discovery import Discovery, ServerDef, discover
 from egresswatch.textsafe import safe

@@ -12,7 +12,7 @@ from pathlib import Path
 import click
 
 from egresswatch.errors import EgresswatchError, permission_hint
-from egresswatch.service.daemon import trusted_file_problems
+from egresswatch.service.trust import trusted_file_problems
 from egresswatch.textsafe import safe
 
 

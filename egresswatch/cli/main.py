@@ -1,4 +1,4 @@
-"""Command line: one click group; each area's commands live in its own cli_* module."""
+"""Command line: one click group, its lazily imported commands, the options they share and the one-line errors."""
 
 from __future__ import annotations
 
@@ -8,6 +8,7 @@ import logging
 import os
 import sys
 from collections.abc import Sequence
+from pathlib import Path
 from typing import Any, NoReturn, cast
 
 import click
@@ -15,6 +16,7 @@ import click
 from egresswatch import __version__
 from egresswatch.cli.render import FORMATS  # every command printing records offers these (or a subset)
 from egresswatch.errors import EgresswatchError, permission_hint
+from egresswatch.service.status import DEFAULT_STATUS_PATH
 from egresswatch.textsafe import SafeFormatter, safe
 
 #: exit codes: 2 for a usage mistake (bad option or argument), 1 for everything else
@@ -26,15 +28,15 @@ EXIT_USAGE, EXIT_ERROR = 2, 1
 LAZY_COMMANDS: dict[str, str] = {
     "allowlist": "egresswatch.cli.policy",
     "audit": "egresswatch.cli.discovery",
-    "doctor": "egresswatch.cli.run",
+    "doctor": "egresswatch.cli.doctor",
     "events": "egresswatch.cli.events",
     "install-service": "egresswatch.cli.install",
-    "notifier": "egresswatch.cli.run",
+    "notifier": "egresswatch.cli.notifier",
     "replay": "egresswatch.cli.replay",
     "run": "egresswatch.cli.run",
     "servers": "egresswatch.cli.discovery",
     "stats": "egresswatch.cli.events",
-    "status": "egresswatch.cli.run",
+    "status": "egresswatch.cli.status",
     "ui": "egresswatch.cli.ui",
 }
 
@@ -45,6 +47,16 @@ def format_option(choices: tuple[str, ...] = FORMATS, default: str = "table") ->
         "--format", "fmt", type=click.Choice(choices), default=default, show_default=True,
         help="table: aligned text for people; json: one list; jsonl: one object per line; csv: flat rows.",
     )  # fmt: skip
+
+
+config_option = click.option(
+    "--config", "config_path", type=click.Path(readable=False, dir_okay=False, path_type=Path), default=None,
+    help="Config file (default: /etc/egresswatch/config.toml if present).",
+)  # fmt: skip
+status_option = click.option(
+    "--status-file", type=click.Path(readable=False, dir_okay=False, path_type=Path), default=DEFAULT_STATUS_PATH,
+    show_default=True, help="Where the daemon writes its counters.",
+)  # fmt: skip
 
 
 def error_exit(message: str, code: int = EXIT_ERROR) -> NoReturn:

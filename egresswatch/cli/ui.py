@@ -9,7 +9,7 @@ import click
 
 from egresswatch.config import load_config
 from egresswatch.errors import EgresswatchError
-from egresswatch.service.daemon import DEFAULT_STATUS_PATH, read_status
+from egresswatch.service.status import DEFAULT_STATUS_PATH, read_status
 
 
 @click.command("ui")

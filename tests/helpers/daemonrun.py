@@ -1,10 +1,15 @@
-"""The real daemon (`python -m egresswatch run`) as a subprocess, and a numbered
-DNS query flood to drive it (crash-safety and disk-full tests and benches).
+"""The real daemon (`python -m egresswatch run`, as root) as a subprocess: the
+one harness of the live daemon tests and the daemon benches.
 
-The daemon gets its own NOTIFY_SOCKET (READY=1 is awaited, as systemd does),
-a status file, a log file and a JSON-lines export: the export is line-buffered,
-so after a ``kill -9`` it holds every event the pipeline produced, which makes
-``export - database`` the events the store lost.
+- :class:`Notify`: the test's NOTIFY_SOCKET, read by a thread as systemd does;
+- :class:`Daemon`: writes the config (root-only, 0600), starts the daemon with
+  its own NOTIFY_SOCKET, status file and log file (stderr into a file, never a
+  pipe: a chatty daemon must never block on it), waits for READY=1 (never a
+  sleep), and reads back the log, the status file and the sd_notify messages;
+- :func:`query`: rows of the daemon's database, read-only.
+
+Readiness, reload and stop are the daemon's own sd_notify messages; every
+wait polls with a deadline (netlab.wait_for).
 """
 
 from __future__ import annotations
@@ -18,6 +23,7 @@ import subprocess
 import sys
 import threading
 import time
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -25,106 +31,168 @@ from tests.helpers.netlab import wait_for
 
 REPO = Path(__file__).resolve().parents[2]
 
-FLOOD = r"""
-import socket, sys, time
-host, tag, qps = sys.argv[1], sys.argv[2], int(sys.argv[3])
-s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM); s.connect((host, 53))
-start = time.monotonic(); i = 0
-while True:
-    name = f"q{i}.{tag}.test".encode()
-    q = (i & 0xFFFF).to_bytes(2, "big") + b"\x01\x00\x00\x01\x00\x00\x00\x00\x00\x00"
-    q += b"".join(bytes([len(p)]) + p for p in name.split(b".")) + b"\x00\x00\x01\x00\x01"
-    try:
-        s.send(q)
-    except OSError:
-        pass
-    i += 1
-    if i % 100 == 0:
-        ahead = i / qps - (time.monotonic() - start)
-        if ahead > 0:
-            time.sleep(ahead)
-        if i % 1000 == 0:
-            print(i, flush=True)
-"""
 
+class Notify:
+    """The test's NOTIFY_SOCKET: a thread reads every sd_notify message at once,
+    as systemd does (the daemon never blocks on it, so a slow reader loses messages)."""
 
-class Daemon:
-    def __init__(self, tmp: Path, db: Path, iface: str | None, extra_config: str = "") -> None:
-        self.tmp, self.db, self.iface = tmp, db, iface
-        self.status_path = tmp / "status.json"
-        self.jsonl = tmp / "events.jsonl"
-        self.log_path = tmp / "daemon.log"
-        self.config = tmp / "config.toml"
-        self.write_config(extra_config)
-        (tmp / "home").mkdir(exist_ok=True)
-        self.proc: subprocess.Popen[bytes] | None = None
+    def __init__(self, path: Path) -> None:
+        path.unlink(missing_ok=True)
+        self.sock = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
+        self.sock.bind(str(path))
+        self.sock.settimeout(0.2)
         self.messages: list[str] = []
-        self._sock: socket.socket | None = None
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._read, daemon=True)
+        self._thread.start()
 
-    def write_config(self, extra: str = "", broken: bool = False) -> None:
-        self.config.write_text(
-            f'[daemon]\ndatabase = "{self.db}"\njsonl_path = "{self.jsonl}"\n'
-            f'[discovery]\nextra_homes = ["{self.tmp}/home"]\n[policy]\nlearning = false\n{extra}'
-            + ("\n[servers.broken\n" if broken else "")
-        )
-        os.chmod(self.config, 0o600)
-
-    def start(self, timeout: float = 60) -> float:
-        """Start and wait for READY=1; seconds it took."""
-        sock_path = self.tmp / "notify.sock"
-        sock_path.unlink(missing_ok=True)
-        self._sock = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
-        self._sock.bind(str(sock_path))
-        self._sock.settimeout(0.2)
-        self.messages = []
-        threading.Thread(target=self._read, args=(self._sock,), daemon=True).start()
-        env = {**os.environ, "NOTIFY_SOCKET": str(sock_path), "PYTHONPATH": str(REPO)}
-        log = open(self.log_path, "ab")  # noqa: SIM115 - the daemon's stderr, kept across restarts
-        t = time.monotonic()
-        self.proc = subprocess.Popen(
-            [sys.executable, "-m", "egresswatch", "run", "--config", str(self.config),
-             "--status-file", str(self.status_path), *(["--iface", self.iface] if self.iface else [])],
-            env=env, cwd=REPO, stderr=log, stdout=subprocess.DEVNULL,
-        )  # fmt: skip
-        log.close()
-        wait_for(lambda: "READY=1" in self.messages or self.proc.poll() is not None, timeout, "READY=1")  # type: ignore[union-attr]
-        if self.proc.poll() is not None:
-            raise AssertionError(f"daemon exited {self.proc.returncode}: {self.log()[-2000:]}")
-        return time.monotonic() - t
-
-    def _read(self, sock: socket.socket) -> None:
-        while True:
+    def _read(self) -> None:
+        while not self._stop.is_set():
             try:
-                self.messages.extend(sock.recv(4096).decode().split("\n"))
+                self.messages.append(self.sock.recv(4096).decode())
             except TimeoutError:
                 continue
             except OSError:
                 return
 
+    def find(self, text: str, after: int = 0) -> int | None:
+        """1 + the index of the first message from ``after`` on with a line ``text``."""
+        for i, m in enumerate(list(self.messages[after:]), after):
+            if text in m.split("\n"):
+                return i + 1
+        return None
+
+    def wait(self, text: str, timeout: float = 60, after: int = 0) -> int:
+        return int(wait_for(lambda: self.find(text, after), timeout, text))
+
+    def close(self) -> None:
+        self._stop.set()
+        self._thread.join(timeout=2)
+        self.sock.close()
+
+
+class Daemon:
+    """`egresswatch run` with the config ``config`` (TOML text) in ``tmp``, a
+    directory only root can write. Files: ``config.toml``, ``daemon.log``,
+    ``status.json``, ``notify.sock``; with a ``name``, ``NAME.toml``,
+    ``NAME.log``, ``NAME.status.json``, ``NAME.notify.sock`` (several daemons in
+    one directory). ``netns``: run it in that network namespace; ``args``: more
+    ``run`` options; ``env``: more environment (``WATCHDOG_USEC``);
+    ``verbose``: ``-v``. The log is appended to across restarts."""
+
+    def __init__(
+        self,
+        tmp: Path,
+        config: str,
+        *,
+        name: str | None = None,
+        args: Sequence[str] = (),
+        env: Mapping[str, str] | None = None,
+        netns: str | None = None,
+        verbose: bool = False,
+        status: Path | None = None,
+        db: Path | None = None,
+    ) -> None:
+        self.tmp = tmp
+        self.db = db or tmp / "events.db"  # where the config sends the events (for the test's queries)
+        self.jsonl = tmp / "events.jsonl"  # the export, when the config has daemon.jsonl_path = this
+        dot = f"{name}." if name else ""
+        self.config = tmp / (f"{name}.toml" if name else "config.toml")
+        self.log_path = tmp / f"{name or 'daemon'}.log"
+        self.status_path = status or tmp / f"{dot}status.json"
+        self.notify_path = tmp / f"{dot}notify.sock"
+        self.args, self.env, self.netns, self.verbose = tuple(args), dict(env or {}), netns, verbose
+        (tmp / "home").mkdir(exist_ok=True)  # discovery.extra_homes of base_config
+        self.write_config(config)
+        self.proc: subprocess.Popen[bytes] | None = None
+        self.notify: Notify | None = None
+
+    def write_config(self, text: str) -> None:
+        self.config.write_text(text)
+        os.chmod(self.config, 0o600)
+
+    # -- start -----------------------------------------------------------------------
+    def launch(self) -> Daemon:
+        """Start the process (a fresh NOTIFY_SOCKET); :meth:`ready` waits for it."""
+        if self.notify is not None:
+            self.notify.close()
+        self.notify = Notify(self.notify_path)
+        env = {**os.environ, "NOTIFY_SOCKET": str(self.notify_path), "PYTHONPATH": str(REPO), **self.env}
+        cmd = [sys.executable, "-m", "egresswatch", *(["-v"] if self.verbose else []), "run",
+               "--config", str(self.config), "--status-file", str(self.status_path), *self.args]  # fmt: skip
+        if self.netns is not None:
+            cmd = ["ip", "netns", "exec", self.netns, *cmd]
+        with open(self.log_path, "ab") as log:
+            self.proc = subprocess.Popen(cmd, env=env, cwd=REPO, stderr=log, stdout=subprocess.DEVNULL)
+        return self
+
+    def ready(self, timeout: float = 60) -> Daemon:
+        """Wait for READY=1. If the daemon exits first: its exit code and log; if
+        it hangs: every thread's stack (SIGUSR1) and the log."""
+        assert self.proc is not None and self.notify is not None
+        proc, notify = self.proc, self.notify
+        try:
+            wait_for(lambda: notify.find("READY=1") or proc.poll() is not None, timeout, "READY=1")
+        except AssertionError:
+            proc.send_signal(signal.SIGUSR1)  # faulthandler: thread stacks into the log
+            try:
+                wait_for(lambda: "most recent call first" in self.log(), 10, "stack dump")
+            except AssertionError:
+                pass
+            tail = [x for x in self.log().splitlines() if "DEBUG owner" not in x]
+            raise AssertionError("no READY=1; daemon log:\n" + "\n".join(tail[-60:])) from None
+        if proc.poll() is not None and not notify.find("READY=1"):
+            raise AssertionError(f"daemon exited {proc.returncode}: {self.log()[-2000:]}")
+        return self
+
+    def start(self, timeout: float = 60) -> float:
+        """Launch and wait for READY=1; seconds it took."""
+        t = time.monotonic()
+        self.launch().ready(timeout)
+        return time.monotonic() - t
+
+    @property
+    def pid(self) -> int:
+        assert self.proc is not None
+        return self.proc.pid
+
+    def message(self, text: str, after: int = 0, timeout: float = 60) -> int:
+        """Wait for the sd_notify line ``text`` after message ``after``; 1 + its index."""
+        assert self.notify is not None
+        return self.notify.wait(text, timeout, after)
+
+    # -- stop ------------------------------------------------------------------------
+    def send_signal(self, sig: int) -> None:
+        assert self.proc is not None
+        self.proc.send_signal(sig)
+
+    def stop(self, timeout: float = 60) -> int:
+        """SIGTERM and the exit code (killed when not gone within ``timeout`` s)."""
+        if self.proc is None:
+            return 0
+        if self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGTERM)
+            try:
+                self.proc.wait(timeout=timeout)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait()
+        return self.proc.returncode
+
     def kill9(self) -> None:
         assert self.proc is not None
         self.proc.send_signal(signal.SIGKILL)
         self.proc.wait(timeout=30)
-        self._close_sock()
 
-    def stop(self) -> int:
-        if self.proc is None or self.proc.poll() is not None:
-            self._close_sock()
-            return self.proc.returncode if self.proc else 0
-        self.proc.send_signal(signal.SIGTERM)
-        try:
-            code = self.proc.wait(timeout=60)
-        except subprocess.TimeoutExpired:
+    def close(self) -> None:
+        """Kill a daemon still running and stop reading its messages (``finally:``)."""
+        if self.proc is not None and self.proc.poll() is None:
             self.proc.kill()
-            code = self.proc.wait()
-        self._close_sock()
-        return code
+            self.proc.wait(timeout=10)
+        if self.notify is not None:
+            self.notify.close()
 
-    def _close_sock(self) -> None:
-        if self._sock is not None:
-            self._sock.close()
-            self._sock = None
-
+    # -- what it said ----------------------------------------------------------------
     def log(self) -> str:
         return self.log_path.read_text(errors="replace") if self.log_path.exists() else ""
 
@@ -137,94 +205,37 @@ class Daemon:
     def counter(self, name: str) -> int:
         return int(self.status().get("counters", {}).get(name, 0))
 
-
-def start_flood(lab: Any, tag: str, qps: int) -> subprocess.Popen[str]:
-    """Numbered queries q<i>.<tag>.test to the lab's port 53, from the host."""
-    return subprocess.Popen([sys.executable, "-c", FLOOD, lab.peer4, tag, str(qps)],
-                            stdout=subprocess.PIPE, text=True)  # fmt: skip
-
-
-def stop(p: subprocess.Popen[str]) -> None:
-    p.kill()
-    p.wait()
-
-
-def count_rows(db: Path, tag: str) -> int:
-    conn = sqlite3.connect(f"file:{db}?mode=ro", uri=True, timeout=10)
-    try:
-        return int(
-            conn.execute("SELECT COUNT(*) FROM events WHERE qname LIKE ?", (f"%.{tag}.test",)).fetchone()[0]
+    def show_status(self, *more: str) -> subprocess.CompletedProcess[str]:
+        """``egresswatch status`` on this daemon's status file."""
+        cmd = [sys.executable, "-m", "egresswatch", "status", "--status-file", str(self.status_path), *more]
+        return subprocess.run(
+            cmd, capture_output=True, text=True, cwd=REPO, env={**os.environ, "PYTHONPATH": str(REPO)}
         )
-    finally:
-        conn.close()
 
 
-def integrity(db: Path) -> str:
-    """PRAGMA integrity_check through a normal connection (it recovers the WAL
-    as the restarted daemon would)."""
-    conn = sqlite3.connect(db, timeout=10)
-    try:
-        return ";".join(r[0] for r in conn.execute("PRAGMA integrity_check"))
-    finally:
-        conn.close()
+def base_config(tmp: Path, db: Path, *, jsonl: Path | None = None, daemon: str = "", extra: str = "") -> str:
+    """A config for the daemon under test: its database, optionally the JSON-lines
+    export, more ``[daemon]`` keys, MCP servers discovered only in ``tmp/home``,
+    learning off (verdicts do not drift), then ``extra`` sections."""
+    export = f'jsonl_path = "{jsonl}"\n' if jsonl is not None else ""
+    return (
+        f'[daemon]\ndatabase = "{db}"\n{export}{daemon}\n'
+        f'[discovery]\nextra_homes = ["{tmp}/home"]\n[policy]\nlearning = false\n{extra}'
+    )
 
 
-def exported(jsonl: Path, tag: str) -> set[str]:
-    """qnames of the tag's events in the JSON-lines export."""
-    out = set()
-    suffix = f".{tag}.test"
-    with open(jsonl, encoding="utf-8", errors="replace") as fh:
-        for line in fh:
-            if suffix in line:
-                try:
-                    out.add(json.loads(line)["qname"])
-                except (ValueError, KeyError):
-                    pass  # the last line may be cut by the kill
-    return out
-
-
-def stored(db: Path, tag: str) -> set[str]:
+def query(db: Path, sql: str, params: Sequence[Any] = (), strict: bool = False) -> list[dict[str, Any]]:
+    """Rows of the daemon's database, read-only (it may be writing). A
+    database not there yet, or not readable yet, has no rows unless ``strict``."""
+    if not strict and not db.exists():
+        return []
     conn = sqlite3.connect(f"file:{db}?mode=ro", uri=True, timeout=10)
+    conn.row_factory = sqlite3.Row
     try:
-        return {r[0] for r in conn.execute("SELECT qname FROM events WHERE qname LIKE ?", (f"%.{tag}.test",))}
+        return [dict(r) for r in conn.execute(sql, tuple(params))]
+    except sqlite3.Error:
+        if strict:
+            raise
+        return []
     finally:
         conn.close()
-
-
-def crash_cycle(
-    d: Daemon, lab: Any, tag: str, qps: int, seconds: float, min_rate: int = 5000, patience: float = 20.0
-) -> dict[str, Any]:
-    """Start the daemon (on whatever database it has), flood it, and ``kill -9``
-    it at least ``seconds`` in, at the end of a 0.5 s window in which it stored
-    ``min_rate`` rows/s or more (tried for ``patience`` s); then judge the database:
-    integrity, and the events in the export that are not in the database."""
-    ready_s = d.start()
-    flood = start_flood(lab, tag, qps)
-    try:
-        wait_for(lambda: count_rows(d.db, tag) > 0, 30, "first flood rows stored")
-        n0, t0 = count_rows(d.db, tag), time.monotonic()
-        time.sleep(seconds)
-        give_up = time.monotonic() + patience
-        n, t = count_rows(d.db, tag), time.monotonic()
-        while True:
-            time.sleep(0.5)
-            n1, t1 = count_rows(d.db, tag), time.monotonic()
-            window = (n1 - n) / (t1 - t)
-            if window >= min_rate or t1 > give_up:
-                break
-            n, t = n1, t1
-        d.kill9()
-    finally:
-        stop(flood)
-    check = integrity(d.db)
-    out, db = exported(d.jsonl, tag), stored(d.db, tag)
-    return {
-        "ready_s": round(ready_s, 2),
-        "stored_per_s": round((n1 - n0) / (t1 - t0)),
-        "stored_per_s_at_kill": round(window),
-        "integrity": check,
-        "exported": len(out),
-        "stored": len(db),
-        "lost": len(out - db),
-        "stored_not_exported": len(db - out),
-    }
