@@ -37,8 +37,6 @@ STILL_LONG = {
     "store/query.py",
     "store/db.py",
     "capture/pcapfile.py",
-    "capture/live.py",
-    "capture/bpf.py",
     "judge/detectors.py",
     "judge/allowlist.py",
     "judge/policy.py",
