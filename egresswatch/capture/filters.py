@@ -70,10 +70,13 @@ def attach(
                 why = f"SO_ATTACH_BPF refused: {exc.strerror or exc}"
             else:
                 what = "continuations gated on flow state" if gate else "continuations passed by shape"
+                log.info("capture filter: ebpf (%s; %s)", what, loaded)
                 return ActiveFilter(EBPF, f"eBPF socket filter, {what} ({loaded})", kernel=kernel)
         else:
             why = loaded
     n = bpf.attach(sock, program)
+    if program is None and ebpf:
+        log.warning("capture filter: classic BPF, bulk uploads cost more CPU (%s)", why)
     return ActiveFilter(
         CLASSIC,
         f"classic BPF, {n} instructions, continuations gated in userspace ({why})",

@@ -32,6 +32,7 @@ import time
 from collections import Counter
 from collections.abc import Callable, Iterator, Sequence
 from types import TracebackType
+from typing import Any
 
 from egresswatch.capture import bpf, filters
 from egresswatch.capture.gate import HelloGate
@@ -265,6 +266,10 @@ class LiveSource:
         return Frame(ts=ts, data=data, linktype=linktype, index=self._index, orig_len=n, ifname=ifname)
 
     # -- statistics ----------------------------------------------------------
+    def filter_info(self) -> dict[str, Any]:
+        """Which kernel filter runs, why, and its counters (status file)."""
+        return self.kernel_filter.info() if self.kernel_filter is not None else {}
+
     def kernel_stats(self) -> tuple[int, int]:
         """(packets, drops) since the previous call, from PACKET_STATISTICS;
         also added to ``counters['kernel_packets']``/``['kernel_drops']``."""

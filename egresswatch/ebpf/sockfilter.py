@@ -42,7 +42,10 @@ class SocketFilter:
         if os.environ.get(DISABLE_ENV, "") not in ("", "0"):
             return None, f"disabled by {DISABLE_ENV}={os.environ[DISABLE_ENV]}"
         if os.geteuid() != 0:
-            return None, "not root (an eBPF socket filter reading the interface type needs CAP_BPF and CAP_PERFMON)"
+            return (
+                None,
+                "not root (an eBPF socket filter reading the interface type needs CAP_BPF and CAP_PERFMON)",
+            )
         if not BTF.exists():
             return None, f"kernel has no BTF ({BTF} missing)"
         if not path.is_file():

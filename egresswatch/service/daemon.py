@@ -569,6 +569,7 @@ class Daemon:
             "counters": counters,
             "decoder": dict(self.pipeline.decoder.counters) if self.pipeline else {},
             "attribution": self.attribution_mode,
+            "capture_filter": self.source.filter_info() if self.source else {},
         }
         try:
             write_status(self.opts.status_path, data)
