@@ -109,8 +109,10 @@ class Alerts(BaseHTTPRequestHandler):
         pass
 
 
-def cpu_seconds(pid: int) -> float:
-    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+def cpu_seconds(pid: int, tid: int | None = None) -> float:
+    """CPU time (user + system) of process ``pid``, or of its thread ``tid``."""
+    path = f"/proc/{pid}/task/{tid}/stat" if tid is not None else f"/proc/{pid}/stat"
+    fields = Path(path).read_text().rsplit(")", 1)[1].split()
     return (int(fields[11]) + int(fields[12])) / TICK
 
 
@@ -168,8 +170,13 @@ def bulk(lab: Lab, daemon: subprocess.Popen[str], tmp: Path, db: Path, seconds: 
     ):
         subprocess.run([*cmd, "tso", state, "gso", state, "gro", state], check=False, capture_output=True)
     port = 9100 + int(reverse) + 2 * int(not offloads)
+    # the same length of time without the transfer first: on a shared machine the
+    # daemon's baseline (other users' process events, housekeeping) is not idle
+    i0 = cpu_seconds(daemon.pid)
+    time.sleep(seconds)
+    idle_pct = round(100 * (cpu_seconds(daemon.pid) - i0) / seconds, 2)
     before, fbefore = status(tmp), filter_counters(tmp)
-    c0 = cpu_seconds(daemon.pid)
+    c0, m0 = cpu_seconds(daemon.pid), cpu_seconds(daemon.pid, daemon.pid)
     if reverse:  # namespace -> host
         srv = subprocess.Popen(
             [sys.executable, "-c", DISCARD_SERVER, str(port)], stdout=subprocess.PIPE, text=True
@@ -183,7 +190,7 @@ def bulk(lab: Lab, daemon: subprocess.Popen[str], tmp: Path, db: Path, seconds: 
         assert p.stdout is not None and p.stdout.readline().strip() == "ready"
         out = subprocess.run([sys.executable, "-c", BULK_CLIENT, lab.peer4, str(port), str(seconds)],
                              capture_output=True, text=True, check=True).stdout  # fmt: skip
-    c1 = cpu_seconds(daemon.pid)
+    c1, m1 = cpu_seconds(daemon.pid), cpu_seconds(daemon.pid, daemon.pid)
     load = load1()
     after = settle(tmp)
     fafter = filter_counters(tmp)
@@ -193,6 +200,8 @@ def bulk(lab: Lab, daemon: subprocess.Popen[str], tmp: Path, db: Path, seconds: 
         "offloads": state,
         "gbit_s": round(float(out.strip().splitlines()[-1]), 2),
         "daemon_cpu_pct": round(100 * (c1 - c0) / seconds, 2),
+        "daemon_cpu_pct_just_before_without_transfer": idle_pct,
+        "main_thread_cpu_pct": round(100 * (m1 - m0) / seconds, 2),
         "loadavg_1m": load,
         "frames_captured": after.get("captured", 0) - before.get("captured", 0),
         "gated_in_userspace": after.get("not_continuations", 0) - before.get("not_continuations", 0),
