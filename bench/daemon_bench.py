@@ -204,7 +204,7 @@ def bulk(lab: Lab, daemon: subprocess.Popen[str], tmp: Path, db: Path, seconds: 
         "main_thread_cpu_pct": round(100 * (m1 - m0) / seconds, 2),
         "loadavg_1m": load,
         "frames_captured": after.get("captured", 0) - before.get("captured", 0),
-        "gated_in_userspace": after.get("not_continuations", 0) - before.get("not_continuations", 0),
+        "frames_to_userspace": after.get("kernel_packets", 0) - before.get("kernel_packets", 0),
         "dropped_in_kernel": fafter.get("continuations_dropped", 0) - fbefore.get("continuations_dropped", 0),
         "kernel_drops": after.get("kernel_drops", 0) - before.get("kernel_drops", 0),
         "syn_stored": bool(syn and syn[0][0]),
