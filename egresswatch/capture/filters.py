@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import logging
 import socket
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any
 
 from egresswatch.capture import bpf
@@ -34,7 +34,6 @@ class ActiveFilter:
     reason: str
     kernel: SocketFilter | None = None
     gate: HelloGate | None = None  # the userspace continuation gate, when it is needed
-    fallback: str = field(default="")  # why eBPF was not used (classic mode)
 
     def info(self) -> dict[str, Any]:
         """For the status file: mode, reason and the eBPF program's counters."""
@@ -81,5 +80,4 @@ def attach(
         CLASSIC,
         f"classic BPF, {n} instructions, continuations gated in userspace ({why})",
         gate=HelloGate() if gate else None,
-        fallback=why,
     )
