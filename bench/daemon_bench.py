@@ -1,9 +1,14 @@
 #!/usr/bin/env python3
 """Benchmark the live daemon (`egresswatch run`) over a lab veth. Needs root.
 
-    python3 bench/daemon_bench.py [--seconds 10] [--idle 20] [--qps 20000] [--lab-only] [--json OUT]
+    python3 bench/daemon_bench.py [--seconds 10] [--idle 20] [--qps 20000] [--lab-only]
+        [--parts idle,bulk,latency,flood] [--upload-only] [--json OUT]
 
-EGRESSWATCH_NO_BPF=1 in the environment measures the fallback (no eBPF programs).
+EGRESSWATCH_NO_BPF=1 in the environment measures the fallback (no eBPF
+programs: userspace attribution and the classic capture filter). Each figure
+comes with the machine's 1-minute load average when it was taken (a shared
+machine's other work shows there), and daemon CPU is the process's CPU time
+(all threads, user + system) over the measured interval.
 
 Measures, with the real daemon as a subprocess:
 - daemon CPU (% of one core) and kernel drops during a bulk TCP transfer each
@@ -104,8 +109,10 @@ class Alerts(BaseHTTPRequestHandler):
         pass
 
 
-def cpu_seconds(pid: int) -> float:
-    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+def cpu_seconds(pid: int, tid: int | None = None) -> float:
+    """CPU time (user + system) of process ``pid``, or of its thread ``tid``."""
+    path = f"/proc/{pid}/task/{tid}/stat" if tid is not None else f"/proc/{pid}/stat"
+    fields = Path(path).read_text().rsplit(")", 1)[1].split()
     return (int(fields[11]) + int(fields[12])) / TICK
 
 
@@ -116,11 +123,19 @@ def rss_peak_mb(pid: int) -> float:
     return 0.0
 
 
-def status(tmp: Path) -> dict[str, Any]:
+def status(tmp: Path, part: str = "counters") -> dict[str, Any]:
     try:
-        return dict(json.loads((tmp / "status.json").read_text())["counters"])
-    except (OSError, ValueError, KeyError):
+        return dict(json.loads((tmp / "status.json").read_text())[part])
+    except (OSError, ValueError, KeyError, TypeError):
         return {}
+
+
+def filter_counters(tmp: Path) -> dict[str, int]:
+    return dict(status(tmp, "capture_filter").get("counters") or {})
+
+
+def load1() -> float:
+    return round(os.getloadavg()[0], 2)
 
 
 def query(db: Path, sql: str, params: tuple[Any, ...] = ()) -> list[tuple[Any, ...]]:
@@ -155,8 +170,13 @@ def bulk(lab: Lab, daemon: subprocess.Popen[str], tmp: Path, db: Path, seconds: 
     ):
         subprocess.run([*cmd, "tso", state, "gso", state, "gro", state], check=False, capture_output=True)
     port = 9100 + int(reverse) + 2 * int(not offloads)
-    before = status(tmp)
-    c0 = cpu_seconds(daemon.pid)
+    # the same length of time without the transfer first: on a shared machine the
+    # daemon's baseline (other users' process events, housekeeping) is not idle
+    i0 = cpu_seconds(daemon.pid)
+    time.sleep(seconds)
+    idle_pct = round(100 * (cpu_seconds(daemon.pid) - i0) / seconds, 2)
+    before, fbefore = status(tmp), filter_counters(tmp)
+    c0, m0 = cpu_seconds(daemon.pid), cpu_seconds(daemon.pid, daemon.pid)
     if reverse:  # namespace -> host
         srv = subprocess.Popen(
             [sys.executable, "-c", DISCARD_SERVER, str(port)], stdout=subprocess.PIPE, text=True
@@ -170,15 +190,22 @@ def bulk(lab: Lab, daemon: subprocess.Popen[str], tmp: Path, db: Path, seconds: 
         assert p.stdout is not None and p.stdout.readline().strip() == "ready"
         out = subprocess.run([sys.executable, "-c", BULK_CLIENT, lab.peer4, str(port), str(seconds)],
                              capture_output=True, text=True, check=True).stdout  # fmt: skip
-    c1 = cpu_seconds(daemon.pid)
+    c1, m1 = cpu_seconds(daemon.pid), cpu_seconds(daemon.pid, daemon.pid)
+    load = load1()
     after = settle(tmp)
+    fafter = filter_counters(tmp)
     syn = query(db, "SELECT COUNT(*) FROM events WHERE kind='connect' AND dport=?", (port,))
     return {
         "direction": "ns->host" if reverse else "host->ns",
         "offloads": state,
         "gbit_s": round(float(out.strip().splitlines()[-1]), 2),
         "daemon_cpu_pct": round(100 * (c1 - c0) / seconds, 2),
+        "daemon_cpu_pct_just_before_without_transfer": idle_pct,
+        "main_thread_cpu_pct": round(100 * (m1 - m0) / seconds, 2),
+        "loadavg_1m": load,
         "frames_captured": after.get("captured", 0) - before.get("captured", 0),
+        "frames_to_userspace": after.get("kernel_packets", 0) - before.get("kernel_packets", 0),
+        "dropped_in_kernel": fafter.get("continuations_dropped", 0) - fbefore.get("continuations_dropped", 0),
         "kernel_drops": after.get("kernel_drops", 0) - before.get("kernel_drops", 0),
         "syn_stored": bool(syn and syn[0][0]),
     }
@@ -210,6 +237,7 @@ def dns_flood(
     sent_secs = time.monotonic() - start
     s.close()
     c1 = cpu_seconds(daemon.pid)
+    load = load1()
 
     def stored() -> int:
         rows = query(
@@ -234,6 +262,8 @@ def dns_flood(
         "loss_pct": round(100 * (1 - stored() / total), 2),
         "kernel_drops": after.get("kernel_drops", 0) - before.get("kernel_drops", 0),
         "daemon_cpu_pct_while_sending": round(100 * (c1 - c0) / sent_secs, 1),
+        "daemon_cpu_s_until_stored": round(cpu_seconds(daemon.pid) - c0, 2),
+        "loadavg_1m": load,
     }
 
 
@@ -286,7 +316,11 @@ def main() -> None:
     ap.add_argument("--json", type=Path, default=None)
     ap.add_argument("--lab-only", action="store_true",
                     help="capture on the lab veth only (other traffic on a shared machine stays out)")  # fmt: skip
+    ap.add_argument("--parts", default="idle,bulk,latency,flood",
+                    help="comma-separated measurements to run (default: all)")  # fmt: skip
+    ap.add_argument("--upload-only", action="store_true", help="bulk transfers host->ns only")
     args = ap.parse_args()
+    parts = set(args.parts.split(","))
     if os.geteuid() != 0 or shutil.which("ethtool") is None:
         sys.exit("daemon_bench: needs root and ethtool")
     results: dict[str, Any] = {}
@@ -319,22 +353,32 @@ def main() -> None:
             while b"READY=1" not in nsock.recv(4096):
                 pass
             results["startup_to_ready_s"] = round(time.monotonic() - t0, 2)
-            c0 = cpu_seconds(daemon.pid)
-            time.sleep(args.idle)
-            results["idle"] = {
-                "seconds": args.idle,
-                "daemon_cpu_pct": round(100 * (cpu_seconds(daemon.pid) - c0) / args.idle, 2),
+            time.sleep(1.5)  # the first status file
+            results["capture_filter"] = {
+                k: v for k, v in status(tmp, "capture_filter").items() if k != "counters"
             }
-            results["bulk"] = [
-                bulk(lab, daemon, tmp, db, args.seconds, offloads, reverse)
-                for offloads in (True, False)
-                for reverse in (False, True)
-            ]
-            try:
-                results["latency"] = latency(lab, tmp, db)
-            except AssertionError as exc:  # e.g. the fallback path missed the short connections
-                results["latency"] = {"error": str(exc)}
-            results["dns_flood"] = dns_flood(lab, daemon, tmp, db, args.qps)
+            results["attribution"] = status(tmp, "attribution").get("mode")
+            if "idle" in parts:
+                c0 = cpu_seconds(daemon.pid)
+                time.sleep(args.idle)
+                results["idle"] = {
+                    "seconds": args.idle,
+                    "daemon_cpu_pct": round(100 * (cpu_seconds(daemon.pid) - c0) / args.idle, 2),
+                    "loadavg_1m": load1(),
+                }
+            if "bulk" in parts:
+                results["bulk"] = [
+                    bulk(lab, daemon, tmp, db, args.seconds, offloads, reverse)
+                    for offloads in (True, False)
+                    for reverse in ((False,) if args.upload_only else (False, True))
+                ]
+            if "latency" in parts:
+                try:
+                    results["latency"] = latency(lab, tmp, db)
+                except AssertionError as exc:  # e.g. the fallback path missed the short connections
+                    results["latency"] = {"error": str(exc)}
+            if "flood" in parts:
+                results["dns_flood"] = dns_flood(lab, daemon, tmp, db, args.qps)
             results["peak_rss_mb"] = round(rss_peak_mb(daemon.pid), 1)
             results["final_counters"] = status(tmp)
         finally:

@@ -13,7 +13,7 @@ APT_PACKAGES=(
   build-essential python3-dev  # compile dbus-python
   libdbus-1-dev libglib2.0-dev pkg-config  # build dbus-python for apprise's dbus:// scheme
   python3-venv
-  libbpf1           # loads egresswatch/ebpf/egress.bpf.o (send-time attribution); without it: fallback
+  libbpf1           # loads egresswatch/ebpf/egress.bpf.o (send-time attribution) and capture.bpf.o (capture filter); without it: fallback
 )
 if [ "${1:-}" = "--test" ]; then
   APT_PACKAGES+=(
@@ -25,7 +25,7 @@ if [ "${1:-}" = "--test" ]; then
     dbus dunst xvfb libnotify-bin  # desktop-notification tests
     docker.io busybox-static  # container attribution tests: a real dockerd, a scratch image
     chromium chromium-driver  # browser tests of `egresswatch ui` (playwright drives Debian's chromium)
-    clang llvm libbpf-dev  # rebuild egresswatch/ebpf/egress.bpf.o from source (tests/test_ebpf.py)
+    clang llvm libbpf-dev  # rebuild egresswatch/ebpf/*.bpf.o from source (tests/test_ebpf.py, tests/test_capture_ebpf.py)
   )
 fi
 

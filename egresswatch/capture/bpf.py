@@ -33,7 +33,7 @@ IPv6 or IPv4 non-first UDP fragment passes so fragmented DNS answers survive):
    (``0x14``/``0x15``/``0x17`` then ``0x03``: application data, alerts) and SSH
    (port 22). Bulk transfers pass the short last segment of many writes and
    interactive non-TLS protocols their small segments; userspace
-   (:class:`egresswatch.capture.live.HelloGate`) keeps only segments of flows
+   (:class:`egresswatch.capture.gate.HelloGate`) keeps only segments of flows
    whose hello start announced more bytes, so the cost is a header parse per
    passed segment. A hello spanning three or more segments loses its middle ones.
 5. QUIC long-header packets with the fixed bit (first byte ``0b11xxxxxx``) in
@@ -47,17 +47,14 @@ from __future__ import annotations
 import ctypes
 import socket
 import struct
-from collections.abc import Callable, Iterable
-from dataclasses import dataclass
+from collections.abc import Callable
 
-# -- classic BPF opcodes (linux/filter.h) ---------------------------------------
-LD, LDX, ST, ALU, JMP, RET, MISC = 0x00, 0x01, 0x02, 0x04, 0x05, 0x06, 0x07
-W, H, B = 0x00, 0x08, 0x10
-IMM, ABS, IND, MEM, MSH = 0x00, 0x20, 0x40, 0x60, 0xA0
-ADD, SUB, AND, RSH = 0x00, 0x10, 0x50, 0x70
-JA, JEQ, JGT, JGE, JSET = 0x00, 0x10, 0x20, 0x30, 0x40
-K, X = 0x00, 0x08
-TAX = 0x00
+# isort: off
+from egresswatch.capture.cbpf import (  # noqa: F401  (re-exported: the filter's vocabulary)
+    ABS, ADD, ALU, AND, B, H, IMM, IND, JA, JEQ, JGE, JGT, JMP, JSET, K, LD, LDX, MAX_INSNS, MEM, MISC, MSH,
+    RET, RSH, ST, SUB, TAX, W, X, Asm, Insn, disassemble, pack_program,
+)  # fmt: skip
+# isort: on
 
 SKF_AD_OFF = -0x1000
 SKF_AD_PKTTYPE = 4
@@ -83,99 +80,9 @@ ACCEPT = 0x40000  # bytes kept per packet: a whole TSO/GRO super-packet
 CONT_MAX = 1200  # largest ClientHello continuation segment passed by rule 4
 QUIC_MIN_UDP_LEN = 8 + 1200
 TLS_HANDSHAKE = 0x16
-MAX_INSNS = 4096
 
 
-@dataclass(frozen=True, slots=True)
-class Insn:
-    code: int
-    jt: int
-    jf: int
-    k: int
-
-    def pack(self) -> bytes:
-        return struct.pack("HBBI", self.code, self.jt, self.jf, self.k & 0xFFFFFFFF)
-
-
-class _Asm:
-    """A tiny assembler: conditional jumps take labels (or None = next insn)."""
-
-    def __init__(self) -> None:
-        self.items: list[tuple[int, str | None, str | None, int] | str] = []
-        self._n = 0
-
-    def label(self, name: str) -> None:
-        self.items.append(name)
-
-    def fresh(self, stem: str) -> str:
-        self._n += 1
-        return f"{stem}.{self._n}"
-
-    def op(self, code: int, k: int = 0) -> None:
-        self.items.append((code, None, None, k))
-
-    def jmp(self, cond: int, k: int, jt: str | None, jf: str | None) -> None:
-        self.items.append((JMP | cond | K, jt, jf, k))
-
-    def ja(self, target: str) -> None:
-        self.items.append((JMP | JA, target, None, 0))
-
-    def ret(self, k: int) -> None:
-        self.op(RET | K, k)
-
-    def accept_if(self, cond: int, k: int) -> None:
-        skip = self.fresh("skip")
-        self.jmp(cond, k, None, skip)
-        self.ret(ACCEPT)
-        self.label(skip)
-
-    def drop_if(self, cond: int, k: int) -> None:
-        skip = self.fresh("skip")
-        self.jmp(cond, k, None, skip)
-        self.ret(0)
-        self.label(skip)
-
-    def goto_if(self, cond: int, k: int, target: str) -> None:
-        """Far conditional jump: a short conditional over a 32-bit ``ja``."""
-        skip = self.fresh("skip")
-        self.jmp(cond, k, None, skip)
-        self.ja(target)
-        self.label(skip)
-
-    def assemble(self) -> list[Insn]:
-        where: dict[str, int] = {}
-        pc = 0
-        for item in self.items:
-            if isinstance(item, str):
-                if item in where:
-                    raise ValueError(f"duplicate label {item}")
-                where[item] = pc
-            else:
-                pc += 1
-        out: list[Insn] = []
-        for item in self.items:
-            if isinstance(item, str):
-                continue
-            code, jt, jf, k = item
-            pc = len(out)
-            if code == JMP | JA:
-                assert jt is not None
-                out.append(Insn(code, 0, 0, where[jt] - pc - 1))
-                continue
-            if code & 0x07 == JMP:
-                t = 0 if jt is None else where[jt] - pc - 1
-                f = 0 if jf is None else where[jf] - pc - 1
-                if not (0 <= t <= 255 and 0 <= f <= 255):
-                    raise ValueError(f"conditional jump out of range at {pc}")
-                out.append(Insn(code, t, f, 0 if k is None else k))
-                continue
-            out.append(Insn(code, 0, 0, k))
-        if len(out) > MAX_INSNS:
-            raise ValueError("BPF program too long")
-        return out
-
-
-def _accept_port(a: _Asm, o: int, port: int) -> None:
+def _accept_port(a: Asm, o: int, port: int) -> None:
     """Accept when the L4 source or destination port (X = L4 offset) is ``port``."""
     a.op(LD | H | IND, o + 0)
     a.accept_if(JEQ, port)
@@ -183,7 +90,7 @@ def _accept_port(a: _Asm, o: int, port: int) -> None:
     a.accept_if(JEQ, port)
 
 
-def _transport(a: _Asm, o: int, set_x: Callable[[], None], l3len: Callable[[], None], tag: str) -> None:
+def _transport(a: Asm, o: int, set_x: Callable[[], None], l3len: Callable[[], None], tag: str) -> None:
     """UDP/TCP checks; ``set_x`` loads X with the L4 header offset relative to
     ``o``; ``l3len`` loads A with the length counted from ``o`` (IP total length)."""
     udp, tcp = f"udp.{tag}", f"tcp.{tag}"
@@ -258,7 +165,7 @@ def _transport(a: _Asm, o: int, set_x: Callable[[], None], l3len: Callable[[], N
     a.ret(ACCEPT)
 
 
-def _ipv4(a: _Asm, o: int) -> None:
+def _ipv4(a: Asm, o: int) -> None:
     tag = f"v4.{o}"
     a.label(tag)
     a.op(LD | H | ABS, o + 6)
@@ -282,7 +189,7 @@ def _ipv4(a: _Asm, o: int) -> None:
     _transport(a, o, set_x, l3len, tag)
 
 
-def _ipv6(a: _Asm, o: int) -> None:
+def _ipv6(a: Asm, o: int) -> None:
     tag = f"v6.{o}"
     a.label(tag)
     a.op(LD | B | ABS, o + 6)
@@ -307,7 +214,7 @@ def _ipv6(a: _Asm, o: int) -> None:
 
 def build_program(drop_loopback_outgoing: bool = True) -> list[Insn]:
     """The capture filter described in the module docstring."""
-    a = _Asm()
+    a = Asm(ACCEPT)
     a.op(LD | W | ABS, SKF_AD_OFF + SKF_AD_HATYPE)
     if drop_loopback_outgoing:
         a.jmp(JEQ, ARPHRD_LOOPBACK, "lo", None)
@@ -352,10 +259,6 @@ def build_program(drop_loopback_outgoing: bool = True) -> list[Insn]:
     return a.assemble()
 
 
-def pack_program(prog: Iterable[Insn]) -> bytes:
-    return b"".join(i.pack() for i in prog)
-
-
 def attach(sock: socket.socket, prog: list[Insn] | None = None) -> int:
     """Attach ``prog`` (default: :func:`build_program`) with SO_ATTACH_FILTER.
 
@@ -369,8 +272,3 @@ def attach(sock: socket.socket, prog: list[Insn] | None = None) -> int:
     fprog = struct.pack("HL", len(prog), ctypes.addressof(buf))
     sock.setsockopt(socket.SOL_SOCKET, SO_ATTACH_FILTER, fprog)
     return len(prog)
-
-
-def disassemble(prog: Iterable[Insn]) -> str:
-    """One line per instruction (``code jt jf k``), for ``egresswatch doctor -v``."""
-    return "\n".join(f"{n:4d}: {i.code:#06x} {i.jt:3d} {i.jf:3d} {i.k:#x}" for n, i in enumerate(prog))

@@ -91,6 +91,8 @@ def status(status_file: Path, fmt: str, as_json: bool) -> None:
         click.echo(f"database: {safe(data.get('database'))}")
         attr = data.get("attribution") or {}
         click.echo(f"attribution: {safe(attr.get('mode', 'unknown'))} ({safe(attr.get('reason', '?'))})")
+        filt = data.get("capture_filter") or {}
+        click.echo(f"capture filter: {safe(filt.get('mode', 'unknown'))} ({safe(filt.get('reason', '?'))})")
         for key, value in sorted((data.get("counters") or {}).items()):
             click.echo(f"  {safe(key)}: {safe(value)}")
     sys.exit(0 if healthy else 1)

@@ -54,7 +54,9 @@ def _declare(h: ctypes.CDLL) -> None:
         "bpf_link__destroy": (i, [p]),
         "bpf_map__fd": (i, [p]),
         "bpf_map__set_pin_path": (i, [p, s]),
+        "bpf_program__fd": (i, [p]),
         "bpf_map_lookup_elem": (i, [i, p, p]),
+        "bpf_map_update_elem": (i, [i, p, p, ctypes.c_uint64]),
         "bpf_map_get_next_key": (i, [i, p, p]),
         "ring_buffer__new": (p, [i, _RB_CB, p, p]),
         "ring_buffer__poll": (i, [p, i]),
@@ -121,6 +123,10 @@ class BpfObject:
             raise _fail(f"attach {name}")
         self._links.append(link)
 
+    def prog_fd(self, name: str) -> int:
+        """The loaded program's fd (for SO_ATTACH_BPF); valid until close()."""
+        return int(self._h.bpf_program__fd(self.programs[name]))
+
     def map_fd(self, name: str) -> int:
         m = self._h.bpf_object__find_map_by_name(self._obj, name.encode())
         if not m:
@@ -142,6 +148,13 @@ def lookup(fd: int, key: bytes, value_size: int) -> bytes | None:
     if lib().bpf_map_lookup_elem(fd, key, out) != 0:
         return None
     return out.raw
+
+
+def update(fd: int, key: bytes, value: bytes) -> None:
+    """Store ``value`` under ``key`` in map ``fd`` (BPF_ANY)."""
+    rc = lib().bpf_map_update_elem(fd, key, value, 0)
+    if rc != 0:
+        raise _fail("map update", rc)
 
 
 def keys(fd: int, key_size: int, limit: int = 1 << 20) -> list[bytes]:

@@ -255,6 +255,7 @@ class Daemon:
             "counters": counters,
             "decoder": dict(self.stages.pipeline.decoder.counters),
             "attribution": self.stages.attribution_mode,
+            "capture_filter": self.source.filter_info() if self.source else {},
         }
         try:
             write_status(self.opts.status_path, data)

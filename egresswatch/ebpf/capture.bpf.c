@@ -1,0 +1,335 @@
+// SPDX-License-Identifier: GPL-2.0
+/* The capture filter with flow state (see docs/capture.md), attached with
+ * SO_ATTACH_BPF to the daemon's packet socket.
+ *
+ * It decides every frame exactly as the classic filter of
+ * egresswatch/capture/bpf.py (same link types, VLAN tags, fragments, rules 1-5)
+ * but for rule 4, the ClientHello continuations: the classic filter is
+ * stateless and passes every short PSH segment this host sends, so a bulk
+ * upload hands userspace thousands of segments a second. Here the first
+ * segment of a ClientHello record that announces more bytes than it carries
+ * puts its flow in `hellos` (LRU) with the bytes still missing; a segment of
+ * the continuation shape passes only while its flow has bytes missing (and
+ * for at most HELLO_TTL_NS), which is what the userspace HelloGate did after
+ * the classic filter. With `settings[0]` = 0 the continuation shape passes as
+ * in the classic filter (tests compare the two programs frame by frame).
+ *
+ * The interface's hardware type (the classic SKF_AD_HATYPE load) is read from
+ * skb->dev->type with CO-RE: the context of a socket filter is the sk_buff. */
+#include "kernel_types.h"
+#include <bpf/bpf_helpers.h>
+#include <bpf/bpf_core_read.h>
+
+#define MAP_ARRAY 2
+#define ACCEPT 0x40000          /* bytes kept per packet: a whole TSO/GRO super-packet */
+#define CONT_MAX 1200           /* largest continuation segment passed */
+#define QUIC_MIN_UDP_LEN (8 + 1200)
+#define PACKET_OUTGOING 4
+#define ARPHRD_ETHER 1
+#define ARPHRD_PPP 512
+#define ARPHRD_RAWIP 519
+#define ARPHRD_TUNNEL 768
+#define ARPHRD_TUNNEL6 769
+#define ARPHRD_SIT 776
+#define ARPHRD_LOOPBACK 772
+#define ARPHRD_NONE 0xFFFE
+#define HELLO_TTL_NS 5000000000ULL
+#define HELLO_FLOWS 4096
+
+/* the stable (uapi) head of struct __sk_buff: the fields read here */
+struct __sk_buff {
+	__u32 len;
+	__u32 pkt_type;
+	__u32 mark;
+	__u32 queue_mapping;
+	__u32 protocol;
+	__u32 vlan_present;
+	__u32 vlan_tci;
+	__u32 vlan_proto;
+	__u32 priority;
+	__u32 ingress_ifindex;
+	__u32 ifindex;
+};
+
+struct net_device___cap {
+	unsigned short type;
+} __attribute__((preserve_access_index));
+
+struct sk_buff___cap {
+	struct net_device___cap *dev;
+} __attribute__((preserve_access_index));
+
+char LICENSE[] SEC("license") = "GPL";
+
+struct hello_key {
+	__u8 src[16];           /* IPv4: the first 4 bytes, the rest zero */
+	__u8 dst[16];
+	__u16 sport;            /* network order, as in the segment */
+	__u16 dport;
+	__u32 v6;
+};
+
+struct hello_val {
+	__u64 expires_ns;       /* bpf_ktime_get_ns() */
+	__s64 missing;          /* bytes of the hello record still to come */
+};
+
+/* stats indexes */
+#define ST_HELLOS 0             /* hello starts that announced more bytes */
+#define ST_CONT_PASSED 1        /* continuation-shaped segments passed (flow had bytes missing) */
+#define ST_CONT_DROPPED 2       /* continuation-shaped segments dropped (no hello announced them) */
+#define ST_NO_DEV 3             /* frames whose interface could not be read */
+#define ST_N 4
+
+struct {
+	__uint(type, BPF_MAP_TYPE_LRU_HASH);
+	__uint(max_entries, HELLO_FLOWS);
+	__type(key, struct hello_key);
+	__type(value, struct hello_val);
+} hellos SEC(".maps");
+
+struct {
+	__uint(type, MAP_ARRAY);
+	__uint(max_entries, 1);
+	__type(key, __u32);
+	__type(value, __u32);   /* 1: gate continuations on `hellos`; 0: pass by shape */
+} settings SEC(".maps");
+
+struct {
+	__uint(type, MAP_ARRAY);
+	__uint(max_entries, ST_N);
+	__type(key, __u32);
+	__type(value, __u64);
+} stats SEC(".maps");
+
+static __always_inline void count(__u32 what)
+{
+	__u64 *n = bpf_map_lookup_elem(&stats, &what);
+	if (n)
+		__sync_fetch_and_add(n, 1);
+}
+
+static __always_inline int ld8(struct __sk_buff *skb, __u32 off, __u32 *out)
+{
+	__u8 b = 0;
+	if (bpf_skb_load_bytes(skb, off, &b, 1))
+		return -1;
+	*out = b;
+	return 0;
+}
+
+static __always_inline int ld16(struct __sk_buff *skb, __u32 off, __u32 *out)
+{
+	__u8 b[2] = {};
+	if (bpf_skb_load_bytes(skb, off, b, 2))
+		return -1;
+	*out = ((__u32)b[0] << 8) | b[1];
+	return 0;
+}
+
+static __always_inline __u32 hatype(struct __sk_buff *ctx)
+{
+	struct sk_buff___cap *skb = (void *)ctx;
+	struct net_device___cap *dev = 0;
+	unsigned short type = 0;
+
+	if (bpf_core_read(&dev, sizeof(dev), &skb->dev) || !dev)
+		return 0;
+	if (bpf_core_read(&type, sizeof(type), &dev->type))
+		return 0;
+	return type;
+}
+
+static __always_inline int flow_key(struct __sk_buff *skb, __u32 o, __u32 l4, bool v6,
+				    struct hello_key *k)
+{
+	if (v6) {
+		if (bpf_skb_load_bytes(skb, o + 8, k->src, 16) ||
+		    bpf_skb_load_bytes(skb, o + 24, k->dst, 16))
+			return -1;
+		k->v6 = 1;
+	} else {
+		if (bpf_skb_load_bytes(skb, o + 12, k->src, 4) ||
+		    bpf_skb_load_bytes(skb, o + 16, k->dst, 4))
+			return -1;
+	}
+	if (bpf_skb_load_bytes(skb, l4, &k->sport, 2) || bpf_skb_load_bytes(skb, l4 + 2, &k->dport, 2))
+		return -1;
+	return 0;
+}
+
+/* A ClientHello record starts in this segment: remember the bytes it still owes. */
+static __always_inline void hello_start(struct __sk_buff *skb, __u32 o, __u32 l4, bool v6,
+					__u32 pay, __u32 plen)
+{
+	struct hello_key k = {};
+	struct hello_val v = {};
+	__u32 type, reclen;
+	__s64 missing;
+
+	if (ld8(skb, pay + 5, &type) || type != 1 || ld16(skb, pay + 3, &reclen))
+		return;
+	missing = 5 + (__s64)reclen - (__s64)plen;
+	if (missing <= 0 || flow_key(skb, o, l4, v6, &k))
+		return;
+	v.expires_ns = bpf_ktime_get_ns() + HELLO_TTL_NS;
+	v.missing = missing;
+	bpf_map_update_elem(&hellos, &k, &v, BPF_ANY);
+	count(ST_HELLOS);
+}
+
+/* A segment of the continuation shape: pass it only while its flow's hello owes bytes. */
+static __always_inline int continuation(struct __sk_buff *skb, __u32 o, __u32 l4, bool v6, __u32 plen)
+{
+	struct hello_key k = {};
+	struct hello_val *v;
+
+	if (flow_key(skb, o, l4, v6, &k))
+		return 0;
+	v = bpf_map_lookup_elem(&hellos, &k);
+	if (!v || v->expires_ns < bpf_ktime_get_ns()) {
+		count(ST_CONT_DROPPED);
+		return 0;
+	}
+	if (v->missing <= (__s64)plen)
+		bpf_map_delete_elem(&hellos, &k);
+	else
+		v->missing -= plen;
+	count(ST_CONT_PASSED);
+	return ACCEPT;
+}
+
+SEC("socket")
+int capture_filter(struct __sk_buff *skb)
+{
+	__u32 zero = 0, *gate_on;
+	__u32 ht, o, et, v, proto, x, l3len, l4, sp, dp, flags, pay, plen, b0, b1 = 0;
+	bool v6;
+
+	ht = hatype(skb);
+	if (ht == ARPHRD_LOOPBACK && skb->pkt_type == PACKET_OUTGOING)
+		return 0;               /* loopback: keep the host copy only */
+	if (ht == ARPHRD_ETHER || ht == ARPHRD_LOOPBACK) {
+		o = 14;
+		if (ld16(skb, 12, &et))
+			return 0;
+		if (et == 0x8100 || et == 0x88a8) {
+			o = 18;
+			if (ld16(skb, 16, &et))
+				return 0;
+			if (et == 0x8100) {
+				o = 22;
+				if (ld16(skb, 20, &et))
+					return 0;
+			}
+		}
+		if (et == 0x0800)
+			v6 = false;
+		else if (et == 0x86DD)
+			v6 = true;
+		else
+			return 0;
+	} else if (ht == ARPHRD_NONE || ht == ARPHRD_PPP || ht == ARPHRD_RAWIP ||
+		   ht == ARPHRD_TUNNEL || ht == ARPHRD_TUNNEL6 || ht == ARPHRD_SIT) {
+		o = 0;
+		if (ld8(skb, 0, &v))
+			return 0;
+		if ((v & 0xF0) == 0x40)
+			v6 = false;
+		else if ((v & 0xF0) == 0x60)
+			v6 = true;
+		else
+			return 0;
+	} else {
+		if (ht == 0)
+			count(ST_NO_DEV);
+		return 0;
+	}
+
+	if (!v6) {
+		if (ld16(skb, o + 6, &v))
+			return 0;
+		if (v & 0x1FFF) {       /* non-first fragment: keep UDP (DNS answer tails) */
+			if (ld8(skb, o + 9, &proto))
+				return 0;
+			return proto == 17 ? ACCEPT : 0;
+		}
+		if (ld8(skb, o + 9, &proto) || (proto != 17 && proto != 6))
+			return 0;
+		if (ld8(skb, o, &v) || ld16(skb, o + 2, &l3len))
+			return 0;
+		x = (v & 0xF) * 4;
+	} else {
+		if (ld8(skb, o + 6, &proto))
+			return 0;
+		if (proto == 44) {      /* fragment header: keep UDP */
+			if (ld8(skb, o + 40, &v))
+				return 0;
+			return v == 17 ? ACCEPT : 0;
+		}
+		if (proto != 17 && proto != 6)
+			return 0;
+		x = 40;
+		if (ld16(skb, o + 4, &l3len))
+			return 0;
+		l3len += 40;
+	}
+	l4 = o + x;
+
+	/* 1. DNS, UDP or TCP */
+	if (ld16(skb, l4, &sp))
+		return 0;
+	if (sp == 53)
+		return ACCEPT;
+	if (ld16(skb, l4 + 2, &dp))
+		return 0;
+	if (dp == 53)
+		return ACCEPT;
+
+	if (proto == 17) {      /* 5. QUIC long header in a padded datagram */
+		if (ld8(skb, l4 + 8, &v) || (v & 0xC0) != 0xC0)
+			return 0;
+		if (ld16(skb, l4 + 4, &v))
+			return 0;
+		return v >= QUIC_MIN_UDP_LEN ? ACCEPT : 0;
+	}
+
+	if (ld8(skb, l4 + 13, &flags))
+		return 0;
+	if ((flags & 0x12) == 0x02)
+		return ACCEPT;  /* 2. SYN without ACK */
+	if (ld8(skb, l4 + 12, &v))
+		return 0;
+	x += (v >> 2) & 0x3C;   /* payload offset from o */
+	plen = l3len - x;       /* wraps huge when malformed, as in the classic filter */
+	if (plen == 0)
+		return 0;
+	pay = o + x;
+	if (ld8(skb, pay, &b0))
+		return 0;
+	if (b0 == 0x16) {       /* 3. a TLS handshake record starts here */
+		if (ld8(skb, pay + 1, &b1))
+			return 0;
+		if (b1 == 3) {
+			hello_start(skb, o, l4, v6, pay, plen);
+			return ACCEPT;
+		}
+	}
+	/* 4. continuation shape: PSH, sent by this host, short, not another TLS record, not SSH */
+	if (!(flags & 0x08))
+		return 0;
+	if (skb->pkt_type != PACKET_OUTGOING && ht != ARPHRD_LOOPBACK)
+		return 0;
+	if (plen > CONT_MAX)
+		return 0;
+	if (ld8(skb, pay + 1, &b1))
+		return 0;
+	if (b1 == 3 && (b0 == 0x14 || b0 == 0x15 || b0 == 0x17))
+		return 0;
+	if (sp == 22 || dp == 22)
+		return 0;
+	gate_on = bpf_map_lookup_elem(&settings, &zero);
+	if (!gate_on || !*gate_on)
+		return ACCEPT;
+	return continuation(skb, o, l4, v6, plen);
+}
