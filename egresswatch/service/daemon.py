@@ -128,6 +128,7 @@ class Daemon:
         self.lineage: Any = None
         self.attributor: Any = None
         self.kernel: Any = None  # egresswatch.ebpf.loader.KernelFlows when loaded
+        self.volume: Any = None  # egresswatch.service.volume.VolumeWatch (flow_summary events) with it
         self.attribution_mode: dict[str, Any] = {"mode": "none"}
         self._udp_flows: queue.SimpleQueue[Any] = queue.SimpleQueue()  # kernel records of first datagrams
         self._udp_pending: deque[Observation] = (
@@ -263,6 +264,11 @@ class Daemon:
 
             self.jsonl = JsonlSink(cfg.daemon.jsonl_path)
             sinks.append(self.jsonl)
+        if self.kernel is not None:
+            from egresswatch.service.volume import VolumeWatch
+
+            self.volume = VolumeWatch(self.kernel, cfg.daemon.flow_summary_seconds)
+            sinks.append(self.volume)
         self.pipeline = Pipeline(
             Engine(), attributor, self.policy, names, sinks, FlowTracker(), shed=_behind
         )  # SHED_LAG
@@ -444,12 +450,19 @@ class Daemon:
             if self.pipeline is not None and self.pipeline.frames == self._frames_seen:
                 self.pipeline.expire(now)
             self._frames_seen = self.pipeline.frames if self.pipeline is not None else 0
+            self._summaries()
             self.store.flush()
             self.store.check_file()
             self.alerter.tick(now)
         except Exception:  # the store logs and counts its own failures
             log.exception("housekeeping failed")
         self._write_status(now)
+
+    def _summaries(self, force: bool = False) -> None:
+        """flow_summary events of the watched flows that sent more (service/volume.py)."""
+        if self.volume is not None and self.pipeline is not None:
+            for obs, attr in self.volume.due(force):
+                self.pipeline.inject(obs, attr)
 
     def _prune(self) -> None:
         try:
@@ -548,6 +561,8 @@ class Daemon:
             "status_errors": 0,
         }
         out.update(self.counters)
+        if self.volume is not None:
+            out.update(self.volume.counters)
         return out
 
     def _write_status(self, now: float, state: str = "running") -> None:
@@ -583,6 +598,7 @@ class Daemon:
         if self.pipeline is not None:
             try:
                 self.pipeline.finish()  # hellos still waiting for a segment
+                self._summaries(force=True)  # the bytes sent since the last summaries
             except Exception:
                 log.exception("flushing the decoder failed")
             self.pipeline.close()  # store flush, alert digests, jsonl

@@ -12,7 +12,15 @@ import sqlite3
 from datetime import datetime
 from typing import Any
 
-from egresswatch.model import DNS_ANSWER, DNS_QUERY, FLOW_KINDS, QUIC_SNI, TLS_INCOMPLETE, TLS_SNI
+from egresswatch.model import (
+    DNS_ANSWER,
+    DNS_QUERY,
+    FLOW_SUMMARY,
+    LINKED_KINDS,
+    QUIC_SNI,
+    TLS_INCOMPLETE,
+    TLS_SNI,
+)
 from egresswatch.store.db import JSON_FIELDS, Store
 from egresswatch.textsafe import safe
 
@@ -274,10 +282,14 @@ def row_to_dict(row: sqlite3.Row) -> dict[str, Any]:
         d["tls_versions"] = r["tls_versions"] if r["tls_versions"] is not None else []
         if kind == QUIC_SNI:
             d["quic_version"] = r["quic_version"]
+    elif kind == FLOW_SUMMARY:
+        for f in ("bytes_out", "bytes_new"):
+            d[f] = r.get(f)
+        d["ended"] = bool(r.get("ended"))
     if r["note"] is not None:
         d["note"] = r["note"]
     d["dst_name"] = r["dst_name"]
-    if kind in FLOW_KINDS:
+    if kind in LINKED_KINDS:
         d["candidates"] = r.get("candidates") or []
         d["flow_id"] = r.get("flow_id")
         d["decides"] = r.get("decides") is None or bool(r["decides"])  # rows before flows: each decided
