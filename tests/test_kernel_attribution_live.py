@@ -61,7 +61,7 @@ class Daemon:
     """`python -m egresswatch run` on a temporary config, database and status file."""
 
     def __init__(self, tmp: Path, lab: Lab, servers: dict[str, list[str]], allow: dict[str, list[str]],
-                 env: dict[str, str] | None = None) -> None:  # fmt: skip
+                 env: dict[str, str] | None = None, daemon: str = "", policy: str = "") -> None:  # fmt: skip
         self.tmp = tmp
         self.httpd = HTTPServer(("127.0.0.1", 0), Alerts)
         threading.Thread(target=self.httpd.serve_forever, daemon=True).start()
@@ -70,6 +70,7 @@ class Daemon:
         text = f"""
 [daemon]
 database = "{tmp}/events.db"
+{daemon}
 [discovery]
 extra_homes = ["{tmp}/home"]
 [alerts]
@@ -78,6 +79,7 @@ min_severity = "low"
 window_seconds = 1
 [policy]
 learning = false
+{policy}
 """
         for name, names in allow.items():
             text += f"[servers.{name}]\nallow = {json.dumps(names)}\n"
