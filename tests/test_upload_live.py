@@ -81,7 +81,9 @@ def test_an_upload_to_an_allowlisted_name_is_flagged(lab: Lab, tmpdir700: Path) 
         d.launch_host()
         other = subprocess.Popen(cmd("other", other_log))
         go.touch()
-        wait_for(lambda: Path(f"{go}.server").exists() and Path(f"{go}.other").exists(), 60, "both uploads done")
+        wait_for(
+            lambda: Path(f"{go}.server").exists() and Path(f"{go}.other").exists(), 60, "both uploads done"
+        )
         srv = next(x for x in log_lines(srv_log) if x["what"] == "uploaded")
         oth = next(x for x in log_lines(other_log) if x["what"] == "uploaded")
         assert next(x for x in log_lines(srv_log) if x["what"] == "start")["age"] >= 10.0
@@ -121,7 +123,9 @@ def test_an_upload_to_an_allowlisted_name_is_flagged(lab: Lab, tmpdir700: Path) 
     assert stats.returncode == 0, stats.stderr
     sent = max(x["bytes_out"] for x in mine)
     assert f"uploaded {sent:,} bytes" in stats.stdout, stats.stdout
-    line = next(x for x in stats.stdout.splitlines() if x.strip().startswith("allowed.test") and f"{sent:,}" in x)
+    line = next(
+        x for x in stats.stdout.splitlines() if x.strip().startswith("allowed.test") and f"{sent:,}" in x
+    )
     assert line.split()[-1] == str(len([x for x in mine if x["reason"] == "upload"])), line
     fake = next(s for s in json.loads(stats_json.stdout) if s["server"] == "fake")
     assert fake["bytes_out"] == sent and fake["uploads"][0]["destination"] == "allowed.test"
