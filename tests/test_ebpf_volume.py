@@ -164,9 +164,19 @@ def test_tcp_one_count_whoever_writes_and_the_flow_end(kernel: KernelFlows) -> N
     assert v is not None and (v.bytes_out, v.sends, v.end_ns) == (6000, 3, 0)
     owner = kernel.owner("tcp", local, addr)
     assert owner is not None and owner.bytes_out == 3000  # the flow map restarts at each new owner
+    r, w = os.pipe()  # sendfile(2) and splice go through the same tracepoint
+    os.write(w, b"s" * 500)
+    os.close(w)
+    assert os.splice(r, c.fileno(), 500) == 500
+    os.close(r)
+    with open(__file__, "rb") as fh:
+        size = os.fstat(fh.fileno()).st_size
+        assert os.sendfile(c.fileno(), fh.fileno(), 0, size) == size
+    v = kernel.volume("tcp", local, addr)
+    assert v is not None and v.bytes_out == 6500 + size
     c.close()  # FIN: the flow stopped sending
     v = wait_for(lambda: (x := kernel.volume("tcp", local, addr)) is not None and x.end_ns and x, 5, "end")
-    assert v.bytes_out == 6000 and v.end_ns >= v.last_ns
+    assert v.bytes_out == 6500 + size and v.end_ns >= v.last_ns
     peer.close()
     # a reset: the port is released before the state change to CLOSE is traced
     c2 = socket.create_connection(addr)
