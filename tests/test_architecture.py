@@ -116,6 +116,7 @@ CLOCK_FREE = [
     "judge/policy.py",
     "judge/detectors.py",
     "judge/flows.py",
+    "judge/upload.py",
     "mcp/match.py",
     "judge/allowlist.py",
     "alert/rules.py",
