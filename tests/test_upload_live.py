@@ -31,6 +31,7 @@ DATA = Path(__file__).resolve().parent / "e2e_data"
 SIZE = 5_000_000
 LIMIT = 4_000_000
 PORT = 8443
+UDP_PORT = 40000
 SINK = r"""
 import socket, ssl, sys, threading
 ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
@@ -71,7 +72,7 @@ def test_an_upload_to_an_allowlisted_name_is_flagged(lab: Lab, tmpdir700: Path) 
 
     def cmd(mode: str, log: Path) -> list[str]:
         return [sys.executable, str(DATA / "upload_server.py"), mode, str(resolv), str(log), str(go), str(SIZE),
-                str(PORT)]  # fmt: skip
+                str(PORT), lab.peer6, str(UDP_PORT)]  # fmt: skip
 
     d = Daemon(tmp, lab, {"fake": cmd("server", srv_log)}, {"fake": ["allowed.test", f"allowed.test:{PORT}"]},
                daemon="flow_summary_seconds = 1.0", policy=f"upload_max_bytes = {LIMIT}")  # fmt: skip
@@ -86,12 +87,16 @@ def test_an_upload_to_an_allowlisted_name_is_flagged(lab: Lab, tmpdir700: Path) 
         )
         srv = next(x for x in log_lines(srv_log) if x["what"] == "uploaded")
         oth = next(x for x in log_lines(other_log) if x["what"] == "uploaded")
+        srv_udp = next(x for x in log_lines(srv_log) if x["what"] == "datagrams")
+        oth_udp = next(x for x in log_lines(other_log) if x["what"] == "datagrams")
         assert next(x for x in log_lines(srv_log) if x["what"] == "start")["age"] >= 10.0
 
         def flagged() -> list[dict[str, Any]]:
             return [r for r in all_rows(d.db) if r["kind"] == "flow_summary" and r["reason"] == "upload"]
 
         rows = wait_for(flagged, 30, "the upload flagged")
+        udp = wait_for(lambda: [r for r in flagged() if r["proto"] == "udp" and r["sport"] == srv_udp["sport"]
+                                and r["bytes_out"] == srv_udp["bytes"]], 30, "the UDP upload flagged")  # fmt: skip
         wait_for(lambda: any("upload" in json.dumps(a) for a in Alerts.received), 30, "the upload alert")
         stats = subprocess.run([sys.executable, "-m", "egresswatch", "stats", "--db", str(d.db)],
                                capture_output=True, text=True, cwd=REPO, env=d.env)  # fmt: skip
@@ -104,7 +109,7 @@ def test_an_upload_to_an_allowlisted_name_is_flagged(lab: Lab, tmpdir700: Path) 
         d.close()
     everything = all_rows(d.db)
     summaries = [r for r in everything if r["kind"] == "flow_summary"]
-    r = rows[0]
+    r = next(x for x in rows if x["proto"] == "tcp")
     assert (r["server"], r["pid"], r["dst_name"], r["dst"], r["sport"], r["dport"]) == (
         "fake", srv["pid"], "allowed.test", srv["dst"], srv["sport"], PORT)  # fmt: skip
     assert (r["verdict"], r["severity"], r["decides"]) == ("flagged", "high", 1)
@@ -116,17 +121,27 @@ def test_an_upload_to_an_allowlisted_name_is_flagged(lab: Lab, tmpdir700: Path) 
     assert hello and hello[0]["reason"] == "allowlist" and hello[0]["flow_id"] == r["flow_id"]
     mine = [x for x in summaries if x["sport"] == srv["sport"]]
     assert sum(x["bytes_new"] for x in mine) == max(x["bytes_out"] for x in mine)
-    # the unrelated process: its flow was never summarized, nothing flagged upload but the server's
-    assert not [x for x in summaries if x["sport"] == oth["sport"]]
-    assert {(x["server"], x["sport"]) for x in summaries} == {("fake", srv["sport"])}
+    # datagrams of an unconnected socket: the exact payload bytes, to the address (never resolved)
+    u = udp[-1]
+    assert (u["server"], u["pid"], u["dst"], u["dport"], u["dst_name"]) == (
+        "fake", srv["pid"], lab.peer6, UDP_PORT, None)  # fmt: skip
+    assert lab.peer6 in u["rule"] and u["bytes_out"] == srv_udp["bytes"] >= SIZE
+    # the unrelated process: its flows were never summarized, nothing flagged upload but the server's
+    assert not [x for x in summaries if x["sport"] in (oth["sport"], oth_udp["sport"])]
+    assert {(x["server"], x["sport"]) for x in summaries} == {
+        ("fake", srv["sport"]),
+        ("fake", srv_udp["sport"]),
+    }
     # stats: the volume per server and destination
     assert stats.returncode == 0, stats.stderr
     sent = max(x["bytes_out"] for x in mine)
-    assert f"uploaded {sent:,} bytes" in stats.stdout, stats.stdout
+    assert f"uploaded {sent + srv_udp['bytes']:,} bytes" in stats.stdout, stats.stdout
     line = next(
         x for x in stats.stdout.splitlines() if x.strip().startswith("allowed.test") and f"{sent:,}" in x
     )
     assert line.split()[-1] == str(len([x for x in mine if x["reason"] == "upload"])), line
     fake = next(s for s in json.loads(stats_json.stdout) if s["server"] == "fake")
-    assert fake["bytes_out"] == sent and fake["uploads"][0]["destination"] == "allowed.test"
+    ups = {x["destination"]: x["bytes_out"] for x in fake["uploads"]}
+    assert ups == {"allowed.test": sent, lab.peer6: srv_udp["bytes"]}
+    assert fake["bytes_out"] == sent + srv_udp["bytes"]
     assert os.path.exists(d.db)

@@ -3,10 +3,12 @@ process (it acts once it is older than 10 s and the test says go) that
 resolves an allowlisted name and uploads SIZE bytes over TLS to it, keeping
 the connection open afterwards (no flow end to wait for).
 
-    upload_server.py server|other RESOLV LOG GO SIZE PORT
+    upload_server.py server|other RESOLV LOG GO SIZE PORT UDP_HOST UDP_PORT
 
-"other" does the same as an unrelated process. Actions are logged as JSON
-lines (pid, sport, bytes) for the test.
+Then it sends SIZE bytes more as 1,200-byte datagrams on an unconnected UDP
+socket to UDP_HOST:UDP_PORT (an address it never resolved, a port nothing
+listens on). "other" does the same as an unrelated process. Actions are
+logged as JSON lines (pid, sport, bytes) for the test.
 """
 
 from __future__ import annotations
@@ -22,6 +24,8 @@ from pathlib import Path
 
 MODE, RESOLV, LOG, GO = sys.argv[1:5]
 SIZE, PORT = int(sys.argv[5]), int(sys.argv[6])
+UDP_HOST, UDP_PORT = sys.argv[7], int(sys.argv[8])
+DGRAM = 1200
 NAME = "allowed.test"
 
 
@@ -67,6 +71,13 @@ while left > 0:
     tls.sendall(chunk[:n])
     left -= n
 log(what="uploaded", sport=tls.getsockname()[1], dst=addr[0], bytes=SIZE)
+u = socket.socket(socket.AF_INET6, socket.SOCK_DGRAM)
+sent = 0
+while sent < SIZE:
+    sent += u.sendto(chunk[:DGRAM], (UDP_HOST, UDP_PORT))
+    if sent % (DGRAM * 200) == 0:
+        time.sleep(0.01)  # about 2 MB/s: the capture keeps up on a busy machine
+log(what="datagrams", sport=u.getsockname()[1], dst=UDP_HOST, bytes=sent)
 Path(GO + "." + MODE).touch()
 while True:  # a long-lived process keeps its connection: no flow end
     time.sleep(1)
