@@ -53,6 +53,8 @@ class DaemonConfig:
     # docker / podman API sockets asked which container a process runs in, so
     # that a server launched as `docker run IMAGE` keeps its container's traffic
     container_sockets: tuple[str, ...] = ("/var/run/docker.sock", "/run/podman/podman.sock")
+    # eBPF mode: seconds between flow_summary events of a watched flow that keeps sending
+    flow_summary_seconds: float = 10.0
 
 
 @dataclass(frozen=True, slots=True)
@@ -93,6 +95,10 @@ class PolicyConfig:
     install_allow: tuple[str, ...] = DEFAULT_INSTALL_ALLOW
     doh_allow: tuple[str, ...] = ()  # DoH/DoT resolvers servers may use
     exfil: ExfilConfig = field(default_factory=ExfilConfig)
+    # upload detector: more than this many bytes sent by one server to one
+    # destination within the window is flagged `upload` (0: off); eBPF mode only
+    upload_max_bytes: int = 10_000_000
+    upload_window_seconds: float = 3600.0
 
 
 @dataclass(frozen=True, slots=True)

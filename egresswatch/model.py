@@ -22,9 +22,12 @@ TLS_INCOMPLETE = "tls_incomplete"
 QUIC_SNI = "quic_sni"
 CONNECT = "connect"
 UDP_FLOW = "udp_flow"  # first datagram of a (process, destination) UDP flow, from the kernel (eBPF)
-KINDS = (DNS_QUERY, DNS_ANSWER, TLS_SNI, TLS_INCOMPLETE, QUIC_SNI, CONNECT, UDP_FLOW)
+FLOW_SUMMARY = "flow_summary"  # bytes a watched flow sent, from the kernel (eBPF): periodic and at its end
+KINDS = (DNS_QUERY, DNS_ANSWER, TLS_SNI, TLS_INCOMPLETE, QUIC_SNI, CONNECT, UDP_FLOW, FLOW_SUMMARY)
 #: Kinds that belong to a flow (5-tuple, first packet to last): the SYN and the hellos.
 FLOW_KINDS = (CONNECT, TLS_SNI, TLS_INCOMPLETE, QUIC_SNI)
+#: Kinds whose events carry ``candidates``, ``flow_id`` and ``decides``.
+LINKED_KINDS = (*FLOW_KINDS, FLOW_SUMMARY)
 HELLO_KINDS = (TLS_SNI, TLS_INCOMPLETE, QUIC_SNI)
 
 Proto = Literal["udp", "tcp"]
@@ -124,6 +127,9 @@ class Observation:
     tls_versions: tuple[int, ...] = ()
     quic_version: int | None = None
     note: str | None = None
+    bytes_out: int | None = None  # flow_summary: bytes the flow was handed to send so far
+    bytes_new: int | None = None  # flow_summary: of which since the flow's previous summary
+    ended: bool = False  # flow_summary: the flow stopped sending (TCP FIN or reset)
 
     @property
     def is_dns(self) -> bool:
@@ -168,6 +174,10 @@ class Observation:
             d["tls_versions"] = list(self.tls_versions)
             if self.kind == QUIC_SNI:
                 d["quic_version"] = self.quic_version
+        elif self.kind == FLOW_SUMMARY:
+            d["bytes_out"] = self.bytes_out
+            d["bytes_new"] = self.bytes_new
+            d["ended"] = self.ended
         if self.note is not None:
             d["note"] = self.note
         return d
@@ -278,7 +288,7 @@ class Event:
     def to_dict(self) -> dict[str, Any]:
         d = self.obs.to_dict()
         d["dst_name"] = self.dst_name
-        if self.obs.kind in FLOW_KINDS:
+        if self.obs.kind in LINKED_KINDS:
             d["candidates"] = list(self.candidates)
             d["flow_id"] = self.flow_id
             d["decides"] = self.decides

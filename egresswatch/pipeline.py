@@ -79,10 +79,11 @@ class Pipeline:
             return []
         return [e for held in self.flows.expire(ts) for e in self._emit(held, admitted=True)]
 
-    def inject(self, obs: Observation) -> list[Event]:
-        """Handle an observation that comes from no frame (a ``udp_flow`` seen by
-        the kernel) exactly like a decoded one; its own ``ts`` is its clock."""
-        return self._handle(obs, Frame(ts=obs.ts, data=b"", linktype=0))
+    def inject(self, obs: Observation, attr: Attribution | None = None) -> list[Event]:
+        """Handle an observation that comes from no frame (a ``udp_flow`` or
+        ``flow_summary`` seen by the kernel) exactly like a decoded one; its own
+        ``ts`` is its clock. ``attr``: its flow's attribution, known already."""
+        return self._handle(obs, Frame(ts=obs.ts, data=b"", linktype=0), attr)
 
     def finish(self, last: Frame | None = None) -> list[Event]:
         """End of input: flush what the decoder still holds (incomplete hellos),
@@ -93,10 +94,10 @@ class Pipeline:
             out += [e for held in self.flows.flush() for e in self._emit(held, admitted=True)]
         return out
 
-    def _judge(self, obs: Observation, frame: Frame) -> Event | None:
+    def _judge(self, obs: Observation, frame: Frame, known: Attribution | None = None) -> Event | None:
         self.counters[obs.kind] += 1
         try:
-            attr = self.attributor.attribute(obs, frame)
+            attr = known or self.attributor.attribute(obs, frame)
         except Exception:
             log.exception("attribution failed")
             self.counters["attribution_errors"] += 1
@@ -123,8 +124,8 @@ class Pipeline:
         verdict = self.judge.judge(obs, attr, dst_name, candidates)
         return Event(obs=obs, attr=attr, verdict=verdict, dst_name=dst_name, candidates=candidates)
 
-    def _handle(self, obs: Observation, frame: Frame) -> list[Event]:
-        event = self._judge(obs, frame)
+    def _handle(self, obs: Observation, frame: Frame, known: Attribution | None = None) -> list[Event]:
+        event = self._judge(obs, frame, known)
         return [] if event is None else self._emit(event)
 
     def _emit(self, event: Event, admitted: bool = False) -> list[Event]:

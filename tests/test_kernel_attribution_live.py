@@ -60,13 +60,14 @@ class Daemon:
     """`python -m egresswatch run` on a temporary config, database and status file."""
 
     def __init__(self, tmp: Path, lab: Lab, servers: dict[str, list[str]], allow: dict[str, list[str]],
-                 env: dict[str, str] | None = None) -> None:  # fmt: skip
+                 env: dict[str, str] | None = None, daemon: str = "", policy: str = "") -> None:  # fmt: skip
         self.tmp = tmp
         self.alerts = Receiver()
         self.cfg = tmp / "config.toml"
         text = f"""
 [daemon]
 database = "{tmp}/events.db"
+{daemon}
 [discovery]
 extra_homes = ["{tmp}/home"]
 [alerts]
@@ -75,6 +76,7 @@ min_severity = "low"
 window_seconds = 1
 [policy]
 learning = false
+{policy}
 """
         for name, names in allow.items():
             text += f"[servers.{name}]\nallow = {json.dumps(names)}\n"

@@ -345,7 +345,7 @@ def test_reason_table_is_complete() -> None:
     assert set(REASONS) == {
         "outside_mcp", "unattributed", "dns_answer", "allowlist", "learned", "first_seen",
         "new_destination", "not_allowlisted", "direct_ip", "dns_exfil", "doh_dot",
-        "install_egress",
+        "install_egress", "upload", "volume",
     }  # fmt: skip
 
 

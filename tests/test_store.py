@@ -137,6 +137,7 @@ def test_schema_strict_wal_and_migrations_idempotent(tmp_path: Path) -> None:
         "0002_events_server_ts_dest",
         "0003_flows",
         "0004_events_flagged",
+        "0005_volume",
     ]
     assert s.conn.execute("PRAGMA journal_mode").fetchone()[0] == "wal"
     assert s.conn.execute("PRAGMA synchronous").fetchone()[0] == 1  # NORMAL

@@ -17,6 +17,7 @@ from egresswatch.model import KINDS, VERDICTS
 from egresswatch.store.db import Store
 from egresswatch.store.query import count_events, parse_time, query_events
 from egresswatch.store.stats import stats
+from egresswatch.store.volume import add_volumes
 
 FOLLOW_INTERVAL = 0.5
 
@@ -153,10 +154,11 @@ def events(
 def stats_cmd(
     since: float | None, until: float | None, fmt: str, db: Path | None, config: Path | None
 ) -> None:
-    """Per MCP server: destinations contacted (count, first/last seen), flagged by reason."""
+    """Per MCP server: destinations contacted (count, first/last seen), flagged by
+    reason, and the bytes uploaded to each (eBPF mode: flow_summary events)."""
     store = _open(db, config)
     try:
-        render_stats(stats(store, since, until), fmt, sys.stdout)
+        render_stats(add_volumes(stats(store, since, until), store, since, until), fmt, sys.stdout)
     except EgresswatchError as exc:
         raise click.ClickException(str(exc)) from None
     finally:

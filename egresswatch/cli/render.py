@@ -24,7 +24,7 @@ FORMATS = ("table", "json", "jsonl", "csv")
 EVENT_KEYS: tuple[str, ...] = (
     "id", "ts", "frame", "kind", "proto", "src", "sport", "dst", "dport",
     "qname", "qtype", "rcode", "answers", "dns_id", "records",
-    "sni", "alpn", "ech", "tls_versions", "quic_version", "note", "dst_name",
+    "sni", "alpn", "ech", "tls_versions", "quic_version", "bytes_out", "bytes_new", "ended", "note", "dst_name",
     "candidates", "flow_id", "decides",
     "pid", "process", "exe", "cmdline", "user", "chain", "server", "host", "phase", "attribution",
     "verdict", "reason", "rule", "severity",
@@ -159,7 +159,7 @@ def events_to_string(rows: Sequence[dict[str, Any]], fmt: str, color: bool = Fal
     return buf.getvalue()
 
 
-STATS_CSV = ("server", "destination", "count", "flagged", "first_seen", "last_seen")
+STATS_CSV = ("server", "destination", "count", "flagged", "first_seen", "last_seen", "bytes_out")
 
 
 def render_stats(stats: Sequence[dict[str, Any]], fmt: str, out: TextIO, color: bool | None = None) -> None:
@@ -174,7 +174,7 @@ def render_stats(stats: Sequence[dict[str, Any]], fmt: str, out: TextIO, color: 
         w.writerow(STATS_CSV)
         for s in stats:
             for d in s["destinations"]:
-                w.writerow([csv_value(s["server"]), *(csv_value(d[k]) for k in STATS_CSV[1:])])
+                w.writerow([csv_value(s["server"]), *(csv_value(d.get(k)) for k in STATS_CSV[1:])])
     else:
         _stats_table(stats, out, use_color(out) if color is None else color)
     out.flush()
@@ -207,3 +207,21 @@ def _stats_table(stats: Sequence[dict[str, Any]], out: TextIO, color: bool) -> N
             out.write(
                 f"  {dest}  {d['count']:>7}  {fl}  {local_time(d['first_seen']):25}  {local_time(d['last_seen'])}\n"
             )
+        _uploads_table(s.get("uploads") or [], out)
+
+
+def _uploads_table(ups: Sequence[dict[str, Any]], out: TextIO) -> None:
+    """Bytes uploaded per destination (flow_summary events), most first."""
+    if not ups:
+        return
+    total = sum(u["bytes_out"] for u in ups)
+    out.write(f"  uploaded {total:,} bytes ({total / (1 << 20):.1f} MiB):\n")
+    width = min(max(len(safe(u["destination"])) for u in ups), 60)
+    out.write(
+        f"  {'DESTINATION'.ljust(width)}  {'BYTES SENT':>15}  {'FLOWS':>7}  {'LARGEST FLOW':>15}  FLAGGED\n"
+    )
+    for u in ups:
+        dest = _cut(safe(u["destination"]), 60).ljust(width)
+        out.write(
+            f"  {dest}  {u['bytes_out']:>15,}  {u['flows']:>7}  {u['largest_flow']:>15,}  {u['flagged']}\n"
+        )

@@ -182,8 +182,9 @@ static __always_inline bool is_unspec_mapped(const __u8 a[16])
 	return true;
 }
 
-/* Fills the key from the socket; false when it is not TCP/UDP over IP. */
-static __always_inline bool sock_key(struct sock *sk, struct flow_key *k)
+/* Fills the key from the socket, with local port ``lport``; false when it is
+ * not TCP/UDP over IP or the port is 0. */
+static __always_inline bool sock_key_port(struct sock *sk, struct flow_key *k, __u16 lport)
 {
 	__u16 family = BPF_CORE_READ(sk, __sk_common.skc_family);
 	__u16 proto = BPF_CORE_READ(sk, sk_protocol);
@@ -192,7 +193,7 @@ static __always_inline bool sock_key(struct sock *sk, struct flow_key *k)
 		return false;
 	__builtin_memset(k, 0, sizeof(*k));
 	k->proto = proto;
-	k->lport = BPF_CORE_READ(sk, __sk_common.skc_num);
+	k->lport = lport;
 	if (k->lport == 0)
 		return false; /* released (a connect that failed) or not bound yet */
 	k->rport = __builtin_bswap16(BPF_CORE_READ(sk, __sk_common.skc_dport));
@@ -210,6 +211,12 @@ static __always_inline bool sock_key(struct sock *sk, struct flow_key *k)
 		return false;
 	}
 	return true;
+}
+
+/* Fills the key from the socket; false when it is not TCP/UDP over IP. */
+static __always_inline bool sock_key(struct sock *sk, struct flow_key *k)
+{
+	return sock_key_port(sk, k, BPF_CORE_READ(sk, __sk_common.skc_num));
 }
 
 static __always_inline void record(struct sock *sk, struct flow_key *k, struct owner *o, __s64 sent)
@@ -269,6 +276,8 @@ static __always_inline void udp_first(struct flow_key *fk, struct flow_key *k, s
 	bpf_ringbuf_submit(e, 0);
 }
 
+#include "volume.bpf.h"
+
 SEC("raw_tracepoint/sock_send_length")
 int on_send(struct bpf_raw_tracepoint_args *ctx)
 {
@@ -290,15 +299,21 @@ int on_send(struct bpf_raw_tracepoint_args *ctx)
 
 		record(sk, &k, &o, ret);
 		__builtin_memcpy(&peer, &k, sizeof(k));
+		struct dest md = {};
 		if (d && d->valid) {
 			peer.rport = d->port;
 			__builtin_memcpy(peer.raddr, d->addr, 16);
 			bpf_map_delete_elem(&send_dest, &tid);
+		} else if (mmsg_dest(tid, &md)) {
+			peer.rport = md.port;
+			__builtin_memcpy(peer.raddr, md.addr, 16);
 		}
 		udp_first(&k, &peer, &o, ret);
+		count_volume(&peer, ret);
 		return 0;
 	}
 	record(sk, &k, &o, ret);
+	count_volume(&k, ret);
 	if (k.proto == IPPROTO_UDP)
 		udp_first(&k, &k, &o, ret);
 	return 0;

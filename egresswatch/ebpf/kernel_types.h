@@ -65,6 +65,11 @@ struct sock {
 	__u16 sk_protocol;
 } __attribute__((preserve_access_index));
 
+struct inet_sock {
+	struct sock sk;
+	__be16 inet_sport;
+} __attribute__((preserve_access_index));
+
 struct nsproxy {
 	struct net *net_ns;
 } __attribute__((preserve_access_index));

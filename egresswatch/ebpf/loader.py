@@ -25,12 +25,15 @@ from egresswatch.ebpf.records import (
     EXEC_VAL,
     FLOW_KEY,
     FLOW_VAL,
+    VOL_VAL,
     ExecRecord,
     FlowOwner,
+    FlowVolume,
     flow_key,
     pack_ip,
     parse_exec,
     parse_flow,
+    parse_volume,
 )
 
 log = logging.getLogger(__name__)
@@ -81,6 +84,7 @@ class KernelFlows:
         self._flows = obj.map_fd("flows")
         self._execs = obj.map_fd("execs")
         self._events = obj.map_fd("udp_events")
+        self._volume = obj.map_fd("volume")
         self._offset = boot_offset()
         self.counters: Counter[str] = Counter()
         self._ring: libbpf.RingBuffer | None = None
@@ -157,6 +161,19 @@ class KernelFlows:
                 best = rec
         self.counters["hits" if best is not None else "misses"] += 1
         return best
+
+    def volume(self, proto: str, local: tuple[str, int], remote: tuple[str, int]) -> FlowVolume | None:
+        """Bytes sent so far on the flow from ``local`` to ``remote`` (a wildcard
+        bind's local address unspecified), or None when the kernel has no count."""
+        try:
+            lip, rip = pack_ip(local[0]), pack_ip(remote[0])
+        except ValueError:
+            return None
+        for la in (lip, ANY) if lip != ANY else (ANY,):
+            val = libbpf.lookup(self._volume, flow_key(proto, la, local[1], rip, remote[1]), VOL_VAL.size)
+            if val is not None:
+                return parse_volume(val)
+        return None
 
     def epoch(self, boot_ns: int) -> float:
         return self._offset + boot_ns / 1e9

@@ -15,6 +15,7 @@ from egresswatch.host import CLK_TCK, boot_time
 FLOW_KEY = struct.Struct("<BBHHH16s16s")  # proto, pad, lport, rport, pad, laddr, raddr
 # tgid, pid, start_ns, first_ns, last_ns, bytes, netns, sends, comm, ppid, pad, parent's start_ns
 FLOW_VAL = struct.Struct("<IIQQQQII16sIIQ")
+VOL_VAL = struct.Struct("<QQQQII")  # bytes, first_ns, last_ns, end_ns, sends, pad (volume.bpf.h)
 EXEC_VAL = struct.Struct("<QII16s256s512s")  # start_ns, pid, args_len, comm, filename, args
 PROTOS = {"tcp": 6, "udp": 17}
 PROTO_NAMES = {v: k for k, v in PROTOS.items()}
@@ -131,3 +132,19 @@ def parse_exec(tgid: int, val: bytes) -> ExecRecord:
         tuple(p.decode("utf-8", "surrogateescape") for p in parts),
         truncated,
     )
+
+
+@dataclass(frozen=True, slots=True)
+class FlowVolume:
+    """What a flow was handed to send so far (the ``volume`` map), whoever sent it."""
+
+    bytes_out: int
+    sends: int
+    first_ns: int  # CLOCK_BOOTTIME
+    last_ns: int
+    end_ns: int  # the TCP flow stopped sending (FIN or reset); 0 while it may send
+
+
+def parse_volume(val: bytes) -> FlowVolume:
+    nbytes, first, last, end, sends, _pad = VOL_VAL.unpack_from(val)
+    return FlowVolume(nbytes, sends, first, last, end)

@@ -21,6 +21,8 @@ linked by a :func:`flow_id`, and exactly one of them *decides* the flow
   never raises two alerts.
 - A hello without a SYN seen (QUIC, a capture that started mid-connection)
   opens and decides its flow at once.
+- A ``flow_summary`` (bytes the flow sent) takes its flow's id; it decides
+  (is alerted) only when it is flagged ``upload``, a finding of its own.
 
 Pure: frame time only, bounded memory (``max_open`` held SYNs, the oldest
 decided early beyond that; ``max_decided`` decided flows remembered).
@@ -32,7 +34,7 @@ import hashlib
 from collections import OrderedDict
 from dataclasses import replace
 
-from egresswatch.model import CONNECT, FLAGGED, FLOW_KINDS, Event, Observation, Verdict
+from egresswatch.model import CONNECT, FLAGGED, FLOW_KINDS, FLOW_SUMMARY, Event, Observation, Verdict
 
 #: Seconds of frame time a SYN waits for its hello before the address decides the flow.
 HELLO_WINDOW = 5.0
@@ -68,6 +70,11 @@ class FlowTracker:
     def admit(self, event: Event) -> list[Event]:
         """Take a judged event; return the events to emit now, in order."""
         obs = event.obs
+        if obs.kind == FLOW_SUMMARY:  # bytes sent: linked to its flow, decides only an upload flag
+            done = self._decided.get(flow_key(obs))
+            fid = done[0] if done is not None else event.flow_id
+            return [Event(obs, event.attr, event.verdict, event.dst_name, event.candidates, fid,
+                          event.verdict.verdict == FLAGGED)]  # fmt: skip
         if obs.kind not in FLOW_KINDS:
             return [event]
         key = flow_key(obs)

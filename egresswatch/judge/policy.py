@@ -8,6 +8,8 @@ Order of checks (first that decides wins), documented in docs/policy.md:
 1. no process found for the flow        -> unwatched / unattributed
    a process outside any MCP server tree -> unwatched / outside_mcp
 2. DNS answer                          -> allowed / dns_answer (the query carries the verdict)
+   flow summary (bytes sent)           -> flagged / upload (high) over policy.upload_max_bytes
+                                          to one destination, else allowed / volume
 3. encrypted-DNS resolver (DoH/DoT/DoQ) -> flagged / doh_dot (high), unless policy.doh_allow
 4. DNS exfiltration shape (queries)    -> flagged / dns_exfil (high)
 5. allowlist entry matches             -> allowed / allowlist (an SNI-less connection to
@@ -29,12 +31,14 @@ from egresswatch.judge.doh import doh_dot
 from egresswatch.judge.entries import Entry, Matcher, parse_entry
 from egresswatch.judge.exfil import DnsExfilDetector
 from egresswatch.judge.names import Owner, owner_key
+from egresswatch.judge.upload import UploadDetector
 from egresswatch.model import (
     ALLOWED,
     CONNECT,
     DNS_ANSWER,
     DNS_QUERY,
     FLAGGED,
+    FLOW_SUMMARY,
     Attribution,
     Observation,
     Verdict,
@@ -54,6 +58,8 @@ REASONS: dict[str, tuple[str, str]] = {
     "direct_ip": (FLAGGED, "high"),
     "dns_exfil": (FLAGGED, "high"),
     "doh_dot": (FLAGGED, "high"),
+    "upload": (FLAGGED, "high"),  # judge/upload.py, flow_summary events
+    "volume": (ALLOWED, "info"),
 }
 
 Resolver = Callable[[Owner, str, float | None], bool]
@@ -93,6 +99,7 @@ class Policy:
         self._learned: OrderedDict[tuple[str, str], None] = OrderedDict()
         self._since: dict[str, float] = {}  # server -> frame time its learning began
         self.exfil = DnsExfilDetector(config.policy.exfil)
+        self.upload = UploadDetector(config.policy.upload_max_bytes, config.policy.upload_window_seconds)
         self.reload(config)
 
     def reload(self, config: Config) -> None:
@@ -103,6 +110,7 @@ class Policy:
         self._doh_allow = Matcher.parse(config.policy.doh_allow, "policy.doh_allow")
         self._matchers: dict[tuple[str, bool], Matcher] = {}
         self.exfil.configure(config.policy.exfil)
+        self.upload.configure(config.policy.upload_max_bytes, config.policy.upload_window_seconds)
 
     def remember(self, server: str, destination: str, ts: float | None = None) -> None:
         """Seed the learning baseline (e.g. from stored events at start-up);
@@ -147,6 +155,8 @@ class Policy:
             return verdict("unattributed" if attr.process is None else "outside_mcp")
         if obs.kind == DNS_ANSWER:
             return verdict("dns_answer")
+        if obs.kind == FLOW_SUMMARY:  # bytes sent, allowlisted destination or not
+            return self.upload.judge(server, obs, dst_name)
         exfil = None
         if obs.kind == DNS_QUERY:  # always fed, so its windows see every query
             exfil = self.exfil.observe(server, obs.qname, obs.qtype, obs.ts)

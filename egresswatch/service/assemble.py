@@ -47,6 +47,7 @@ class Stages:
     pipeline: Pipeline
     recording: Any = None  # --record-procs
     jsonl: Any = None  # daemon.jsonl_path
+    volume: Any = None  # egresswatch.service.volume.VolumeWatch (flow_summary events), eBPF only
 
 
 def behind(frame: Frame, lag: float = SHED_LAG) -> bool:
@@ -115,9 +116,15 @@ def build(
 
         jsonl = JsonlSink(cfg.daemon.jsonl_path)
         sinks.append(jsonl)
+    volume = None
+    if kernel is not None:
+        from egresswatch.service.volume import VolumeWatch
+
+        volume = VolumeWatch(kernel, cfg.daemon.flow_summary_seconds)
+        sinks.append(volume)
     pipeline = Pipeline(Engine(), first, policy, names, sinks, FlowTracker(), shed=behind)  # SHED_LAG
     return Stages(
-        lineage, attributor, kernel, mode, store, alerter, names, policy, pipeline, recording, jsonl
+        lineage, attributor, kernel, mode, store, alerter, names, policy, pipeline, recording, jsonl, volume
     )
 
 

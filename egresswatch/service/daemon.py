@@ -43,6 +43,7 @@ from egresswatch.service.signals import Signals
 from egresswatch.service.status import DEFAULT_STATUS_PATH, gather_counters, write_status
 from egresswatch.service.trust import check_outputs, load_trusted_config, require_trusted_database
 from egresswatch.service.udpflows import UdpFlows
+from egresswatch.service.volume import emit_summaries
 
 log = logging.getLogger("egresswatch.service")  # the name users see in the log: the stage, not the module
 
@@ -188,6 +189,7 @@ class Daemon:
             if s.pipeline.frames == self._frames_seen:
                 s.pipeline.expire(now)
             self._frames_seen = s.pipeline.frames
+            emit_summaries(s.volume, s.pipeline)
             s.store.flush()
             s.store.check_file()
             s.alerter.tick(now)
@@ -233,6 +235,7 @@ class Daemon:
         s = self.stages
         out = gather_counters(self.source, s.pipeline, s.store, s.alerter, s.jsonl)
         out.update(self.counters)
+        out.update(s.volume.counters if s.volume is not None else {})
         return out
 
     def _write_status(self, now: float, state: str = "running") -> None:
@@ -271,6 +274,7 @@ class Daemon:
         if s is not None:
             try:
                 s.pipeline.finish()  # hellos still waiting for a segment
+                emit_summaries(s.volume, s.pipeline, force=True)  # bytes sent since the last summaries
             except Exception:
                 log.exception("flushing the decoder failed")
             s.pipeline.close()  # store flush, alert digests, jsonl

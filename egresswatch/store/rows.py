@@ -8,7 +8,16 @@ import json
 import sqlite3
 from typing import Any
 
-from egresswatch.model import DNS_ANSWER, DNS_QUERY, FLOW_KINDS, QUIC_SNI, TLS_INCOMPLETE, TLS_SNI, Event
+from egresswatch.model import (
+    DNS_ANSWER,
+    DNS_QUERY,
+    FLOW_SUMMARY,
+    LINKED_KINDS,
+    QUIC_SNI,
+    TLS_INCOMPLETE,
+    TLS_SNI,
+    Event,
+)
 from egresswatch.store.schema import EVENT_FIELDS, JSON_FIELDS, NAME_FIELDS
 
 
@@ -74,10 +83,14 @@ def row_to_dict(row: sqlite3.Row) -> dict[str, Any]:
         d["tls_versions"] = r["tls_versions"] if r["tls_versions"] is not None else []
         if kind == QUIC_SNI:
             d["quic_version"] = r["quic_version"]
+    elif kind == FLOW_SUMMARY:
+        for f in ("bytes_out", "bytes_new"):
+            d[f] = r.get(f)
+        d["ended"] = bool(r.get("ended"))
     if r["note"] is not None:
         d["note"] = r["note"]
     d["dst_name"] = r["dst_name"]
-    if kind in FLOW_KINDS:
+    if kind in LINKED_KINDS:
         d["candidates"] = r.get("candidates") or []
         d["flow_id"] = r.get("flow_id")
         d["decides"] = r.get("decides") is None or bool(r["decides"])  # rows before flows: each decided

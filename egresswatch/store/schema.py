@@ -27,12 +27,14 @@ EVENT_FIELDS: tuple[str, ...] = (
     "pid", "process", "exe", "cmdline", "user", "chain", "server", "host", "phase", "attribution",
     "verdict", "reason", "rule", "severity",
     "candidates", "flow_id", "decides",  # migration 0003
+    "bytes_out", "bytes_new", "ended",  # migration 0005
 )  # fmt: skip
 _V1_FIELDS = EVENT_FIELDS[: EVENT_FIELDS.index("candidates")]  # the columns of migration 0001
 JSON_FIELDS = frozenset({"answers", "records", "alpn", "tls_versions", "cmdline", "chain", "candidates"})
 # Reversed lower-case names so that suffix globs (*.example.com) use an index.
 NAME_FIELDS = ("rname", "ralt")
-_INT = {"frame", "sport", "dport", "qtype", "rcode", "dns_id", "ech", "quic_version", "pid", "decides"}
+_INT = {"frame", "sport", "dport", "qtype", "rcode", "dns_id", "ech", "quic_version", "pid", "decides",
+        "bytes_out", "bytes_new", "ended"}  # fmt: skip
 ALERT_FIELDS: tuple[str, ...] = (
     "ts", "recorded", "kind", "server", "host", "destination", "reason", "severity",
     "pid", "process", "count", "targets", "result", "error", "attempts", "title", "body",
@@ -98,6 +100,18 @@ def _m0004(db: sqlite_utils.Database) -> None:
     # Flagged counts by reason (stats, the servers page): a small partial index,
     # not a table lookup per event of the range.
     db.execute("CREATE INDEX events_flagged ON events(server, ts, reason, decides) WHERE verdict = 'flagged'")
+
+
+@MIGRATIONS(name="0005_volume")
+def _m0005(db: sqlite_utils.Database) -> None:
+    """flow_summary events: bytes a flow sent (``bytes_out``), since its previous
+    summary (``bytes_new``), whether it ended; their index covers `stats` volumes."""
+    for col in ("bytes_out", "bytes_new", "ended"):
+        db.execute(f"ALTER TABLE events ADD COLUMN {col} INTEGER")
+    db.execute(
+        "CREATE INDEX events_volume ON events(server, ts, dst_name, dst, dport, bytes_new)"
+        " WHERE kind = 'flow_summary'"
+    )
 
 
 def prepare(conn: sqlite3.Connection, path: Path, readonly: bool) -> Database:
