@@ -22,7 +22,6 @@ from typing import Any
 import pytest
 
 from tests.helpers.netlab import Lab, wait_for
-from tests.test_e2e import Alerts
 from tests.test_kernel_attribution_live import REPO, Daemon, all_rows, log_lines, tmpdir700
 
 pytestmark = pytest.mark.live
@@ -97,7 +96,9 @@ def test_an_upload_to_an_allowlisted_name_is_flagged(lab: Lab, tmpdir700: Path) 
         rows = wait_for(flagged, 30, "the upload flagged")
         udp = wait_for(lambda: [r for r in flagged() if r["proto"] == "udp" and r["sport"] == srv_udp["sport"]
                                 and r["bytes_out"] == srv_udp["bytes"]], 30, "the UDP upload flagged")  # fmt: skip
-        wait_for(lambda: any("upload" in json.dumps(a) for a in Alerts.received), 30, "the upload alert")
+        wait_for(
+            lambda: any("upload" in json.dumps(a) for _, a in d.alerts.arrivals()), 30, "the upload alert"
+        )
         stats = subprocess.run([sys.executable, "-m", "egresswatch", "stats", "--db", str(d.db)],
                                capture_output=True, text=True, cwd=REPO, env=d.env)  # fmt: skip
         stats_json = subprocess.run([sys.executable, "-m", "egresswatch", "stats", "--db", str(d.db), "--format",
