@@ -109,7 +109,7 @@ class Daemon:
     """The daemon as root on a root-only directory ``tmp`` (mode 0700)."""
 
     def __init__(self, tmp: Path, lab: Lab, homes: list[Path], allow: dict[str, list[str]],
-                 env: dict[str, str] | None = None, extra: str = "") -> None:  # fmt: skip
+                 env: dict[str, str] | None = None, extra: str = "", alert_budget: bool = True) -> None:  # fmt: skip
         self.tmp, self.lab = tmp, lab
         self.alerts = Receiver()
         self.cfg, self.db, self.jsonl = tmp / "config.toml", tmp / "events.db", tmp / "events.jsonl"
@@ -118,8 +118,10 @@ class Daemon:
             f'[daemon]\ndatabase = "{self.db}"\njsonl_path = "{self.jsonl}"\n'
             f"[discovery]\nextra_homes = {json.dumps([str(h) for h in homes])}\n"
             f'[alerts]\nurls = ["{self.alerts.url}"]\nmin_severity = "low"\nwindow_seconds = 1\n'
-            "budget_burst = 1000\nbudget_per_minute = 6000\n"  # every alert, not the budget, is tested
-            f"[policy]\nlearning = false\n{extra}\n"
+            + (
+                "budget_burst = 1000\nbudget_per_minute = 6000\n" if alert_budget else ""
+            )  # every alert is tested
+            + f"[policy]\nlearning = false\n{extra}\n"
         )
         for name, names in allow.items():
             text += f"[servers.{json.dumps(name)}]\nallow = {json.dumps(names)}\n"
