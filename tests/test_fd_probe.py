@@ -8,7 +8,7 @@ from __future__ import annotations
 import os
 import socket
 
-from egresswatch.attribute.fdcache import FdCache
+from egresswatch.attribute.fdcache import PAST_TOP, FdCache
 
 
 def inode(s: socket.socket) -> int:
@@ -85,3 +85,24 @@ def test_small_processes_are_listed_again_not_probed() -> None:
         assert inode(s) not in fdc.get(me, inode(s)) and fdc.probes == 0
     finally:
         s.close()
+
+
+def test_a_process_with_many_free_numbers_costs_a_few_reads_per_probe() -> None:
+    fdc = FdCache(min_age=0.0, cost_factor=1e9)
+    me = os.getpid()
+    socks = [socket.socket() for _ in range(400)]
+    try:
+        for s in socks[:300]:  # 300 free numbers below the highest: read at every probe otherwise
+            s.close()
+        fdc.get(me)
+        reads = fdc.reads
+        for _ in range(10):
+            fdc.get(me)  # the harvester's sweep
+            fdc.get(me, 1)  # a lookup of an inode it does not hold
+        assert fdc.reads - reads <= 20 * 2 * PAST_TOP and fdc.listings == 1, fdc.reads - reads
+        new = socket.socket()  # the lowest free number: the first hole
+        assert inode(new) in fdc.get(me, inode(new)) and fdc.listings == 1
+        new.close()
+    finally:
+        for s in socks[300:]:
+            s.close()

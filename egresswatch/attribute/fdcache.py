@@ -8,16 +8,19 @@ Listing the fds of a process that holds 10,000 sockets costs 10,000
 listings finds a new socket by probing only the fd numbers it can have: the
 kernel gives a new file the lowest free fd number, so an fd opened since the
 listing is one of the numbers that were free then (the holes, lowest first)
-or just past the highest. A probe reads at most ``probe`` numbers, and only
+or just past the highest. A probe reads at most ``probe`` numbers (and stops
+in each of the two ranges after 8 free ones in a row), and only
 processes whose listing cost more than ``min_age / cost_factor`` are probed
 (a small process is simply listed again once ``min_age`` has passed).
 
-Not caught between two listings: a socket moved to an arbitrary high number
-(``dup2``) by a process holding thousands of fds; it is found at the next
-listing (the eBPF path needs no listing at all)."""
+Not caught between two listings: a socket moved to an arbitrary number
+(``dup2``, ``F_DUPFD``), or opened in a number that was open at the listing
+and closed since; the next listing finds it (the eBPF path needs no listing
+at all)."""
 
 from __future__ import annotations
 
+import itertools
 import os
 import threading
 import time
@@ -78,6 +81,7 @@ class FdCache:
         self.listings = 0  # full listings
         self.probes = 0  # probes (each at most ``probe`` readlinks)
         self.probe_hits = 0  # probes that found the socket asked for
+        self.reads = 0  # readlink calls of the probes
 
     def get(self, pid: int, inode: int | None = None) -> dict[int, int]:
         """{socket inode: fd} of ``pid``, as listed or probed: with ``inode``,
@@ -110,38 +114,46 @@ class FdCache:
 
     def _probe(self, pid: int, lst: _Listing, inode: int | None) -> bool:
         """Read the fd numbers a file opened since the listing can have, lowest
-        first: the listing's holes, then past the highest until PAST_TOP in a
-        row are free; at most ``probe`` of them (``sweep`` when no ``inode``
-        is asked for; else stopping at it). Sockets found join the listing, so the harvester
-        (which asks for none) sees them too. True when ``inode`` is found."""
+        first: the listing's holes until PAST_TOP in a row are free (the kernel
+        fills the lowest first), then past the highest until PAST_TOP in a row
+        are free; at most ``probe`` reads (``sweep`` when no ``inode`` is asked
+        for; else stopping at it). Sockets found join the listing, so the
+        harvester (which asks for none) sees them too. True when ``inode`` is
+        found."""
         self.probes += 1
         base = f"/proc/{pid}/fd/"
         opened: set[int] = set()
         free_above: list[int] = []
-        free_run = 0  # free numbers in a row past the top
+        left = self.probe if inode is not None else self.sweep
         found = False
-        for i in range(self.probe if inode is not None else self.sweep):
-            if i < len(lst.holes):
-                n = lst.holes[i]
-            elif free_run >= PAST_TOP:
-                break
-            else:
-                n = lst.top + 1 + (i - len(lst.holes))
+
+        def read(n: int) -> bool:
+            """Whether ``n`` is open; a socket there joins the listing."""
+            nonlocal found
+            self.reads += 1
             try:
                 link = os.readlink(base + str(n))
             except OSError:
-                if n > lst.top:
-                    free_above.append(n)
-                    free_run += 1
-                continue
-            free_run = 0
+                return False
             opened.add(n)
             if link.startswith("socket:["):
                 got = int(link[8:-1])
                 lst.fds[got] = n
-                if got == inode:
-                    found = True
+                found = got == inode
+            return True
+
+        for numbers in (iter(lst.holes), itertools.count(lst.top + 1)):
+            free_run = 0
+            for n in numbers:
+                if left <= 0 or found or free_run >= PAST_TOP:
                     break
+                left -= 1
+                if read(n):
+                    free_run = 0
+                else:
+                    free_run += 1
+                    if n > lst.top:
+                        free_above.append(n)
         if opened:  # numbers found open are no longer holes; free ones below the new top become holes
             top = max(lst.top, max(opened))
             lst.holes = [h for h in lst.holes if h not in opened] + [f for f in free_above if f < top]
