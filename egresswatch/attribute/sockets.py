@@ -13,8 +13,11 @@ import os
 import socket
 import struct
 import threading
-import time
 from functools import lru_cache
+
+# the fd listings (and their budget) live in fdcache; the attributor imports them from here
+from egresswatch.attribute.fdcache import FdCache as FdCache
+from egresswatch.attribute.fdcache import socket_fds as socket_fds
 
 SockKey = tuple[str, str, int]  # (proto, normalised local ip, local port)
 
@@ -170,56 +173,6 @@ def fd_local_address(pid: int, fd: int) -> SockKey | None:
         return None
     finally:
         os.close(pidfd)
-
-
-def socket_fds(pid: int) -> dict[int, int]:
-    """{socket inode: fd number} of a process (empty when gone or not allowed)."""
-    out: dict[int, int] = {}
-    base = f"/proc/{pid}/fd"
-    try:
-        names = os.listdir(base)
-    except OSError:
-        return out
-    for n in names:
-        try:
-            link = os.readlink(f"{base}/{n}")
-        except OSError:
-            continue
-        if link.startswith("socket:["):
-            out[int(link[8:-1])] = int(n)
-    return out
-
-
-class FdCache:
-    """socket_fds() with a per-process budget, so a process holding 10,000
-    sockets cannot make every lookup list its fds (docs/attribution.md,
-    "Monitor DoS"): a process's listing is redone only when it is older than
-    ``max(min_age, cost_factor x the time the last listing took)``; until then
-    an inode in the cached listing is a hit and one that is not is a miss."""
-
-    def __init__(self, min_age: float = 0.002, cost_factor: float = 10.0, size: int = 4096) -> None:
-        self.min_age = min_age
-        self.cost_factor = cost_factor
-        self.size = size
-        self._c: dict[int, tuple[float, float, dict[int, int]]] = {}  # pid -> (listed at, budget, fds)
-        self.listings = 0
-
-    def get(self, pid: int, inode: int | None = None) -> dict[int, int]:
-        now = time.monotonic()
-        hit = self._c.get(pid)
-        if hit is not None and ((inode is not None and inode in hit[2]) or now - hit[0] < hit[1]):
-            return hit[2]
-        fds = socket_fds(pid)
-        done = time.monotonic()
-        self.listings += 1
-        self._c.pop(pid, None)
-        self._c[pid] = (done, max(self.min_age, self.cost_factor * (done - now)), fds)
-        if len(self._c) > self.size:
-            self._c.pop(next(iter(self._c)), None)
-        return fds
-
-    def forget(self, pid: int) -> None:
-        self._c.pop(pid, None)
 
 
 def socket_inodes(pid: int) -> set[int]:
