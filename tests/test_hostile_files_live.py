@@ -32,9 +32,9 @@ from pathlib import Path
 import pytest
 
 from tests.helpers.accounts import Account, account
+from tests.helpers.daemonrun import Notify
 from tests.helpers.hostiled import DATA, PY, REPO, shared_dir
 from tests.helpers.netlab import Lab, wait_for
-from tests.test_e2e import Notify
 from tests.test_hostile_user import ew_run, refused
 
 pytestmark = pytest.mark.live

@@ -22,8 +22,8 @@ from pathlib import Path
 from typing import Any
 
 from tests.helpers.accounts import Account
+from tests.helpers.daemonrun import Notify
 from tests.helpers.netlab import Lab, missing, wait_for
-from tests.test_e2e import Notify
 
 REPO = Path(__file__).resolve().parents[2]
 DATA = REPO / "tests" / "e2e_data"
