@@ -155,6 +155,24 @@ def test_a_flow_without_hello_is_decided_on_frame_time_after_the_window() -> Non
     assert late.flow_id == decided.flow_id and not late.decides
 
 
+def test_a_hello_handed_over_before_its_syn_decides_and_the_late_syn_joins_its_flow() -> None:
+    """The capture's fast lane hands a whole ClientHello over before the SYN
+    queued ahead of it: the hello decides at once, the SYN is linked to it."""
+    rig = Rig()
+    shared(rig)
+    (h,) = rig(hello(2.1, "collector.evil.example"))
+    assert h.decides and h.verdict.verdict == "flagged" and rig.flows.next_due == float("inf")
+    (s,) = rig(syn(2.0))  # stamped before the hello, handled after it
+    assert s.obs.kind == CONNECT and s.flow_id == h.flow_id and not s.decides
+    assert rig.flows.next_due == float("inf")  # not held: the flow is decided
+    # an allowlisted hello first, then its SYN flagged on its address: the SYN decides (one alert)
+    (ok,) = rig(hello(3.1, "api.notes.example", sport=40001))
+    assert ok.decides and ok.verdict.reason == "allowlist"
+    (late,) = rig(syn(3.0, sport=40001))
+    assert late.flow_id == ok.flow_id and late.decides and late.verdict.verdict == "flagged"
+    assert rig(syn(30.0)) == []  # a later connection on the same ports is a new flow, held
+
+
 def test_finish_decides_held_flows_and_a_new_syn_on_the_same_tuple_ends_the_old_flow() -> None:
     rig = Rig()
     shared(rig)

@@ -36,7 +36,7 @@ from pathlib import Path
 from types import FrameType
 from typing import TYPE_CHECKING, Any
 
-from egresswatch.capture.fastlane import long_label_query
+from egresswatch.capture.fastlane import jumps_queue
 from egresswatch.capture.live import LiveSource
 from egresswatch.config import Config, load_config
 from egresswatch.errors import ConfigError, EgresswatchError, PermissionProblem
@@ -185,7 +185,7 @@ class Daemon:
                 interfaces=ifaces, rcvbuf=int(self.config.daemon.capture_buffer_mb * (1 << 20))
             ).open()
             self._label_limit = self.config.policy.exfil.max_label_len
-            self.source.priority = lambda linktype, data: long_label_query(linktype, data, self._label_limit)
+            self.source.priority = lambda linktype, data: jumps_queue(linktype, data, self._label_limit)
             try:
                 self._build(db)
             except BaseException:
@@ -235,9 +235,9 @@ class Daemon:
         mode = self.lineage.start(use_connector=self.opts.use_connector)
         log.info("process lineage: %s", mode)
         self.attributor = LiveAttributor(self.lineage)
-        # behind a flood, socket lookups are skipped, but never for a data-carrying query
+        # behind a flood, socket lookups are skipped, but never for what the fast lane lifts
         self.attributor.hurry = lambda f: (
-            _behind(f, HURRY_LAG) and not long_label_query(f.linktype, f.data, self._label_limit)
+            _behind(f, HURRY_LAG) and not jumps_queue(f.linktype, f.data, self._label_limit)
         )
         if self.kernel is not None:
             from egresswatch.attribute.kernel import KernelAttributor
