@@ -84,7 +84,7 @@ class Storm:
     def __init__(self, lab: Lab, net: str, tmp: Path, rate: int, seconds: float, domains: int,
                  syn_rate: int) -> None:  # fmt: skip
         self.lab, self.tmp = lab, tmp
-        self.spec = {"peer": lab.peer4, "net": net, "rate": rate, "seconds": seconds, "domains": domains,
+        self.spec: dict[str, Any] = {"peer": lab.peer4, "net": net, "rate": rate, "seconds": seconds, "domains": domains,
                      "syn_rate": syn_rate, "exfil_dns": EXFIL_DNS, "https_name": HTTPS_NAME,
                      "report": str(tmp / "report.json")}  # fmt: skip
         self.db = tmp / "events.db"
@@ -190,15 +190,20 @@ allow = ["allowed.test"]
         out: dict[str, Any] = {}
         end = time.monotonic() + deadline
         for what, (sql, arg, title) in checks.items():
+
+            def stored(s: str = sql, a: str = arg) -> list[tuple[Any, ...]]:
+                return query(self.db, s, (a,))
+
+            def alerted(t: str = title) -> float | None:
+                return self.alert_of(t)
+
             try:
-                row = wait_for(lambda s=sql, a=arg: query(self.db, s, (a,)), max(0.1, end - time.monotonic()),
-                               f"the {what} exfiltration stored")[0]  # fmt: skip
+                row = wait_for(stored, max(0.1, end - time.monotonic()), f"the {what} exfiltration stored")[0]
             except AssertionError:
                 out[what] = {"stored": False}
                 continue
             try:
-                at = wait_for(lambda t=title: self.alert_of(t), max(0.1, end - time.monotonic()),
-                              f"the {what} exfiltration's alert")  # fmt: skip
+                at = wait_for(alerted, max(0.1, end - time.monotonic()), f"the {what} exfiltration's alert")
                 latency = round(at - row[0], 3)
             except AssertionError:
                 latency = None
@@ -208,11 +213,11 @@ allow = ["allowed.test"]
     def _settle(self, sent: dict[str, Any]) -> dict[str, Any]:
         """Wait for the backlog to drain (events of the server stop growing for 3 s,
         at most 240 s) and for the digest; then count alerts and digests."""
-        seen = [-1, time.monotonic()]
+        seen: list[float] = [-1, time.monotonic()]
 
         def drained() -> bool:
-            n = query(self.db, "SELECT count(*) FROM events WHERE server = 'storm'")
-            n = n[0][0] if n else 0
+            got = query(self.db, "SELECT count(*) FROM events WHERE server = 'storm'")
+            n = int(got[0][0]) if got else 0
             if n != seen[0]:
                 seen[:] = [n, time.monotonic()]
             return time.monotonic() - seen[1] > 3
