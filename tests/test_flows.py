@@ -410,3 +410,33 @@ def test_stats_counting_flows_once_still_reads_only_the_covering_index(tmp_path:
         for q in grouped:
             plan = " ".join(str(tuple(r)) for r in s.conn.execute("EXPLAIN QUERY PLAN " + q))
             assert "COVERING INDEX events_server_ts_dest" in plan, plan
+
+
+def test_real_frames_hello_handed_over_before_its_syn() -> None:
+    """The real engine and tracker, fed a whole ClientHello before the SYN that
+    was queued ahead of it (the fast lane's order): one tls_sni that decides,
+    the connect linked to it, no tls_incomplete, and the fast lane picks that
+    hello frame (and not the SYN)."""
+    from egresswatch.capture.fastlane import jumps_queue
+    from egresswatch.decode.engine import Engine
+    from tests.test_engine import ISN, tcp
+    from tests.test_tls import python_hello
+
+    syn_pkt = tcp(50000, 443, "S", ISN)
+    hello_pkt = tcp(50000, 443, "PA", ISN + 1, python_hello("upload.evil.example"))
+    assert jumps_queue(1, bytes(hello_pkt), 40) and not jumps_queue(1, bytes(syn_pkt), 40)
+    config = Config(
+        policy=PolicyConfig(learning=False), servers={"notes": ServerPolicy(allow=("ok.example",))}
+    )
+
+    class One:
+        def attribute(self, obs: Observation, frame: Frame) -> Attribution:
+            return SRV
+
+    pipe = Pipeline(Engine(), One(), Policy(config), NameMemory(), flows=FlowTracker())
+    got = pipe.feed(Frame(ts=10.02, data=bytes(hello_pkt), linktype=1, index=2))
+    got += pipe.feed(Frame(ts=10.0, data=bytes(syn_pkt), linktype=1, index=1))
+    got += pipe.feed(Frame(ts=30.0, data=bytes(tcp(50000, 443, "FA", ISN + 600)), linktype=1, index=3))
+    got += pipe.finish()
+    assert [(e.obs.kind, e.decides) for e in got] == [(TLS_SNI, True), (CONNECT, False)], got
+    assert got[0].flow_id == got[1].flow_id and got[0].verdict.verdict == "flagged"
