@@ -156,6 +156,24 @@ def test_a_flow_without_hello_is_decided_on_frame_time_after_the_window() -> Non
     assert late.flow_id == decided.flow_id and not late.decides
 
 
+def test_a_hello_handed_over_before_its_syn_decides_and_the_late_syn_joins_its_flow() -> None:
+    """The capture's fast lane hands a whole ClientHello over before the SYN
+    queued ahead of it: the hello decides at once, the SYN is linked to it."""
+    rig = Rig()
+    shared(rig)
+    (h,) = rig(hello(2.1, "collector.evil.example"))
+    assert h.decides and h.verdict.verdict == "flagged" and rig.flows.next_due == float("inf")
+    (s,) = rig(syn(2.0))  # stamped before the hello, handled after it
+    assert s.obs.kind == CONNECT and s.flow_id == h.flow_id and not s.decides
+    assert rig.flows.next_due == float("inf")  # not held: the flow is decided
+    # an allowlisted hello first, then its SYN flagged on its address: the SYN decides (one alert)
+    (ok,) = rig(hello(3.1, "api.notes.example", sport=40001))
+    assert ok.decides and ok.verdict.reason == "allowlist"
+    (late,) = rig(syn(3.0, sport=40001))
+    assert late.flow_id == ok.flow_id and late.decides and late.verdict.verdict == "flagged"
+    assert rig(syn(30.0)) == []  # a later connection on the same ports is a new flow, held
+
+
 def test_finish_decides_held_flows_and_a_new_syn_on_the_same_tuple_ends_the_old_flow() -> None:
     rig = Rig()
     shared(rig)
@@ -393,3 +411,33 @@ def test_stats_counting_flows_once_still_reads_only_the_covering_index(tmp_path:
         for q in grouped:
             plan = " ".join(str(tuple(r)) for r in s.conn.execute("EXPLAIN QUERY PLAN " + q))
             assert "COVERING INDEX events_server_ts_dest" in plan, plan
+
+
+def test_real_frames_hello_handed_over_before_its_syn() -> None:
+    """The real engine and tracker, fed a whole ClientHello before the SYN that
+    was queued ahead of it (the fast lane's order): one tls_sni that decides,
+    the connect linked to it, no tls_incomplete, and the fast lane picks that
+    hello frame (and not the SYN)."""
+    from egresswatch.capture.fastlane import jumps_queue
+    from egresswatch.decode.engine import Engine
+    from tests.test_engine import ISN, tcp
+    from tests.test_tls import python_hello
+
+    syn_pkt = tcp(50000, 443, "S", ISN)
+    hello_pkt = tcp(50000, 443, "PA", ISN + 1, python_hello("upload.evil.example"))
+    assert jumps_queue(1, bytes(hello_pkt), 40) and not jumps_queue(1, bytes(syn_pkt), 40)
+    config = Config(
+        policy=PolicyConfig(learning=False), servers={"notes": ServerPolicy(allow=("ok.example",))}
+    )
+
+    class One:
+        def attribute(self, obs: Observation, frame: Frame) -> Attribution:
+            return SRV
+
+    pipe = Pipeline(Engine(), One(), Policy(config), NameMemory(), flows=FlowTracker())
+    got = pipe.feed(Frame(ts=10.02, data=bytes(hello_pkt), linktype=1, index=2))
+    got += pipe.feed(Frame(ts=10.0, data=bytes(syn_pkt), linktype=1, index=1))
+    got += pipe.feed(Frame(ts=30.0, data=bytes(tcp(50000, 443, "FA", ISN + 600)), linktype=1, index=3))
+    got += pipe.finish()
+    assert [(e.obs.kind, e.decides) for e in got] == [(TLS_SNI, True), (CONNECT, False)], got
+    assert got[0].flow_id == got[1].flow_id and got[0].verdict.verdict == "flagged"

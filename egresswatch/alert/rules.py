@@ -89,7 +89,7 @@ class AlertRules:
             self._hold(st, key, ts, v.severity, alerted=True)
             self.counters["alerts_suppressed"] += 1
             return out
-        cls = (key[1], key[3])
+        cls = (key[1], key[3] or ("lookup" if event.obs.is_dns else "connect"))  # lookups hide no POST
         seen = st.classes.get(cls)
         top = max((rank(s) for t, s in st.classes.values() if t > since), default=-1)
         urgent = seen is None or seen[0] <= since or rank(v.severity) > top

@@ -19,8 +19,11 @@ linked by a :func:`flow_id`, and exactly one of them *decides* the flow
 - A hello after its flow was decided is recorded with the flow's id; it
   becomes the decision only if it is flagged and the flow was not, so a flow
   never raises two alerts.
-- A hello without a SYN seen (QUIC, a capture that started mid-connection)
-  opens and decides its flow at once.
+- A hello without a SYN seen (QUIC, a capture that started mid-connection,
+  a hello the capture's fast lane handed over before its SYN) opens and
+  decides its flow at once; a SYN of that flow handled later but stamped no
+  later than the hello is recorded with the flow's id, deciding only if it is
+  flagged and the flow was not.
 - A ``flow_summary`` (bytes the flow sent) takes its flow's id; it decides
   (is alerted) only when it is flagged ``upload``, a finding of its own.
 
@@ -60,7 +63,8 @@ class FlowTracker:
         self.max_open = max(1, max_open)
         self.max_decided = max(1, max_decided)
         self._open: OrderedDict[FlowKey, Event] = OrderedDict()  # held SYNs, oldest first
-        self._decided: OrderedDict[FlowKey, tuple[str, bool]] = OrderedDict()  # -> (flow id, flagged)
+        # -> (flow id, flagged, frame time of the flow's first event handled)
+        self._decided: OrderedDict[FlowKey, tuple[str, bool, float]] = OrderedDict()
         #: frame time at which the oldest held SYN is due (inf: none held)
         self.next_due = float("inf")
 
@@ -79,6 +83,9 @@ class FlowTracker:
             return [event]
         key = flow_key(obs)
         if obs.kind == CONNECT:
+            late = self._decided.get(key)
+            if late is not None and obs.ts <= late[2]:  # its hello went first (fast lane)
+                return [self._later(key, event, late)]
             out = []
             held = self._open.pop(key, None)
             if held is not None:  # a new attempt on the same 5-tuple: the old one is over
@@ -95,18 +102,23 @@ class FlowTracker:
             self._due()
             assert held.flow_id is not None
             hello = _linked(event, held.flow_id, True, _decision(held, event))
-            self._remember(key, held.flow_id, hello.verdict.verdict == FLAGGED)
+            self._remember(key, held.flow_id, hello.verdict.verdict == FLAGGED, held.obs.ts)
             return [held, hello]
         done = self._decided.get(key)
         if done is not None:
-            fid, flagged = done
-            escalates = event.verdict.verdict == FLAGGED and not flagged
-            if escalates:
-                self._remember(key, fid, True)
-            return [_linked(event, fid, escalates)]
+            return [self._later(key, event, done)]
         fid = flow_id(key, obs.ts)
-        self._remember(key, fid, event.verdict.verdict == FLAGGED)
+        self._remember(key, fid, event.verdict.verdict == FLAGGED, obs.ts)
         return [_linked(event, fid, True)]
+
+    def _later(self, key: FlowKey, event: Event, done: tuple[str, bool, float]) -> Event:
+        """An event of a flow already decided: linked; the decision only if it
+        is flagged and the flow was not (a flow never raises two alerts)."""
+        fid, flagged, first = done
+        escalates = event.verdict.verdict == FLAGGED and not flagged
+        if escalates:
+            self._remember(key, fid, True, first)
+        return _linked(event, fid, escalates)
 
     def expire(self, ts: float) -> list[Event]:
         """Decide the flows whose hello window has passed at frame time ``ts``."""
@@ -131,11 +143,11 @@ class FlowTracker:
 
     def _settle(self, key: FlowKey, held: Event) -> Event:
         assert held.flow_id is not None
-        self._remember(key, held.flow_id, held.verdict.verdict == FLAGGED)
+        self._remember(key, held.flow_id, held.verdict.verdict == FLAGGED, held.obs.ts)
         return _linked(held, held.flow_id, True)
 
-    def _remember(self, key: FlowKey, fid: str, flagged: bool) -> None:
-        self._decided[key] = (fid, flagged)
+    def _remember(self, key: FlowKey, fid: str, flagged: bool, first: float) -> None:
+        self._decided[key] = (fid, flagged, first)
         self._decided.move_to_end(key)
         while len(self._decided) > self.max_decided:
             self._decided.popitem(last=False)

@@ -15,7 +15,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from egresswatch.capture.fastlane import long_label_query
+from egresswatch.capture.fastlane import jumps_queue
 from egresswatch.config import Config
 from egresswatch.errors import EgresswatchError
 from egresswatch.model import Frame
@@ -87,10 +87,8 @@ def build(
     kernel, mode = load_kernel(lineage)  # before the tracker starts: it reads exec records from it
     log.info("process lineage: %s", lineage.start(use_connector=use_connector))
     attributor: Any = LiveAttributor(lineage)
-    # behind a flood, socket lookups are skipped, but never for a data-carrying query
-    attributor.hurry = lambda f: (
-        behind(f, HURRY_LAG) and not long_label_query(f.linktype, f.data, label_limit())
-    )
+    # behind a flood, socket lookups are skipped, but never for what the fast lane lifts
+    attributor.hurry = lambda f: behind(f, HURRY_LAG) and not jumps_queue(f.linktype, f.data, label_limit())
     if kernel is not None:
         from egresswatch.attribute.kernel import KernelAttributor
 

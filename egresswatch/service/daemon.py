@@ -31,7 +31,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from egresswatch.capture.fastlane import long_label_query
+from egresswatch.capture.fastlane import jumps_queue
 from egresswatch.capture.live import LiveSource
 from egresswatch.config import Config
 from egresswatch.errors import EgresswatchError
@@ -111,7 +111,7 @@ class Daemon:
                 interfaces=ifaces, rcvbuf=int(self.config.daemon.capture_buffer_mb * (1 << 20))
             ).open()
             self._label_limit = self.config.policy.exfil.max_label_len
-            self.source.priority = lambda linktype, data: long_label_query(linktype, data, self._label_limit)
+            self.source.priority = lambda linktype, data: jumps_queue(linktype, data, self._label_limit)
             try:
                 self.stages = assemble.build(
                     self.config, db, use_connector=self.opts.use_connector,

@@ -56,7 +56,8 @@ class Health:
         if drops >= DROP_MIN and drops > DROP_RATIO * max(packets, 1):
             problems["kernel_drops"] = (
                 f"the kernel dropped {drops} of {packets} packets in the last {self.window:g}s"
-                " (capture cannot keep up; raise daemon.capture_buffer_mb)"
+                " (capture cannot keep up; MCP servers' events may be among them;"
+                " for bursts raise daemon.capture_buffer_mb)"
             )
         if store_problem:
             problems["store"] = store_problem
