@@ -34,9 +34,9 @@ from typing import Any
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
+from tests.helpers.daemonrun import Notify  # noqa: E402
 from tests.helpers.netlab import Lab, wait_for  # noqa: E402
 from tests.helpers.stormrun import cpu_seconds, proc_status, query  # noqa: E402
-from tests.test_e2e import Notify  # noqa: E402
 
 DATA = REPO / "tests" / "e2e_data"
 SHED_COUNTERS = ("kernel_drops", "shed_unwatched_dns", "events_dropped", "events_pending", "alerts_dropped",

@@ -12,7 +12,7 @@ from scapy.layers.inet import IP, TCP, UDP
 from scapy.layers.inet6 import IPv6
 from scapy.layers.l2 import Dot1Q, Ether
 
-from egresswatch.capture.fastlane import jumps_queue, whole_client_hello
+from egresswatch.capture.fastlane import jumps_queue, long_label_query, whole_client_hello
 from egresswatch.capture.live import LiveSource
 from tests.helpers.netlab import Lab, wait_for
 
@@ -36,13 +36,15 @@ def test_predicate_on_real_frames() -> None:
             101,
         ),
     ]:
-        assert jumps_queue(linktype, bytes(frame), 40)
-    assert not jumps_queue(1, bytes(eth / ip4 / UDP(sport=40000, dport=53) / query("short.x.test")), 40)
-    assert not jumps_queue(1, bytes(eth / ip4 / UDP(sport=53, dport=40000) / query(f"{LONG}.x.test")), 40)
-    assert not jumps_queue(
+        assert long_label_query(linktype, bytes(frame), 40)
+    assert not long_label_query(1, bytes(eth / ip4 / UDP(sport=40000, dport=53) / query("short.x.test")), 40)
+    assert not long_label_query(
+        1, bytes(eth / ip4 / UDP(sport=53, dport=40000) / query(f"{LONG}.x.test")), 40
+    )
+    assert not long_label_query(
         1, bytes(eth / ip4 / UDP(sport=40000, dport=53) / query(f"{LONG}.x.test"))[:60], 40
     )
-    assert not jumps_queue(1, b"", 40)
+    assert not long_label_query(1, b"", 40)
 
 
 def client_hello(sni: str) -> bytes:
@@ -84,9 +86,9 @@ def lab() -> Iterator[Lab]:
         yield lab
 
 
-def test_a_jumps_queue_jumps_the_queued_flood(lab: Lab) -> None:
+def test_a_long_label_query_jumps_the_queued_flood(lab: Lab) -> None:
     with LiveSource(interfaces=[lab.veth_host]) as src:
-        src.priority = lambda linktype, data: jumps_queue(linktype, data, 40)
+        src.priority = lambda linktype, data: long_label_query(linktype, data, 40)
         with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:
             for i in range(6000):  # nobody reads: the ring queues them in blocks
                 s.sendto(query(f"q{i}.flood.test"), (lab.peer4, 53))

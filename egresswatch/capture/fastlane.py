@@ -38,7 +38,7 @@ def _l4(linktype: int, data: bytes) -> tuple[int, int]:
     return 0, 0
 
 
-def jumps_queue(linktype: int, data: bytes, limit: int) -> bool:
+def long_label_query(linktype: int, data: bytes, limit: int) -> bool:
     """True for an IPv4/IPv6 UDP DNS query to port 53 with a label longer than ``limit``."""
     try:
         proto, l4 = _l4(linktype, data)
@@ -74,4 +74,4 @@ def whole_client_hello(linktype: int, data: bytes) -> bool:
 
 def jumps_queue(linktype: int, data: bytes, limit: int) -> bool:
     """The fast lane's choice: a data-carrying DNS query or a whole ClientHello."""
-    return jumps_queue(linktype, data, limit) or whole_client_hello(linktype, data)
+    return long_label_query(linktype, data, limit) or whole_client_hello(linktype, data)

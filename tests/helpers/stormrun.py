@@ -24,9 +24,9 @@ import time
 from pathlib import Path
 from typing import Any
 
+from tests.helpers.alertsink import Receiver
+from tests.helpers.daemonrun import Notify
 from tests.helpers.netlab import Lab, run, wait_for
-from tests.test_alerts import Receiver
-from tests.test_e2e import Notify
 
 REPO = Path(__file__).resolve().parents[2]
 DATA = REPO / "tests" / "e2e_data"
