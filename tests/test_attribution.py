@@ -243,3 +243,30 @@ def test_behind_the_capture_only_remembered_sockets_count(child_script: Path) ->
             child.kill()
             child.wait()
             tracker.stop()
+
+
+def test_query_owners_match_an_answer_to_its_query_only() -> None:
+    from egresswatch.attribute.answers import QueryOwners
+    from egresswatch.model import DNS_ANSWER, DNS_QUERY, Attribution, ProcessInfo
+
+    me = Attribution(process=ProcessInfo(10, 1.0, 1, "srv", "/bin/srv", ("srv",), "u"), reason="kernel")
+
+    def dns(kind: str, ts: float, dns_id: int = 7, qname: str = "a.test", port: int = 5000) -> Observation:
+        ends = ("10.0.0.2", port, "10.0.0.1", 53) if kind == DNS_QUERY else ("10.0.0.1", 53, "10.0.0.2", port)
+        return Observation(ts=ts, frame=1, kind=kind, proto="udp", src=ends[0], sport=ends[1], dst=ends[2],
+                           dport=ends[3], qname=qname, dns_id=dns_id)  # fmt: skip
+
+    q = QueryOwners(window=5.0, capacity=3)
+    q.remember(dns(DNS_QUERY, 100.0), me)
+    q.remember(dns(DNS_QUERY, 100.0, port=5001), Attribution(reason="no owner"))  # unattributed: not filed
+    q.remember(dns(DNS_ANSWER, 100.0), me)  # answers are not queries
+    assert len(q) == 1
+    assert q.answer(dns(DNS_ANSWER, 100.01, qname="A.TEST")) is me  # names compare case-blind
+    assert q.answer(dns(DNS_QUERY, 100.01)) is None
+    assert q.answer(dns(DNS_ANSWER, 100.01, dns_id=8)) is None
+    assert q.answer(dns(DNS_ANSWER, 100.01, qname="b.test")) is None
+    assert q.answer(dns(DNS_ANSWER, 100.01, port=5001)) is None
+    assert q.answer(dns(DNS_ANSWER, 105.5)) is None and len(q) == 0  # out of the window, and forgotten
+    for port in range(4):
+        q.remember(dns(DNS_QUERY, 200.0, port=port), me)
+    assert len(q) == 3 and q.answer(dns(DNS_ANSWER, 200.0, port=0)) is None  # the oldest went first

@@ -9,6 +9,7 @@ import socket
 import subprocess
 import sys
 import threading
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -176,3 +177,57 @@ def test_a_reused_port_belongs_to_its_latest_sender(kernel: KernelFlows) -> None
     b.close()
     rec = kernel.owner("udp", ("127.0.0.1", threads[0]), dst)
     assert rec is not None and rec.pid == os.getpid() and rec.remote == ("::", 0)
+
+
+def test_an_answer_belongs_to_its_query_after_the_port_is_reused(kernel: KernelFlows) -> None:
+    """An unrelated process's fire-and-forget query (socket closed at once), then
+    another process's lookup from the same port: the first query's answer, handled
+    only after the port was reused, is still the first process's."""
+    from egresswatch.attribute.attributor import LiveAttributor
+    from egresswatch.attribute.kernel import KernelAttributor
+    from egresswatch.attribute.lineage import LineageTracker
+    from egresswatch.model import DNS_ANSWER, DNS_QUERY, Frame, Observation
+
+    resolver = ("127.0.0.1", 53)
+    code = (
+        "import socket, sys\n"
+        "u = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)\n"
+        "port = int(sys.argv[1])\n"
+        "if port: u.bind(('127.0.0.1', port)); u.connect(('127.0.0.1', 53)); u.send(b'q' * 30)\n"
+        "else: u.sendto(b'q' * 30, ('127.0.0.1', 53))\n"
+        "print(u.getsockname()[1], flush=True); u.close(); sys.stdin.read()\n"
+    )
+    first = subprocess.Popen([sys.executable, "-c", code, "0"], stdin=subprocess.PIPE, stdout=subprocess.PIPE,
+                             text=True)  # fmt: skip
+    assert first.stdout is not None
+    port = int(first.stdout.readline())
+    sent = time.time()
+    gap_end = sent + 0.02  # the answer came 1 ms after the query; the port is reused 20 ms later
+    while time.time() < gap_end:
+        time.sleep(0.002)
+    second = subprocess.Popen([sys.executable, "-c", code, str(port)], stdin=subprocess.PIPE,
+                              stdout=subprocess.PIPE, text=True)  # fmt: skip
+    assert second.stdout is not None and int(second.stdout.readline()) == port
+    try:
+        kern = KernelAttributor(kernel, LiveAttributor(LineageTracker([])))
+
+        def obs(kind: str, ts: float) -> Observation:
+            ends = ("127.0.0.1", port, *resolver) if kind == DNS_QUERY else (*resolver, "127.0.0.1", port)
+            return Observation(ts=ts, frame=1, kind=kind, proto="udp", src=ends[0], sport=ends[1], dst=ends[2],
+                               dport=ends[3], qname="x.test", qtype=1, dns_id=7)  # fmt: skip
+
+        def pid(kind: str, ts: float) -> int | None:
+            attr = kern.attribute(obs(kind, ts), Frame(ts=ts, data=b"", linktype=1))
+            return attr.process.pid if attr.process is not None else None
+
+        # the answer alone: the later socket's record came after it, so it is not taken
+        assert pid(DNS_ANSWER, sent + 0.001) == first.pid
+        # the query filed, its answer takes the query's attribution (counted)
+        assert pid(DNS_QUERY, sent) == first.pid
+        assert pid(DNS_ANSWER, sent + 0.001) == first.pid
+        assert kern.counters["kernel_answer_of_query"] == 1
+        # the reused port's own traffic is the second process's
+        assert pid(DNS_QUERY, time.time()) == second.pid
+    finally:
+        for p in (first, second):
+            p.communicate("")

@@ -20,6 +20,7 @@ from collections.abc import Callable
 from dataclasses import replace
 from typing import Protocol
 
+from egresswatch.attribute.answers import QueryOwners
 from egresswatch.attribute.attributor import LiveAttributor
 from egresswatch.attribute.sockets import norm_ip
 from egresswatch.ebpf.records import ExecRecord, FlowOwner
@@ -42,8 +43,15 @@ class FlowTable(Protocol):
     def epoch(self, boot_ns: int) -> float: ...
 
 
-#: a record first seen this long after the packet belongs to a later socket on the port
+#: a record first seen this long after the packet belongs to a later socket on the
+#: port. A TCP socket is filed when connect(2) returns or its state leaves SYN_SENT:
+#: for a blocking connect that is a round trip after the SYN.
 LATER_SOCKET = 1.0
+#: a datagram's record is written as send returns (microseconds after the packet
+#: was captured, more if the sender is preempted in between); an answer's record
+#: was written before the answer came: only the clock conversion's error remains
+LATER_DATAGRAM = 0.05
+LATER_ANSWER = 0.005
 #: a SYN is captured inside connect(2), its record written when connect returns:
 #: a packet handled within this long of its capture may wait for the record
 SETTLE = 0.005
@@ -61,6 +69,7 @@ class KernelAttributor:
         self.lineage = live.lineage
         self.exec_record: Callable[[int], ExecRecord | None] | None = getattr(kernel, "exec_record", None)
         self.counters: Counter[str] = Counter()
+        self.queries = QueryOwners()
         self._budget, self._budget_at = SETTLE, time.monotonic()  # seconds of waiting allowed now
 
     def start(self) -> None:
@@ -70,29 +79,35 @@ class KernelAttributor:
         self.live.stop()
 
     def attribute(self, obs: Observation, frame: Frame) -> Attribution:
+        if (asked := self.queries.answer(obs)) is not None:
+            self.counters["kernel_answer_of_query"] += 1
+            return asked
+        attr = self._attribute(obs, frame)
+        if attr.reason == "kernel":
+            self.queries.remember(obs, attr)
+        return attr
+
+    def _attribute(self, obs: Observation, frame: Frame) -> Attribution:
         ip, port = obs.local()
         local = (norm_ip(ip), port)
         rip, rport = obs.remote()
         remote = (norm_ip(rip), rport)
-        rec = self.kernel.owner(obs.proto, local, remote, frame.ts, LATER_SOCKET)
+        slack = LATER_SOCKET if obs.proto == "tcp" else LATER_DATAGRAM if obs.outbound else LATER_ANSWER
+        rec = self.kernel.owner(obs.proto, local, remote, frame.ts, slack)
         if rec is None and obs.outbound:
-            rec = self._settle(obs.proto, local, remote, frame.ts)
+            rec = self._settle(obs.proto, local, remote, frame.ts, slack)
         if rec is not None:
-            first = self.kernel.epoch(rec.first_ns)
-            if first <= frame.ts + LATER_SOCKET:
-                info, chain, lin = self.identify(rec)
-                if info is not None:
-                    self.live.remember((obs.proto, local[0], port), info.key, frame.ts)
-                    self.counters["kernel"] += 1
-                    return attribution(info, chain, lin, "kernel")
-                self.counters["kernel_unknown_process"] += 1
-            else:
-                self.counters["kernel_later_socket"] += 1
+            info, chain, lin = self.identify(rec)
+            if info is not None:
+                self.live.remember((obs.proto, local[0], port), info.key, frame.ts)
+                self.counters["kernel"] += 1
+                return attribution(info, chain, lin, "kernel")
+            self.counters["kernel_unknown_process"] += 1
         self.counters["fallback"] += 1
         return self.live.attribute(obs, frame)
 
     def _settle(
-        self, proto: str, local: tuple[str, int], remote: tuple[str, int], ts: float
+        self, proto: str, local: tuple[str, int], remote: tuple[str, int], ts: float, slack: float
     ) -> FlowOwner | None:
         now = time.monotonic()
         self._budget = min(SETTLE, self._budget + (now - self._budget_at) * SETTLE_SHARE)
@@ -101,7 +116,7 @@ class KernelAttributor:
         rec = None
         while rec is None and time.time() < deadline:
             time.sleep(0.0005)
-            rec = self.kernel.owner(proto, local, remote, ts, LATER_SOCKET)
+            rec = self.kernel.owner(proto, local, remote, ts, slack)
         self._budget -= time.monotonic() - now
         self.counters["kernel_settled" if rec is not None else "kernel_not_settled"] += 1
         return rec

@@ -69,9 +69,22 @@ def _pins() -> dict[str, str]:
     return {}
 
 
+#: the epoch <-> boot-time offset is measured again this often (NTP slews and steps the wall clock)
+OFFSET_REFRESH = 5.0
+
+
 def boot_offset() -> float:
-    """Epoch seconds at CLOCK_BOOTTIME zero."""
-    return time.time() - time.clock_gettime(time.CLOCK_BOOTTIME)
+    """Epoch seconds at CLOCK_BOOTTIME zero: of a few bracketed readings the
+    tightest, so a preemption between two clock reads (a loaded machine) does
+    not shift every record by milliseconds."""
+    best, offset = float("inf"), 0.0
+    for _ in range(5):
+        b1 = time.clock_gettime_ns(time.CLOCK_BOOTTIME)
+        wall = time.time_ns()
+        b2 = time.clock_gettime_ns(time.CLOCK_BOOTTIME)
+        if b2 - b1 < best:
+            best, offset = b2 - b1, (wall - (b1 + b2) / 2) / 1e9
+    return offset
 
 
 class KernelFlows:
@@ -85,7 +98,7 @@ class KernelFlows:
         self._execs = obj.map_fd("execs")
         self._events = obj.map_fd("udp_events")
         self._volume = obj.map_fd("volume")
-        self._offset = boot_offset()
+        self._offset, self._offset_at = boot_offset(), time.monotonic()
         self.counters: Counter[str] = Counter()
         self._ring: libbpf.RingBuffer | None = None
         self._stop = threading.Event()
@@ -176,6 +189,8 @@ class KernelFlows:
         return None
 
     def epoch(self, boot_ns: int) -> float:
+        if time.monotonic() - self._offset_at > OFFSET_REFRESH:
+            self._offset, self._offset_at = boot_offset(), time.monotonic()
         return self._offset + boot_ns / 1e9
 
     def exec_record(self, tgid: int) -> ExecRecord | None:
