@@ -231,3 +231,46 @@ def test_an_answer_belongs_to_its_query_after_the_port_is_reused(kernel: KernelF
     finally:
         for p in (first, second):
             p.communicate("")
+
+
+def test_a_query_is_not_given_to_a_later_datagram_from_its_port(kernel: KernelFlows) -> None:
+    """A process's connected lookup (getaddrinfo's shape), then, 10 ms later,
+    another process's unconnected datagram from the same port: handled after
+    both, the query is still the first process's. The later record is filed
+    under the port alone, which the query's lookup also tries."""
+    from egresswatch.attribute.attributor import LiveAttributor
+    from egresswatch.attribute.kernel import KernelAttributor
+    from egresswatch.attribute.lineage import LineageTracker
+    from egresswatch.model import DNS_QUERY, Frame, Observation
+
+    code = (
+        "import socket, sys\n"
+        "u = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)\n"
+        "port = int(sys.stdin.readline())\n"
+        "if port: u.bind(('127.0.0.1', port)); u.sendto(b'd' * 30, ('127.0.0.1', 9))\n"
+        "else: u.connect(('127.0.0.1', 53)); u.send(b'q' * 30)\n"
+        "print(u.getsockname()[1], flush=True); u.close(); sys.stdin.read()\n"
+    )
+    first, second = (subprocess.Popen([sys.executable, "-c", code], stdin=subprocess.PIPE, stdout=subprocess.PIPE,
+                                      text=True) for _ in range(2))  # fmt: skip
+    assert first.stdin is not None and first.stdout is not None
+    assert second.stdin is not None and second.stdout is not None
+    first.stdin.write("0\n")
+    first.stdin.flush()
+    port = int(first.stdout.readline())
+    sent = time.time()
+    while time.time() < sent + 0.01:
+        time.sleep(0.001)
+    second.stdin.write(f"{port}\n")
+    second.stdin.flush()
+    assert int(second.stdout.readline()) == port
+    try:
+        kern = KernelAttributor(kernel, LiveAttributor(LineageTracker([])))
+        query = Observation(ts=sent, frame=1, kind=DNS_QUERY, proto="udp", src="127.0.0.1", sport=port,
+                            dst="127.0.0.1", dport=53, qname="x.test", qtype=1, dns_id=7)  # fmt: skip
+        attr = kern.attribute(query, Frame(ts=sent, data=b"", linktype=1))
+        assert attr.process is not None and attr.process.pid == first.pid, (attr, first.pid, second.pid)
+    finally:
+        for p in (first, second):
+            p.stdin.close()  # type: ignore[union-attr]
+            p.wait()

@@ -47,9 +47,11 @@ class FlowTable(Protocol):
 #: port. A TCP socket is filed when connect(2) returns or its state leaves SYN_SENT:
 #: for a blocking connect that is a round trip after the SYN.
 LATER_SOCKET = 1.0
-#: a datagram's record is written as send returns (microseconds after the packet
-#: was captured, more if the sender is preempted in between); an answer's record
-#: was written before the answer came: only the clock conversion's error remains
+#: a datagram's record is written when its packet enters the device queue, before
+#: the capture sees it (on_dev_queue), and an answer's before the answer came: only
+#: the clock conversion's error remains. Without on_dev_queue the record is written
+#: as send returns (microseconds after the packet, more if the sender is preempted).
+LATER_FILED = 0.005
 LATER_DATAGRAM = 0.05
 LATER_ANSWER = 0.005
 #: a SYN is captured inside connect(2), its record written when connect returns:
@@ -70,6 +72,8 @@ class KernelAttributor:
         self.exec_record: Callable[[int], ExecRecord | None] | None = getattr(kernel, "exec_record", None)
         self.counters: Counter[str] = Counter()
         self.queries = QueryOwners()
+        filed = "on_dev_queue" in getattr(kernel, "attached", ())
+        self.later_datagram = LATER_FILED if filed else LATER_DATAGRAM
         self._budget, self._budget_at = SETTLE, time.monotonic()  # seconds of waiting allowed now
 
     def start(self) -> None:
@@ -92,7 +96,7 @@ class KernelAttributor:
         local = (norm_ip(ip), port)
         rip, rport = obs.remote()
         remote = (norm_ip(rip), rport)
-        slack = LATER_SOCKET if obs.proto == "tcp" else LATER_DATAGRAM if obs.outbound else LATER_ANSWER
+        slack = LATER_SOCKET if obs.proto == "tcp" else self.later_datagram if obs.outbound else LATER_ANSWER
         rec = self.kernel.owner(obs.proto, local, remote, frame.ts, slack)
         if rec is None and obs.outbound:
             rec = self._settle(obs.proto, local, remote, frame.ts, slack)

@@ -61,6 +61,13 @@ struct sk_buff___cap {
 
 char LICENSE[] SEC("license") = "GPL";
 
+#include "flowmap.bpf.h"   /* flows, watched: the daemon hands over egress.bpf.o's */
+
+/* settings[1]: which frames this socket takes (the daemon's two capture lanes) */
+#define LANE_ALL 0              /* every frame the rules pass */
+#define LANE_MAIN 1             /* ... but those of MCP trees' processes */
+#define LANE_WATCHED 2          /* only those of MCP trees' processes */
+
 struct hello_key {
 	__u8 src[16];           /* IPv4: the first 4 bytes, the rest zero */
 	__u8 dst[16];
@@ -79,7 +86,9 @@ struct hello_val {
 #define ST_CONT_PASSED 1        /* continuation-shaped segments passed (flow had bytes missing) */
 #define ST_CONT_DROPPED 2       /* continuation-shaped segments dropped (no hello announced them) */
 #define ST_NO_DEV 3             /* frames whose interface could not be read */
-#define ST_N 4
+#define ST_WATCHED 4            /* frames of MCP trees' processes (passed or left to the other lane) */
+#define ST_BY_CURRENT 5         /* ... of which known by the sending task (no socket record yet) */
+#define ST_N 6
 
 struct {
 	__uint(type, BPF_MAP_TYPE_LRU_HASH);
@@ -90,9 +99,9 @@ struct {
 
 struct {
 	__uint(type, MAP_ARRAY);
-	__uint(max_entries, 1);
+	__uint(max_entries, 2);
 	__type(key, __u32);
-	__type(value, __u32);   /* 1: gate continuations on `hellos`; 0: pass by shape */
+	__type(value, __u32);   /* [0] 1: gate continuations on `hellos`, 0: pass by shape; [1] the lane */
 } settings SEC(".maps");
 
 struct {
@@ -199,12 +208,104 @@ static __always_inline int continuation(struct __sk_buff *skb, __u32 o, __u32 l4
 	return ACCEPT;
 }
 
-SEC("socket")
-int capture_filter(struct __sk_buff *skb)
+/* Is a record of `flows` for this socket address owned by a watched process?
+ * 1: yes; 0: a record, not watched; -1: no record. Tries the addresses the
+ * daemon's attribution tries: connected, unconnected (no remote), wildcard
+ * bind, both; any watched owner counts (the watched lane only adds copies). */
+static __always_inline int owner_watched(__u8 proto, const __u8 *la, __u16 lport,
+					 const __u8 *ra, __u16 rport)
+{
+	struct flow_key k = {};
+	struct flow_val *v;
+	int found = -1;
+
+	k.proto = proto;
+	k.lport = lport;
+#pragma unroll
+	for (int i = 0; i < 4; i++) {
+		if (i & 2)
+			__builtin_memset(k.laddr, 0, 16);
+		else
+			__builtin_memcpy(k.laddr, la, 16);
+		if (i & 1) {
+			__builtin_memset(k.raddr, 0, 16);
+			k.rport = 0;
+		} else {
+			__builtin_memcpy(k.raddr, ra, 16);
+			k.rport = rport;
+		}
+		v = bpf_map_lookup_elem(&flows, &k);
+		if (!v)
+			continue;
+		if (bpf_map_lookup_elem(&watched, &v->tgid))
+			return 1;
+		found = 0;
+	}
+	return found;
+}
+
+/* Is this packet sent or received by a process of an MCP tree? The local end
+ * is the source of what this host sends (and of loopback), the destination of
+ * what it receives (and of loopback). A first datagram's or a SYN's record is
+ * written after the packet passes the taps: then, with `cur`, the task
+ * sending it (bpf_get_current_pid_tgid, socket filters from Linux 6.10) decides. */
+static __always_inline bool watched_packet(struct __sk_buff *skb, __u32 o, bool v6, __u8 proto,
+					   __u16 sp, __u16 dp, bool sent, bool recvd, bool cur)
+{
+	__u8 src[16] = {}, dst[16] = {};
+	__u32 tgid, what = ST_WATCHED;
+	int a = -1;
+
+	if (v6) {
+		if (bpf_skb_load_bytes(skb, o + 8, src, 16) || bpf_skb_load_bytes(skb, o + 24, dst, 16))
+			return false;
+	} else {
+		src[10] = src[11] = dst[10] = dst[11] = 0xff;
+		if (bpf_skb_load_bytes(skb, o + 12, src + 12, 4) ||
+		    bpf_skb_load_bytes(skb, o + 16, dst + 12, 4))
+			return false;
+	}
+	if (sent) {
+		a = owner_watched(proto, src, sp, dst, dp);
+		if (a > 0)
+			goto yes;
+	}
+	if (recvd && owner_watched(proto, dst, dp, src, sp) > 0)
+		goto yes;
+	if (!cur || !sent || a >= 0)
+		return false;
+	tgid = bpf_get_current_pid_tgid() >> 32;
+	if (!tgid || !bpf_map_lookup_elem(&watched, &tgid))
+		return false;
+	count(ST_BY_CURRENT);
+yes:
+	count(what);
+	return true;
+}
+
+/* The lane's verdict on a frame the rules pass. */
+static __always_inline int lane_pass(struct __sk_buff *skb, __u32 o, bool v6, __u8 proto,
+				     __u16 sp, __u16 dp, bool sent, bool recvd, bool cur)
+{
+	__u32 one = 1, *lane = bpf_map_lookup_elem(&settings, &one);
+
+	if (!lane || *lane != LANE_WATCHED)
+		return ACCEPT;
+	return watched_packet(skb, o, v6, proto, sp, dp, sent, recvd, cur) ? ACCEPT : 0;
+}
+
+static __always_inline bool lane_watched_only(void)
+{
+	__u32 one = 1, *lane = bpf_map_lookup_elem(&settings, &one);
+
+	return lane && *lane == LANE_WATCHED;
+}
+
+static __always_inline int filter(struct __sk_buff *skb, bool cur)
 {
 	__u32 zero = 0, *gate_on;
 	__u32 ht, o, et, v, proto, x, l3len, l4, sp, dp, flags, pay, plen, b0, b1 = 0;
-	bool v6;
+	bool v6, sent, recvd;
 
 	ht = hatype(skb);
 	if (ht == ARPHRD_LOOPBACK && skb->pkt_type == PACKET_OUTGOING)
@@ -250,8 +351,8 @@ int capture_filter(struct __sk_buff *skb)
 		if (ld16(skb, o + 6, &v))
 			return 0;
 		if (v & 0x1FFF) {       /* non-first fragment: keep UDP (DNS answer tails) */
-			if (ld8(skb, o + 9, &proto))
-				return 0;
+			if (ld8(skb, o + 9, &proto) || lane_watched_only())
+				return 0;       /* no ports: the main lane's */
 			return proto == 17 ? ACCEPT : 0;
 		}
 		if (ld8(skb, o + 9, &proto) || (proto != 17 && proto != 6))
@@ -263,7 +364,7 @@ int capture_filter(struct __sk_buff *skb)
 		if (ld8(skb, o + 6, &proto))
 			return 0;
 		if (proto == 44) {      /* fragment header: keep UDP */
-			if (ld8(skb, o + 40, &v))
+			if (ld8(skb, o + 40, &v) || lane_watched_only())
 				return 0;
 			return v == 17 ? ACCEPT : 0;
 		}
@@ -276,28 +377,30 @@ int capture_filter(struct __sk_buff *skb)
 	}
 	l4 = o + x;
 
+	sent = skb->pkt_type == PACKET_OUTGOING || ht == ARPHRD_LOOPBACK;
+	recvd = skb->pkt_type != PACKET_OUTGOING;
+#define PASS lane_pass(skb, o, v6, proto, sp, dp, sent, recvd, cur)
+
 	/* 1. DNS, UDP or TCP */
 	if (ld16(skb, l4, &sp))
 		return 0;
-	if (sp == 53)
-		return ACCEPT;
-	if (ld16(skb, l4 + 2, &dp))
-		return 0;
-	if (dp == 53)
-		return ACCEPT;
+	if (ld16(skb, l4 + 2, &dp))     /* as the classic rule: source port 53 is enough */
+		return sp == 53 && !lane_watched_only() ? ACCEPT : 0;
+	if (sp == 53 || dp == 53)
+		return PASS;
 
 	if (proto == 17) {      /* 5. QUIC long header in a padded datagram */
 		if (ld8(skb, l4 + 8, &v) || (v & 0xC0) != 0xC0)
 			return 0;
 		if (ld16(skb, l4 + 4, &v))
 			return 0;
-		return v >= QUIC_MIN_UDP_LEN ? ACCEPT : 0;
+		return v >= QUIC_MIN_UDP_LEN ? PASS : 0;
 	}
 
 	if (ld8(skb, l4 + 13, &flags))
 		return 0;
 	if ((flags & 0x12) == 0x02)
-		return ACCEPT;  /* 2. SYN without ACK */
+		return PASS;    /* 2. SYN without ACK */
 	if (ld8(skb, l4 + 12, &v))
 		return 0;
 	x += (v >> 2) & 0x3C;   /* payload offset from o */
@@ -312,7 +415,7 @@ int capture_filter(struct __sk_buff *skb)
 			return 0;
 		if (b1 == 3) {
 			hello_start(skb, o, l4, v6, pay, plen);
-			return ACCEPT;
+			return PASS;
 		}
 	}
 	/* 4. continuation shape: PSH, sent by this host, short, not another TLS record, not SSH */
@@ -329,7 +432,21 @@ int capture_filter(struct __sk_buff *skb)
 	if (sp == 22 || dp == 22)
 		return 0;
 	gate_on = bpf_map_lookup_elem(&settings, &zero);
-	if (!gate_on || !*gate_on)
-		return ACCEPT;
-	return continuation(skb, o, l4, v6, plen);
+	if ((!gate_on || !*gate_on || continuation(skb, o, l4, v6, plen)))
+		return PASS;
+	return 0;
+#undef PASS
+}
+
+SEC("socket")
+int capture_filter(struct __sk_buff *skb)
+{
+	return filter(skb, false);
+}
+
+/* The same, knowing the sending task: the watched lane's choice where the kernel allows it */
+SEC("socket")
+int capture_filter_cur(struct __sk_buff *skb)
+{
+	return filter(skb, true);
 }

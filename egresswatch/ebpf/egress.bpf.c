@@ -11,7 +11,9 @@
  * destination) UDP flow is also pushed to the ring buffer `udp_events`.
  * At exec, the file name and the first ARGS_MAX bytes of argv are kept in
  * `execs`, read from the new mm before the program runs a single instruction,
- * so a later rewrite of argv/comm cannot hide what was launched. */
+ * so a later rewrite of argv/comm cannot hide what was launched. A child of a
+ * process in `watched` (an MCP tree, for the capture filter's watched lane)
+ * is added to it at fork, before it runs. */
 #include "kernel_types.h"
 #include <bpf/bpf_helpers.h>
 #include <bpf/bpf_core_read.h>
@@ -27,30 +29,10 @@
 
 char LICENSE[] SEC("license") = "GPL";
 
-struct flow_key {
-	__u8 proto;
-	__u8 pad;
-	__u16 lport;            /* host order */
-	__u16 rport;            /* host order; 0 for an unconnected UDP socket */
-	__u16 pad2;
-	__u8 laddr[16];         /* IPv4 as ::ffff:a.b.c.d; unspecified as all zero */
-	__u8 raddr[16];
-};
+#define S_IFMT 00170000
+#define S_IFSOCK 0140000
 
-struct flow_val {
-	__u32 tgid;
-	__u32 pid;
-	__u64 start_ns;         /* group leader's start_boottime */
-	__u64 first_ns;         /* bpf_ktime_get_boot_ns() */
-	__u64 last_ns;
-	__u64 bytes;
-	__u32 netns;
-	__u32 sends;
-	char comm[16];
-	__u32 ppid;             /* the parent at send time, so a process the daemon */
-	__u32 pad;              /* has not heard of yet is tied through its parent */
-	__u64 pstart_ns;
-};
+#include "flowmap.bpf.h"
 
 struct udp_event {
 	struct flow_key key;    /* raddr/rport: the datagram's destination */
@@ -93,13 +75,6 @@ struct exec_val {
 
 struct {
 	__uint(type, BPF_MAP_TYPE_LRU_HASH);
-	__uint(max_entries, 65536);
-	__type(key, struct flow_key);
-	__type(value, struct flow_val);
-} flows SEC(".maps");
-
-struct {
-	__uint(type, BPF_MAP_TYPE_LRU_HASH);
 	__uint(max_entries, 16384);
 	__type(key, __u64);             /* struct sock * of a connect in progress */
 	__type(value, struct owner);
@@ -118,6 +93,13 @@ struct {
 	__type(key, __u32);             /* tid inside sendto/sendmsg with an address */
 	__type(value, struct dest);
 } send_dest SEC(".maps");
+
+struct {
+	__uint(type, BPF_MAP_TYPE_LRU_HASH);
+	__uint(max_entries, 16384);
+	__type(key, __u32);             /* thread id inside connect(2)/bind(2) */
+	__type(value, __u32);           /* the fd */
+} udp_fd SEC(".maps");
 
 struct {
 	__uint(type, BPF_MAP_TYPE_LRU_HASH);
@@ -229,7 +211,8 @@ static __always_inline void record(struct sock *sk, struct flow_key *k, struct o
 		v->pid = o->pid;
 		if (sent > 0)
 			__sync_fetch_and_add(&v->bytes, sent);
-		__sync_fetch_and_add(&v->sends, 1);
+		if (sent >= 0)
+			__sync_fetch_and_add(&v->sends, 1);
 		return;
 	}
 	struct flow_val nv = {};
@@ -319,6 +302,37 @@ int on_send(struct bpf_raw_tracepoint_args *ctx)
 	return 0;
 }
 
+SEC("raw_tracepoint/net_dev_queue")
+int on_dev_queue(struct bpf_raw_tracepoint_args *ctx)
+{
+	/* A packet of a local socket entering the device queue, before the
+	 * capture taps see it. A UDP datagram gets here from sendmsg(2), in the
+	 * sender's task (sock_send_length comes only after the packet left, and
+	 * a sender preempted in between would leave its packet to the record of
+	 * an earlier socket on the port); a SYN gets here inside connect(2),
+	 * whose caller was saved at SYN_SENT. File both before the packet. */
+	struct sk_buff *skb = (struct sk_buff *)ctx->args[0];
+	struct sock *sk = BPF_CORE_READ(skb, sk);
+	__u64 skp = (__u64)sk;
+	struct flow_key k;
+	struct owner o, *saved;
+
+	if (!sk || !BPF_CORE_READ(sk, sk_socket, file))
+		return 0;       /* none, or a kernel socket (a tunnel's: its task is any) */
+	__u16 proto = BPF_CORE_READ(sk, sk_protocol);
+	if (proto == IPPROTO_UDP) {
+		if (!sock_key(sk, &k))
+			return 0;
+		current_owner(&o);
+		record(sk, &k, &o, -1);
+	} else if (proto == IPPROTO_TCP && BPF_CORE_READ(sk, __sk_common.skc_state) == TCP_SYN_SENT) {
+		saved = bpf_map_lookup_elem(&connecting, &skp);
+		if (saved && sock_key(sk, &k))
+			record(sk, &k, saved, -1);
+	}
+	return 0;
+}
+
 SEC("raw_tracepoint/inet_sock_set_state")
 int on_state(struct bpf_raw_tracepoint_args *ctx)
 {
@@ -365,6 +379,71 @@ int on_reset(struct bpf_raw_tracepoint_args *ctx)
 	return 0;
 }
 
+/* The socket behind the calling task's file descriptor, or 0. */
+static __always_inline struct sock *fd_sock(__u32 fd)
+{
+	struct task_struct *t = (struct task_struct *)bpf_get_current_task();
+	struct fdtable *fdt = BPF_CORE_READ(t, files, fdt);
+	struct file **fds;
+	struct file *f = 0;
+
+	if (!fdt || fd >= BPF_CORE_READ(fdt, max_fds))
+		return 0;
+	fds = BPF_CORE_READ(fdt, fd);
+	if (bpf_probe_read_kernel(&f, sizeof(f), &fds[fd]) || !f)
+		return 0;
+	if ((BPF_CORE_READ(f, f_inode, i_mode) & S_IFMT) != S_IFSOCK)
+		return 0;
+	struct socket *so = BPF_CORE_READ(f, private_data);
+	return so ? BPF_CORE_READ(so, sk) : 0;
+}
+
+SEC("tracepoint/syscalls/sys_enter_connect")
+int on_connect_enter(struct syscall_enter_ctx *ctx)
+{
+	__u32 tid = (__u32)bpf_get_current_pid_tgid();
+	__u32 fd = (__u32)ctx->args[0];
+
+	bpf_map_update_elem(&udp_fd, &tid, &fd, BPF_ANY);
+	return 0;
+}
+
+SEC("tracepoint/syscalls/sys_enter_bind")
+int on_bind_enter(struct syscall_enter_ctx *ctx)
+{
+	return on_connect_enter(ctx);
+}
+
+/* A UDP socket connected or bound: file it under its new address before its
+ * first datagram. A datagram's record is otherwise written as its send
+ * returns, after the packet left: a sender preempted in between (a loaded
+ * machine) would leave the packet to the record of an earlier socket of
+ * another process on the same port. */
+static __always_inline void udp_file(long ret)
+{
+	__u32 tid = (__u32)bpf_get_current_pid_tgid();
+	__u32 *fd = bpf_map_lookup_elem(&udp_fd, &tid);
+	struct sock *sk;
+	struct flow_key k;
+	struct owner o;
+
+	if (!fd)
+		return;
+	sk = ret == 0 ? fd_sock(*fd) : 0;
+	bpf_map_delete_elem(&udp_fd, &tid);
+	if (!sk || BPF_CORE_READ(sk, sk_protocol) != IPPROTO_UDP || !sock_key(sk, &k))
+		return;
+	current_owner(&o);
+	record(sk, &k, &o, -1);
+}
+
+SEC("tracepoint/syscalls/sys_exit_bind")
+int on_bind_exit(struct syscall_exit_ctx *ctx)
+{
+	udp_file(ctx->ret);
+	return 0;
+}
+
 SEC("tracepoint/syscalls/sys_exit_connect")
 int on_connect_exit(struct syscall_exit_ctx *ctx)
 {
@@ -373,6 +452,7 @@ int on_connect_exit(struct syscall_exit_ctx *ctx)
 	__u32 tid = (__u32)bpf_get_current_pid_tgid();
 	__u64 *skp = bpf_map_lookup_elem(&connect_tid, &tid);
 
+	udp_file(ctx->ret);
 	if (!skp)
 		return 0;
 	struct sock *sk = (struct sock *)*skp;
@@ -451,5 +531,33 @@ int on_exec(struct bpf_raw_tracepoint_args *ctx)
 	if (bpf_probe_read_user(v->args, len, (void *)start) != 0)
 		v->args_len = 0;
 	bpf_map_update_elem(&execs, &tgid, v, BPF_ANY);
+	return 0;
+}
+
+SEC("raw_tracepoint/sched_process_fork")
+int on_proc_fork(struct bpf_raw_tracepoint_args *ctx)
+{
+	/* a child of an MCP tree's process is in the tree before its first instruction */
+	struct task_struct *parent = (struct task_struct *)ctx->args[0];
+	struct task_struct *child = (struct task_struct *)ctx->args[1];
+	__u32 ptgid = BPF_CORE_READ(parent, tgid);
+	__u32 ctgid = BPF_CORE_READ(child, tgid);
+	__u8 one = 1;
+
+	if (BPF_CORE_READ(child, pid) != ctgid || !bpf_map_lookup_elem(&watched, &ptgid))
+		return 0;       /* a thread, or not a tree's */
+	bpf_map_update_elem(&watched, &ctgid, &one, BPF_ANY);
+	return 0;
+}
+
+SEC("raw_tracepoint/sched_process_exit")
+int on_proc_exit(struct bpf_raw_tracepoint_args *ctx)
+{
+	/* its thread group id may be reused by any process from now on */
+	struct task_struct *task = (struct task_struct *)ctx->args[0];
+	__u32 tgid = BPF_CORE_READ(task, tgid);
+
+	if (BPF_CORE_READ(task, pid) == tgid)
+		bpf_map_delete_elem(&watched, &tgid);
 	return 0;
 }

@@ -54,6 +54,8 @@ def _declare(h: ctypes.CDLL) -> None:
         "bpf_link__destroy": (i, [p]),
         "bpf_map__fd": (i, [p]),
         "bpf_map__set_pin_path": (i, [p, s]),
+        "bpf_map__reuse_fd": (i, [p, i]),
+        "bpf_map__set_max_entries": (i, [p, ctypes.c_uint32]),
         "bpf_program__fd": (i, [p]),
         "bpf_map_lookup_elem": (i, [i, p, p]),
         "bpf_map_update_elem": (i, [i, p, p, ctypes.c_uint64]),
@@ -86,10 +88,17 @@ class BpfObject:
     """An opened and loaded object file; programs are attached one by one."""
 
     def __init__(
-        self, path: str, skip: Callable[[str], bool] = lambda _n: False, pins: dict[str, str] | None = None
+        self,
+        path: str,
+        skip: Callable[[str], bool] = lambda _n: False,
+        pins: dict[str, str] | None = None,
+        reuse: dict[str, int] | None = None,
+        sizes: dict[str, int] | None = None,
     ) -> None:
         """``pins``: map name -> bpffs path; an existing pinned map is reused
-        (its contents survive a restart), else the new one is pinned there."""
+        (its contents survive a restart), else the new one is pinned there.
+        ``reuse``: map name -> fd of a loaded map (another object's) used
+        instead of a new one; ``sizes``: map name -> max_entries."""
         h = lib()
         self._h = h
         self._links: list[int] = []
@@ -109,6 +118,16 @@ class BpfObject:
             m = h.bpf_object__find_map_by_name(self._obj, name.encode())
             if m:
                 h.bpf_map__set_pin_path(m, pin.encode())
+        for name, entries in (sizes or {}).items():
+            m = h.bpf_object__find_map_by_name(self._obj, name.encode())
+            if m:
+                h.bpf_map__set_max_entries(m, entries)
+        for name, fd in (reuse or {}).items():
+            m = h.bpf_object__find_map_by_name(self._obj, name.encode())
+            rc = h.bpf_map__reuse_fd(m, fd) if m else -22
+            if rc != 0:
+                self.close()
+                raise _fail(f"reuse map {name}", rc)
         rc = h.bpf_object__load(self._obj)
         if rc != 0:
             self.close()

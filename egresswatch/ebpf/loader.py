@@ -16,7 +16,7 @@ import os
 import threading
 import time
 from collections import Counter
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from pathlib import Path
 
 from egresswatch.ebpf import libbpf
@@ -98,6 +98,7 @@ class KernelFlows:
         self._execs = obj.map_fd("execs")
         self._events = obj.map_fd("udp_events")
         self._volume = obj.map_fd("volume")
+        self._watched = obj.map_fd("watched")
         self._offset, self._offset_at = boot_offset(), time.monotonic()
         self.counters: Counter[str] = Counter()
         self._ring: libbpf.RingBuffer | None = None
@@ -143,6 +144,27 @@ class KernelFlows:
         for name, why in missing.items():
             log.warning("eBPF program %s not attached (%s): less coverage", name, why)
         return cls(obj, attached, missing), f"libbpf {libbpf.version()}, {len(attached)} programs"
+
+    # -- the capture filter's watched lane ------------------------------------
+    def shared_maps(self) -> dict[str, int]:
+        """The maps a capture filter reads (name -> fd), valid until close()."""
+        return {"flows": self._flows, "watched": self._watched}
+
+    def watch(self, tgids: Iterable[int]) -> int:
+        """Mark thread groups as MCP trees' (the kernel adds their children at
+        fork, drops a group when it exits); returns how many were stored."""
+        n = 0
+        for tgid in tgids:
+            try:
+                libbpf.update(self._watched, tgid.to_bytes(4, "little"), b"\x01")
+                n += 1
+            except libbpf.BpfError:
+                self.counters["watch_failed"] += 1
+        return n
+
+    def watched(self) -> set[int]:
+        """The thread groups marked now (tests, status)."""
+        return {int.from_bytes(k, "little") for k in libbpf.keys(self._watched, 4)}
 
     # -- lookups ------------------------------------------------------------
     def owner(
