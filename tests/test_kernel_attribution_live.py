@@ -194,7 +194,8 @@ def test_every_packet_of_a_long_lived_server_is_attributed(lab: Lab, tmpdir700: 
     d = Daemon(tmp, lab, {"fake": cmd}, {"fake": ["allowed.test", "allowed.test:443"]})
     other = None
     try:
-        assert "attribution: ebpf" in d.status(), d.status()
+        status = d.status()
+        assert "attribution: ebpf" in status and "watched lane: on" in status, status
         d.launch_host()
         other = subprocess.Popen([sys.executable, str(SERVER), "other", *args, str(other_log), str(go),
                                   str(resolv), str(REPS)])  # fmt: skip
@@ -304,6 +305,14 @@ def check_scenario(rows: list[dict[str, Any]], srv: list[dict[str, Any]], oth: l
     direct = [r for r in rows if r["reason"] == "direct_ip" and r["dst"] == lab.peer4]
     if direct:
         bad.append(f"{len(direct)} direct_ip events to the resolved address {lab.peer4}")
+    # one event per packet: a frame seen through both capture lanes is handed over once
+    seen: dict[tuple[Any, ...], int] = {}
+    for r in rows:
+        key = (r["kind"], r["ts"], r["sport"], r["dport"], r["qname"], r["sni"])
+        seen[key] = seen.get(key, 0) + 1
+    twice = [k for k, n in seen.items() if n > 1 and k[0] in ("dns_query", "dns_answer", "connect")]
+    if twice:
+        bad.append(f"{len(twice)} packets stored twice, e.g. {twice[0]}")
     kinds = sorted({r["attribution"] for r in rows if r["server"] == "fake"})
     assert not bad, f"{len(bad)} problems, e.g.:\n" + "\n".join(bad[:20]) + f"\nattribution reasons: {kinds}"
     assert any("exfil.test" in json.dumps(a) for a in alerts), "no exfil alert delivered"
@@ -376,6 +385,7 @@ def test_fallback_when_bpf_loading_is_refused(lab: Lab, tmpdir700: Path) -> None
     try:
         status = d.status()
         assert "attribution: fallback (disabled by EGRESSWATCH_NO_BPF=1)" in status, status
+        assert "watched lane: off (needs the eBPF attribution programs" in status, status
         d.launch_host()
         rows = wait_for(lambda: [r for r in all_rows(d.db) if r["sni"] == "evil.test" and r["server"] == "fake"],
                         45, "evil.test attributed by the fallback")  # fmt: skip

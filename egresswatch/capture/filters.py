@@ -7,7 +7,9 @@ in the kernel, so bulk continuation segments never reach userspace. Where it
 cannot load or attach (no BTF, not root, lockdown, old kernel, verifier
 refusal, ``EGRESSWATCH_NO_BPF=1``) the classic filter runs with the userspace
 :class:`~egresswatch.capture.gate.HelloGate` behind it, as before. The
-choice and its reason are reported (``doctor``, ``status``).
+choice and its reason are reported (``doctor``, ``status``). The watched
+lane's socket (``lane=LANE_WATCHED``, :mod:`egresswatch.capture.lanes`) takes
+the eBPF filter or nothing: the classic filter cannot tell whose a frame is.
 """
 
 from __future__ import annotations
@@ -19,7 +21,9 @@ from typing import Any
 
 from egresswatch.capture import bpf
 from egresswatch.capture.gate import HelloGate
-from egresswatch.ebpf.sockfilter import SocketFilter
+from egresswatch.ebpf.sockfilter import LANE_ALL, LANE_WATCHED, LANE_WATCHED_BY_SOCKET, SocketFilter
+
+__all__ = ["CLASSIC", "EBPF", "LANE_ALL", "LANE_WATCHED", "LANE_WATCHED_BY_SOCKET", "ActiveFilter", "attach"]
 
 log = logging.getLogger(__name__)
 
@@ -49,18 +53,23 @@ class ActiveFilter:
 
 
 def attach(
-    sock: socket.socket, program: list[bpf.Insn] | None = None, gate: bool = True, ebpf: bool = True
+    sock: socket.socket,
+    program: list[bpf.Insn] | None = None,
+    gate: bool = True,
+    ebpf: bool = True,
+    lane: int = LANE_ALL,
+    maps: dict[str, int] | None = None,
 ) -> ActiveFilter:
     """Attach the best filter this kernel allows to ``sock``.
 
     ``program`` (a classic program) or ``ebpf=False`` forces the classic
     filter; ``gate=False`` passes continuation-shaped segments without looking
     at hello state (tests of the filter rules). Raises OSError when even the
-    classic filter is refused.
+    classic filter is refused, or when the watched lane cannot have its eBPF filter.
     """
     why = "a classic program was given" if program is not None else "not asked for" if not ebpf else ""
     if program is None and ebpf:
-        kernel, loaded = SocketFilter.open(gate=gate)
+        kernel, loaded = SocketFilter.open(gate=gate, lane=lane, maps=maps)
         if kernel is not None:
             try:
                 kernel.attach(sock)
@@ -69,10 +78,14 @@ def attach(
                 why = f"SO_ATTACH_BPF refused: {exc.strerror or exc}"
             else:
                 what = "continuations gated on flow state" if gate else "continuations passed by shape"
+                if lane != LANE_ALL:
+                    what += "; MCP trees' frames only"
                 log.info("capture filter: ebpf (%s; %s)", what, loaded)
                 return ActiveFilter(EBPF, f"eBPF socket filter, {what} ({loaded})", kernel=kernel)
         else:
             why = loaded
+    if lane != LANE_ALL:
+        raise OSError(f"no eBPF filter for the watched lane ({why})")
     n = bpf.attach(sock, program)
     if program is None and ebpf:
         log.warning("capture filter: classic BPF, bulk uploads cost more CPU (%s)", why)

@@ -14,7 +14,9 @@ need and drops the second copy of loopback packets.
 While ring blocks queue up behind the one being read (a flood), the fast
 lane (:mod:`egresswatch.capture.fastlane`) scans them once and hands over
 first the frames ``priority`` picks (in the daemon: DNS queries with a label
-that carries data), so they do not wait for the backlog.
+that carries data), so they do not wait for the backlog. The watched lane
+(:mod:`egresswatch.capture.lanes`, :meth:`LiveSource.open_watched`), a second
+socket for MCP trees' frames only, is read before each block.
 
 Bridged or stacked interfaces (a container's veth and its bridge, a VLAN device
 and its parent) deliver the same IP packet more than once; an identical IP
@@ -37,22 +39,21 @@ from typing import Any
 from egresswatch.capture import bpf, filters
 from egresswatch.capture.gate import HelloGate
 from egresswatch.capture.ifaces import Dedupe, IfNames
-from egresswatch.capture.ring import SNAPLEN, SO_TIMESTAMPNS, SOL_PACKET, Ring, recv_frames
+from egresswatch.capture.lanes import LANE_BLOCK, LANE_BUFFER, LaneCopies
+from egresswatch.capture.packetsock import PRIVILEGE_HINT, open_packet_socket
+from egresswatch.capture.ring import BLOCK_SIZE, SNAPLEN, SOL_PACKET, Ring, recv_frames
 from egresswatch.errors import CaptureError
 from egresswatch.model import Frame
 
-__all__ = ["PRIVILEGE_HINT", "HelloGate", "LiveSource", "can_capture", "linktype_for"]
+__all__ = ["PRIVILEGE_HINT", "HelloGate", "LiveSource", "linktype_for"]
 
 log = logging.getLogger(__name__)
 
-ETH_P_ALL = 0x0003
 PACKET_STATISTICS = 6
-SO_RCVBUFFORCE = 33
 LINKTYPE_ETHERNET = 1
 LINKTYPE_RAW = 101
 MIB = 1 << 20
 BATCH = 512  # frames read per wakeup before the deadline is checked again
-PRIVILEGE_HINT = "live capture needs root or CAP_NET_RAW/CAP_NET_ADMIN"
 
 
 def linktype_for(hatype: int) -> int | None:
@@ -84,6 +85,8 @@ class LiveSource:
         hello_gate: bool = True,
         ring: bool = True,
         ebpf: bool = True,
+        lane: int = filters.LANE_ALL,
+        maps: dict[str, int] | None = None,
     ) -> None:
         self.interfaces = frozenset(interfaces)
         self.program = program
@@ -91,6 +94,10 @@ class LiveSource:
         self.dedupe_window = dedupe_window
         self.hello_gate = hello_gate
         self.ebpf = ebpf
+        self.lane, self._maps = lane, maps
+        self.watched: LiveSource | None = None  # the watched lane
+        self._copies = LaneCopies()
+        self.lane_of_last = 0  # the lane of the last frame handed over (1: watched)
         self.kernel_filter: filters.ActiveFilter | None = None
         self.gate: HelloGate | None = None
         self.use_ring = ring
@@ -108,56 +115,34 @@ class LiveSource:
 
     # -- lifecycle -----------------------------------------------------------
     def open(self) -> LiveSource:
-        try:
-            sock = socket.socket(socket.AF_PACKET, socket.SOCK_RAW, socket.htons(ETH_P_ALL))
-        except PermissionError:
-            raise CaptureError(PRIVILEGE_HINT) from None
-        except OSError as exc:
-            raise CaptureError(f"cannot open a packet socket: {exc.strerror}") from None
-        try:
-            try:
-                sock.setsockopt(socket.SOL_SOCKET, SO_RCVBUFFORCE, self.rcvbuf)
-            except OSError:
-                sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, self.rcvbuf)
-            sock.setsockopt(socket.SOL_SOCKET, SO_TIMESTAMPNS, 1)
-            if len(self.interfaces) == 1:  # one interface: the kernel queues only its frames
-                (name,) = self.interfaces
-                try:
-                    sock.bind((name, 0))
-                except OSError as exc:
-                    raise CaptureError(f"interface {name}: {exc.strerror}") from None
-            try:
-                self.kernel_filter = filters.attach(sock, self.program, self.hello_gate, self.ebpf)
-            except OSError as exc:
-                raise CaptureError(f"the kernel rejected the capture filter: {exc.strerror}") from None
-            self.gate = self.kernel_filter.gate
-            sock.setblocking(False)
-            self._sock = sock
-            self._drain_unfiltered()
-            if self.use_ring:
-                try:
-                    self._ring = Ring(sock, self.rcvbuf)
-                except OSError as exc:  # old kernel or locked memory limit: plain reads
-                    log.warning("no TPACKET_V3 ring (%s); reading frames one by one", exc.strerror)
-            self.kernel_stats()  # reset the kernel's counters
-        except BaseException:
-            sock.close()
-            self._sock = None
-            if self.kernel_filter is not None:
-                self.kernel_filter.close()
-            raise
+        def attach(sock: socket.socket) -> filters.ActiveFilter:
+            return filters.attach(sock, self.program, self.hello_gate, self.ebpf, self.lane, self._maps)
+
+        block = BLOCK_SIZE if self.lane == filters.LANE_ALL else LANE_BLOCK
+        self._sock, self.kernel_filter, self._ring = open_packet_socket(
+            self.interfaces, self.rcvbuf, attach, self.use_ring, block
+        )
+        self.gate = self.kernel_filter.gate
+        self.kernel_stats()  # reset the kernel's counters
         return self
 
-    def _drain_unfiltered(self) -> None:
-        """Frames queued between socket() and SO_ATTACH_FILTER bypassed the filter."""
-        assert self._sock is not None
-        while True:
-            try:
-                self._sock.recv_into(self._buf)
-            except (BlockingIOError, InterruptedError):
-                return
+    def open_watched(self, maps: dict[str, int], by_task: bool = True) -> str:
+        """Open the watched lane (:mod:`egresswatch.capture.lanes`) with the
+        attribution programs' maps; '' when it runs, else why not. ``by_task``
+        False: by socket records alone (tests of their order)."""
+        lane = LiveSource(sorted(self.interfaces), rcvbuf=LANE_BUFFER, dedupe_window=0,
+                          hello_gate=self.hello_gate, lane=filters.LANE_WATCHED if by_task
+                          else filters.LANE_WATCHED_BY_SOCKET, maps=maps)  # fmt: skip
+        try:
+            self.watched = lane.open()
+        except CaptureError as exc:
+            return str(exc)
+        return ""
 
     def close(self) -> None:
+        if self.watched is not None:
+            self.watched.close()
+            self.watched = None
         if self._ring is not None:
             self._ring.close()
             self._ring = None
@@ -194,6 +179,8 @@ class LiveSource:
         assert self._sock is not None
         fd = self._sock.fileno()
         watch = [fd] if wake_fd is None else [fd, wake_fd]
+        if self.watched is not None:
+            watch.append(self.watched.fileno())
         deadline = time.monotonic() + timeout
         while True:
             remaining = deadline - time.monotonic()
@@ -202,13 +189,17 @@ class LiveSource:
             ready, _, _ = select.select(watch, [], [], remaining)
             if wake_fd is not None and wake_fd in ready:
                 return
+            if self.watched is not None:
+                yield from self._built(self.watched.raw(), 1)
             if fd not in ready:
                 continue
             if self._ring is None:
-                yield from self._read_batch()
+                yield from self._built(self.raw())
                 continue
             ring = self._ring
             while ring.ready():
+                if self.watched is not None:
+                    yield from self._built(self.watched.raw(), 1)
                 if self.priority is not None:
                     yield from self._fast_lane(ring)
                 cur = ring.cur
@@ -241,14 +232,25 @@ class LiveSource:
                     self.counters["fast_lane"] += 1
                     yield frame
 
-    def _read_batch(self) -> Iterator[Frame]:
-        assert self._sock is not None
-        for data, n, ts, ifname, hatype in recv_frames(self._sock, self._buf, BATCH, self.counters):
-            frame = self._make_frame(data, n, ts, ifname, hatype)
+    def _built(self, raws: Iterator[tuple[bytes, int, float, str, int]], lane: int = 0) -> Iterator[Frame]:
+        for data, n, ts, ifname, hatype in raws:
+            frame = self._make_frame(data, n, ts, ifname, hatype, lane)
             if frame is not None:
                 yield frame
 
-    def _make_frame(self, data: bytes, n: int, ts: float, ifname: str, hatype: int) -> Frame | None:
+    def raw(self) -> Iterator[tuple[bytes, int, float, str, int]]:
+        """(data, orig_len, ts, ifname, hatype) of what is queued now, no frames built."""
+        if self._ring is None:
+            assert self._sock is not None
+            yield from recv_frames(self._sock, self._buf, BATCH, self.counters)
+            return
+        while self._ring.ready():
+            for data, n, ts, ifindex, hatype in self._ring.block():
+                yield data, n, ts, self._ifnames.name(ifindex), hatype
+
+    def _make_frame(
+        self, data: bytes, n: int, ts: float, ifname: str, hatype: int, lane: int = 0
+    ) -> Frame | None:
         linktype = linktype_for(hatype)
         if linktype is None:
             self.counters["unknown_link"] += 1
@@ -258,17 +260,28 @@ class LiveSource:
         if self.gate is not None and not self.gate.admit(linktype, data, ts):
             self.counters["not_continuations"] += 1
             return None
+        if self.watched is not None:
+            if self._copies.copy(data, linktype, ifname, ts, lane):
+                self.counters["lane_copies"] += 1
+                return None
+            self.counters["watched_lane"] += lane
         if self.dedupe_window and self._dedupe.duplicate(data, linktype, ifname, ts):
             self.counters["duplicates"] += 1
             return None
         self._index += 1
         self.counters["captured"] += 1
+        self.lane_of_last = lane
         return Frame(ts=ts, data=data, linktype=linktype, index=self._index, orig_len=n, ifname=ifname)
 
     # -- statistics ----------------------------------------------------------
     def filter_info(self) -> dict[str, Any]:
         """Which kernel filter runs, why, and its counters (status file)."""
-        return self.kernel_filter.info() if self.kernel_filter is not None else {}
+        out = self.kernel_filter.info() if self.kernel_filter is not None else {}
+        if self.watched is not None:
+            lane = self.watched
+            lane.kernel_stats()
+            out["watched_lane"] = {**lane.filter_info(), "kernel_drops": lane.counters["kernel_drops"]}
+        return out
 
     def kernel_stats(self) -> tuple[int, int]:
         """(packets, drops) since the previous call, from PACKET_STATISTICS;
@@ -280,15 +293,3 @@ class LiveSource:
         self.counters["kernel_packets"] += packets
         self.counters["kernel_drops"] += drops
         return packets, drops
-
-
-def can_capture() -> tuple[bool, str]:
-    """Whether a packet socket can be opened and the filter attached (doctor)."""
-    try:
-        with LiveSource(rcvbuf=64 * 1024) as src:
-            size = src.rcvbuf_effective
-    except CaptureError as exc:
-        return False, str(exc)
-    active = src.kernel_filter
-    assert active is not None
-    return True, f"packet socket opened, rcvbuf {size}; filter: {active.mode}: {active.reason}"

@@ -45,24 +45,27 @@ class Ring:
     frames and hands a block over when it is full or ``RETIRE_MS`` old, so one
     wakeup reads many frames without a system call each."""
 
-    def __init__(self, sock: socket.socket, size: int) -> None:
-        self.nr = max(4, size // BLOCK_SIZE)
+    def __init__(self, sock: socket.socket, size: int, block: int = BLOCK_SIZE) -> None:
+        """``block``: bytes per block; small blocks for sparse traffic (each block
+        is handed over ``RETIRE_MS`` after its first frame, however empty)."""
+        self.nr = max(4, size // block)
+        self.bs = block
         sock.setsockopt(SOL_PACKET, PACKET_VERSION, TPACKET_V3)
-        frames = BLOCK_SIZE // FRAME_SIZE * self.nr
-        req = struct.pack("=7I", BLOCK_SIZE, self.nr, FRAME_SIZE, frames, RETIRE_MS, 0, 0)
+        frames = block // FRAME_SIZE * self.nr
+        req = struct.pack("=7I", block, self.nr, FRAME_SIZE, frames, RETIRE_MS, 0, 0)
         sock.setsockopt(SOL_PACKET, PACKET_RX_RING, req)
-        self.mm = mmap.mmap(sock.fileno(), BLOCK_SIZE * self.nr, mmap.MAP_SHARED,
+        self.mm = mmap.mmap(sock.fileno(), block * self.nr, mmap.MAP_SHARED,
                             mmap.PROT_READ | mmap.PROT_WRITE)  # fmt: skip
         self.cur = 0
 
     def ready(self, ahead: int = 0) -> bool:
         """The current block (or the one ``ahead`` of it) is ours to read."""
         idx = (self.cur + ahead) % self.nr
-        return bool(_BLOCK.unpack_from(self.mm, idx * BLOCK_SIZE + 8)[0] & TP_STATUS_USER)
+        return bool(_BLOCK.unpack_from(self.mm, idx * self.bs + 8)[0] & TP_STATUS_USER)
 
     def frames_at(self, idx: int) -> Iterator[tuple[int, bytes, int, float, int, int]]:
         """(position, data, orig_len, ts, ifindex, hatype) of a ready block's frames."""
-        base = idx * BLOCK_SIZE
+        base = idx * self.bs
         mm = self.mm
         _, count, off = _BLOCK.unpack_from(mm, base + 8)
         pos = base + off
@@ -83,7 +86,7 @@ class Ring:
                 if skip is None or pos not in skip:
                     yield data, length, ts, ifindex, hatype
         finally:
-            struct.pack_into("=I", self.mm, self.cur * BLOCK_SIZE + 8, 0)  # TP_STATUS_KERNEL
+            struct.pack_into("=I", self.mm, self.cur * self.bs + 8, 0)  # TP_STATUS_KERNEL
             self.cur = (self.cur + 1) % self.nr
 
     def close(self) -> None:

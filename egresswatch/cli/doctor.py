@@ -22,9 +22,18 @@ Check = tuple[bool | None, str]  # None: a warning (does not fail)
 
 
 def _capture() -> Check:
-    from egresswatch.capture.live import can_capture
+    """Whether a packet socket can be opened and the filter attached."""
+    from egresswatch.capture.live import LiveSource
+    from egresswatch.errors import CaptureError
 
-    return can_capture()
+    try:
+        with LiveSource(rcvbuf=64 * 1024) as src:
+            size = src.rcvbuf_effective
+    except CaptureError as exc:
+        return False, str(exc)
+    active = src.kernel_filter
+    assert active is not None
+    return True, f"packet socket opened, rcvbuf {size}; filter: {active.mode}: {active.reason}"
 
 
 def _connector() -> Check:

@@ -93,6 +93,11 @@ def status(status_file: Path, fmt: str, as_json: bool) -> None:
         click.echo(f"attribution: {safe(attr.get('mode', 'unknown'))} ({safe(attr.get('reason', '?'))})")
         filt = data.get("capture_filter") or {}
         click.echo(f"capture filter: {safe(filt.get('mode', 'unknown'))} ({safe(filt.get('reason', '?'))})")
+        lane = data.get("watched_lane") or {}
+        if lane:
+            drops = (filt.get("watched_lane") or {}).get("kernel_drops", 0)
+            click.echo(f"watched lane: {safe(lane.get('mode', 'unknown'))} ({safe(lane.get('reason', '?'))};"
+                       f" kernel drops {safe(drops)})")  # fmt: skip
         for key, value in sorted((data.get("counters") or {}).items()):
             click.echo(f"  {safe(key)}: {safe(value)}")
     sys.exit(0 if healthy else 1)

@@ -5,7 +5,8 @@ Foreground, logs to stderr (journald/launchd capture it), ``Type=notify``:
 - start: load the config (one-line error on a bad one), refuse files other
   users could write (:mod:`~egresswatch.service.trust`), open the capture,
   build the stages and the one :class:`~egresswatch.pipeline.Pipeline`
-  (:mod:`~egresswatch.service.assemble`), then ``READY=1``;
+  (:mod:`~egresswatch.service.assemble`), open the watched capture lane
+  (:mod:`~egresswatch.service.lanes`), then ``READY=1``;
 - loop on the main thread: frames -> pipeline; every ``HOUSEKEEP`` seconds
   decide flows whose hello window passed while capture was idle, flush the
   store, tick the alerter, write the status file
@@ -39,6 +40,7 @@ from egresswatch.safefiles import InstanceLock
 from egresswatch.service import assemble, sdnotify
 from egresswatch.service.drain import drain_ring
 from egresswatch.service.health import Health
+from egresswatch.service.lanes import WatchedLane
 from egresswatch.service.signals import Signals
 from egresswatch.service.status import DEFAULT_STATUS_PATH, gather_counters, write_status
 from egresswatch.service.trust import check_outputs, load_trusted_config, require_trusted_database
@@ -75,6 +77,7 @@ class Daemon:
         self.config: Config = Config()
         self.source: LiveSource | None = None
         self.stages: assemble.Stages | None = None
+        self.lane: WatchedLane | None = None
         self.udp_flows = UdpFlows(self.counters)
         self._frames_seen = -1  # pipeline.frames at the last housekeeping tick
         self._last_frame_ts = 0.0
@@ -118,6 +121,8 @@ class Daemon:
                     record=self.opts.record_procs or self.config.daemon.record_procs,
                     label_limit=lambda: self._label_limit, on_udp_record=self.udp_flows.on_record,
                 )  # fmt: skip
+                self.lane = WatchedLane(self.source, self.stages.kernel, self.stages.lineage)
+                self.lane.start()
             except BaseException:
                 self.source.close()
                 raise
@@ -190,6 +195,8 @@ class Daemon:
                 s.pipeline.expire(now)
             self._frames_seen = s.pipeline.frames
             emit_summaries(s.volume, s.pipeline)
+            if self.lane is not None:
+                self.lane.sync()
             s.store.flush()
             s.store.check_file()
             s.alerter.tick(now)
@@ -200,12 +207,7 @@ class Daemon:
     def _prune(self) -> None:
         assert self.stages is not None
         try:
-            result = self.stages.store.prune(time.time(), max_chunks=20)
-            deleted = result.deleted_by_age + result.deleted_by_size
-            (log.info if deleted else log.debug)(
-                "retention: %d events deleted (%d by age, %d by size) in %.3fs; database %.1f MB",
-                deleted, result.deleted_by_age, result.deleted_by_size, result.seconds, result.size_bytes / 1e6,
-            )  # fmt: skip
+            self.stages.store.prune_logged(time.time())
         except Exception:
             log.exception("pruning the database failed")
 
@@ -259,6 +261,7 @@ class Daemon:
             "decoder": dict(self.stages.pipeline.decoder.counters),
             "attribution": self.stages.attribution_mode,
             "capture_filter": self.source.filter_info() if self.source else {},
+            "watched_lane": self.lane.info() if self.lane else {},
         }
         try:
             write_status(self.opts.status_path, data)

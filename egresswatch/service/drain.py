@@ -39,7 +39,9 @@ def drain_ring(source: LiveSource, feed: Callable[[Frame], Any], watchdog: bool)
         for frame in source.frames(min(DRAIN_QUIET, max(0.0, deadline - time.monotonic()))):
             feed(frame)
             n += 1
-            if frame.ts > cutoff:  # the ring is in arrival order: all earlier frames are read
+            # the main ring is in arrival order: all earlier frames are read (the
+            # watched lane is read first, its frames may be later than the main ring's)
+            if frame.ts > cutoff and not source.lane_of_last:
                 caught_up = True
                 break
         if n == before:

@@ -8,6 +8,7 @@ lock, so the pipeline's writer waits at most one chunk.
 
 from __future__ import annotations
 
+import logging
 import threading
 import time
 from collections import Counter
@@ -18,6 +19,8 @@ from typing import Any
 from egresswatch.config import RetentionConfig
 from egresswatch.errors import StoreError
 from egresswatch.store.schema import Database
+
+log = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True, slots=True)
@@ -49,6 +52,16 @@ class Retention:
             fl = self.db.conn.execute("PRAGMA freelist_count").fetchone()[0]
             ps = self.db.conn.execute("PRAGMA page_size").fetchone()[0]
         return int((pc - fl) * ps)
+
+    def prune_logged(self, now_ts: float, max_chunks: int = 20) -> PruneResult:
+        """:meth:`prune`, its figures logged (info when something was deleted)."""
+        result = self.prune(now_ts, max_chunks=max_chunks)
+        deleted = result.deleted_by_age + result.deleted_by_size
+        (log.info if deleted else log.debug)(
+            "retention: %d events deleted (%d by age, %d by size) in %.3fs; database %.1f MB",
+            deleted, result.deleted_by_age, result.deleted_by_size, result.seconds, result.size_bytes / 1e6,
+        )  # fmt: skip
+        return result
 
     def prune(self, now_ts: float, *, chunk: int = 500, max_chunks: int = 2000) -> PruneResult:
         """Delete events (and alerts) older than ``retention.max_age_days``, then the
