@@ -155,6 +155,12 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
                 stored=rows(db, "u%.flood.test"),
                 counters={k: c.get(k, 0) - before.get(k, 0) for k in SHED_COUNTERS},
                 fast_lane=c.get("fast_lane", 0),
+                watched_lane=c.get("watched_lane", 0),
+                lane_copies=c.get("lane_copies", 0),
+                lane=st.get("watched_lane", {}),
+                lane_kernel_drops=(st.get("capture_filter", {}).get("watched_lane") or {}).get(
+                    "kernel_drops"
+                ),
                 watched_sent=watched["sent"],
                 watched_stored=rows(db, "w%.watched.test"),
                 watched_attributed=int(
@@ -211,6 +217,8 @@ def summary(r: dict[str, Any]) -> str:
                                           if k not in ("kernel_drops", "shed_unwatched_dns"))),
         ("watched server: stored / sent (attributed)",
          f"{r['watched_stored']:,} / {r['watched_sent']:,} ({r['watched_attributed']:,})"),
+        ("watched lane", f"{r['lane'].get('mode')}: {r['watched_lane']:,} frames handed over from it,"
+                         f" {r['lane_copies']:,} second copies dropped, {r['lane_kernel_drops']} kernel drops"),
         ("daemon CPU during the flood / total", f"{r['daemon_cpu_pct_during_flood']}% of a core / "
                                                 f"{r['daemon_cpu_s_total']} s"),
         ("daemon RSS peak (VmHWM)", f"{r['rss_peak_mb']} MB"),

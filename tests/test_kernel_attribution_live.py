@@ -234,7 +234,13 @@ def test_every_packet_of_a_long_lived_server_is_attributed(lab: Lab, tmpdir700: 
             other.kill()
             other.wait()
         d.close()
-    check_scenario(rows, srv, oth, server_pid, lab, d.alerts.messages)
+    try:
+        check_scenario(rows, srv, oth, server_pid, lab, d.alerts.messages)
+    except AssertionError as exc:
+        attr = json.loads(d.status_file.read_text()).get("attribution", {})
+        raise AssertionError(
+            f"{exc}\nattribution counters: {attr.get('counters')} {attr.get('map_counters')}"
+        ) from None
 
 
 def check_scenario(rows: list[dict[str, Any]], srv: list[dict[str, Any]], oth: list[dict[str, Any]],

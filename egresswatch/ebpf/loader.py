@@ -100,7 +100,9 @@ class KernelFlows:
         self._volume = obj.map_fd("volume")
         self._watched = obj.map_fd("watched")
         self._offset, self._offset_at = boot_offset(), time.monotonic()
-        self.counters: Counter[str] = Counter()
+        # every key exists from the start: the status file reads them from another thread
+        self.counters: Counter[str] = Counter(dict.fromkeys(("hits", "misses", "later_socket", "udp_events",
+                                                            "watch_failed"), 0))  # fmt: skip
         self._ring: libbpf.RingBuffer | None = None
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
@@ -191,6 +193,7 @@ class KernelFlows:
                 continue
             rec = parse_flow(key, val)
             if at is not None and self.epoch(rec.first_ns) > at + slack:
+                self.counters["later_socket"] += 1
                 continue  # a later socket on the port
             if best is None or rec.last_ns > best.last_ns:
                 best = rec

@@ -93,6 +93,8 @@ def build(
         from egresswatch.attribute.kernel import KernelAttributor
 
         attributor = KernelAttributor(kernel, attributor)
+        mode["counters"] = attributor.counters  # the same Counters: the status file shows them live
+        mode["map_counters"] = kernel.counters
         kernel.start_events(on_udp_record)  # udp_flow events, handled by the main loop
     attributor.start()
     recording = None

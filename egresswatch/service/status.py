@@ -50,6 +50,8 @@ def gather_counters(source: Any, pipeline: Any, store: Any, alerter: Any, jsonl:
         "flagged": pc["verdict_flagged"],
         "shed_unwatched_dns": pc["shed_unwatched_dns"],
         "fast_lane": source.counters["fast_lane"],
+        "watched_lane": source.counters["watched_lane"],
+        "lane_copies": source.counters["lane_copies"],
         "alerts_sent": alerter.counters["alerts_sent"],
         "alerts_failed": alerter.counters["alerts_failed"],
         "alerts_digests": alerter.rules.counters["digests"],
