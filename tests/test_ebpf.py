@@ -46,7 +46,7 @@ def test_records_round_trip() -> None:
     assert records.unpack_ip(records.pack_ip("198.18.0.1")) == "198.18.0.1"
     assert records.unpack_ip(records.pack_ip("fd00::1")) == "fd00::1"
     key = records.flow_key("udp", records.pack_ip("10.0.0.1"), 5353, records.ANY, 0)
-    val = records.FLOW_VAL.pack(7, 8, 10**9, 1, 2, 3, 4, 5, b"comm", 6, 0, 0)
+    val = records.FLOW_VAL.pack(7, 8, 10**9, 1, 2, 3, 4, 5, b"comm", 6, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, b"")
     fo = records.parse_flow(key, val)
     assert (fo.proto, fo.local, fo.remote, fo.tgid, fo.pid, fo.bytes_out, fo.comm, fo.ppid) == (
         "udp", ("10.0.0.1", 5353), ("::", 0), 7, 8, 3, "comm", 6)  # fmt: skip
@@ -233,11 +233,14 @@ def test_an_answer_belongs_to_its_query_after_the_port_is_reused(kernel: KernelF
             p.communicate("")
 
 
-def test_a_query_is_not_given_to_a_later_datagram_from_its_port(kernel: KernelFlows) -> None:
+@pytest.mark.parametrize("later", ["sendto", "connect"])
+def test_a_query_is_not_given_to_a_later_datagram_from_its_port(kernel: KernelFlows, later: str) -> None:
     """A process's connected lookup (getaddrinfo's shape), then, 10 ms later,
-    another process's unconnected datagram from the same port: handled after
-    both, the query is still the first process's. The later record is filed
-    under the port alone, which the query's lookup also tries."""
+    another process's datagram from the same port: handled after both (the
+    daemon reads packets up to seconds late), the query is still the first
+    process's. ``sendto``: the later record is filed under the port alone,
+    which the query's lookup also tries; ``connect``: under the same address,
+    which keeps the first owner as its previous one."""
     from egresswatch.attribute.attributor import LiveAttributor
     from egresswatch.attribute.kernel import KernelAttributor
     from egresswatch.attribute.lineage import LineageTracker
@@ -246,8 +249,9 @@ def test_a_query_is_not_given_to_a_later_datagram_from_its_port(kernel: KernelFl
     code = (
         "import socket, sys\n"
         "u = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)\n"
-        "port = int(sys.stdin.readline())\n"
-        "if port: u.bind(('127.0.0.1', port)); u.sendto(b'd' * 30, ('127.0.0.1', 9))\n"
+        "port, how = sys.stdin.readline().split()\n"
+        "if int(port): u.bind(('127.0.0.1', int(port)))\n"
+        "if how == 'sendto': u.sendto(b'd' * 30, ('127.0.0.1', 9))\n"
         "else: u.connect(('127.0.0.1', 53)); u.send(b'q' * 30)\n"
         "print(u.getsockname()[1], flush=True); u.close(); sys.stdin.read()\n"
     )
@@ -255,13 +259,13 @@ def test_a_query_is_not_given_to_a_later_datagram_from_its_port(kernel: KernelFl
                                       text=True) for _ in range(2))  # fmt: skip
     assert first.stdin is not None and first.stdout is not None
     assert second.stdin is not None and second.stdout is not None
-    first.stdin.write("0\n")
+    first.stdin.write("0 connect\n")
     first.stdin.flush()
     port = int(first.stdout.readline())
     sent = time.time()
     while time.time() < sent + 0.01:
         time.sleep(0.001)
-    second.stdin.write(f"{port}\n")
+    second.stdin.write(f"{port} {later}\n")
     second.stdin.flush()
     assert int(second.stdout.readline()) == port
     try:
@@ -270,6 +274,8 @@ def test_a_query_is_not_given_to_a_later_datagram_from_its_port(kernel: KernelFl
                             dst="127.0.0.1", dport=53, qname="x.test", qtype=1, dns_id=7)  # fmt: skip
         attr = kern.attribute(query, Frame(ts=sent, data=b"", linktype=1))
         assert attr.process is not None and attr.process.pid == first.pid, (attr, first.pid, second.pid)
+        if later == "connect":
+            assert kernel.counters["previous_owner"] >= 1
     finally:
         for p in (first, second):
             p.stdin.close()  # type: ignore[union-attr]

@@ -237,8 +237,9 @@ static __always_inline int owner_watched(__u8 proto, const __u8 *la, __u16 lport
 		v = bpf_map_lookup_elem(&flows, &k);
 		if (!v)
 			continue;
-		if (bpf_map_lookup_elem(&watched, &v->tgid))
-			return 1;
+		if (bpf_map_lookup_elem(&watched, &v->tgid) ||
+		    (v->prev.tgid && bpf_map_lookup_elem(&watched, &v->prev.tgid)))
+			return 1;       /* (the previous owner: its answers after a reuse) */
 		found = 0;
 	}
 	return found;

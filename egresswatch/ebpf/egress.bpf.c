@@ -104,6 +104,13 @@ struct {
 struct {
 	__uint(type, BPF_MAP_TYPE_LRU_HASH);
 	__uint(max_entries, 16384);
+	__type(key, __u32);             /* thread id inside sendto/sendmsg/sendmmsg */
+	__type(value, __u64);           /* the socket (struct sock *) */
+} sending SEC(".maps");
+
+struct {
+	__uint(type, BPF_MAP_TYPE_LRU_HASH);
+	__uint(max_entries, 16384);
 	__type(key, struct seen_key);
 	__type(value, __u8);
 } udp_seen SEC(".maps");
@@ -125,7 +132,7 @@ struct {
 	__uint(max_entries, 1);
 	__type(key, __u32);
 	__type(value, struct exec_val);
-} exec_scratch SEC(".maps");
+} exec_blank SEC(".maps");         /* all zero, never written: a new record's start */
 
 static __always_inline void current_owner(struct owner *o)
 {
@@ -216,6 +223,16 @@ static __always_inline void record(struct sock *sk, struct flow_key *k, struct o
 		return;
 	}
 	struct flow_val nv = {};
+	if (v) {
+		nv.prev.tgid = v->tgid;
+		nv.prev.pid = v->pid;
+		nv.prev.start_ns = v->start_ns;
+		nv.prev.first_ns = v->first_ns;
+		nv.prev.last_ns = v->last_ns;
+		nv.prev.ppid = v->ppid;
+		nv.prev.pstart_ns = v->pstart_ns;
+		__builtin_memcpy(nv.prev.comm, v->comm, sizeof(nv.prev.comm));
+	}
 	nv.tgid = o->tgid;
 	nv.pid = o->pid;
 	nv.start_ns = o->start_ns;
@@ -257,6 +274,45 @@ static __always_inline void udp_first(struct flow_key *fk, struct flow_key *k, s
 	}
 	e->val.bytes = sent > 0 ? sent : 0;
 	bpf_ringbuf_submit(e, 0);
+}
+
+/* The socket behind the calling task's file descriptor, or 0. */
+static __always_inline struct sock *fd_sock(__u32 fd)
+{
+	struct task_struct *t = (struct task_struct *)bpf_get_current_task();
+	struct fdtable *fdt = BPF_CORE_READ(t, files, fdt);
+	struct file **fds;
+	struct file *f = 0;
+
+	if (!fdt || fd >= BPF_CORE_READ(fdt, max_fds))
+		return 0;
+	fds = BPF_CORE_READ(fdt, fd);
+	if (bpf_probe_read_kernel(&f, sizeof(f), &fds[fd]) || !f)
+		return 0;
+	if ((BPF_CORE_READ(f, f_inode, i_mode) & S_IFMT) != S_IFSOCK)
+		return 0;
+	struct socket *so = BPF_CORE_READ(f, private_data);
+	return so ? BPF_CORE_READ(so, sk) : 0;
+}
+
+/* The calling thread is inside sendto/sendmsg/sendmmsg on this socket: a
+ * packet of the socket entering a device queue in this thread is the
+ * caller's (a packet that waited for ARP is sent later, from softirq, in
+ * whatever task was running: not this one's to file). */
+static __always_inline void mark_sending(__u32 fd)
+{
+	__u32 tid = (__u32)bpf_get_current_pid_tgid();
+	__u64 skp = (__u64)fd_sock(fd);
+
+	if (skp)
+		bpf_map_update_elem(&sending, &tid, &skp, BPF_ANY);
+}
+
+static __always_inline void unmark_sending(void)
+{
+	__u32 tid = (__u32)bpf_get_current_pid_tgid();
+
+	bpf_map_delete_elem(&sending, &tid);
 }
 
 #include "volume.bpf.h"
@@ -321,8 +377,11 @@ int on_dev_queue(struct bpf_raw_tracepoint_args *ctx)
 		return 0;       /* none, or a kernel socket (a tunnel's: its task is any) */
 	__u16 proto = BPF_CORE_READ(sk, sk_protocol);
 	if (proto == IPPROTO_UDP) {
-		if (!sock_key(sk, &k))
-			return 0;
+		__u32 tid = (__u32)bpf_get_current_pid_tgid();
+		__u64 *sending_sk = bpf_map_lookup_elem(&sending, &tid);
+
+		if (!sending_sk || *sending_sk != skp || !sock_key(sk, &k))
+			return 0;       /* not sent by this task's send call: on_send files it */
 		current_owner(&o);
 		record(sk, &k, &o, -1);
 	} else if (proto == IPPROTO_TCP && BPF_CORE_READ(sk, __sk_common.skc_state) == TCP_SYN_SENT) {
@@ -377,25 +436,6 @@ int on_reset(struct bpf_raw_tracepoint_args *ctx)
 	if (o && sock_key(sk, &k))
 		record(sk, &k, o, 0);
 	return 0;
-}
-
-/* The socket behind the calling task's file descriptor, or 0. */
-static __always_inline struct sock *fd_sock(__u32 fd)
-{
-	struct task_struct *t = (struct task_struct *)bpf_get_current_task();
-	struct fdtable *fdt = BPF_CORE_READ(t, files, fdt);
-	struct file **fds;
-	struct file *f = 0;
-
-	if (!fdt || fd >= BPF_CORE_READ(fdt, max_fds))
-		return 0;
-	fds = BPF_CORE_READ(fdt, fd);
-	if (bpf_probe_read_kernel(&f, sizeof(f), &fds[fd]) || !f)
-		return 0;
-	if ((BPF_CORE_READ(f, f_inode, i_mode) & S_IFMT) != S_IFSOCK)
-		return 0;
-	struct socket *so = BPF_CORE_READ(f, private_data);
-	return so ? BPF_CORE_READ(so, sk) : 0;
 }
 
 SEC("tracepoint/syscalls/sys_enter_connect")
@@ -492,7 +532,22 @@ static __always_inline int save_dest(void *uaddr)
 SEC("tracepoint/syscalls/sys_enter_sendto")
 int on_sendto(struct syscall_enter_ctx *ctx)
 {
+	mark_sending((__u32)ctx->args[0]);
 	return save_dest((void *)ctx->args[4]);
+}
+
+SEC("tracepoint/syscalls/sys_exit_sendto")
+int on_sendto_exit(struct syscall_exit_ctx *ctx)
+{
+	unmark_sending();
+	return 0;
+}
+
+SEC("tracepoint/syscalls/sys_exit_sendmsg")
+int on_sendmsg_exit(struct syscall_exit_ctx *ctx)
+{
+	unmark_sending();
+	return 0;
 }
 
 SEC("tracepoint/syscalls/sys_enter_sendmsg")
@@ -500,6 +555,7 @@ int on_sendmsg(struct syscall_enter_ctx *ctx)
 {
 	struct user_msghdr_min m = {};
 
+	mark_sending((__u32)ctx->args[0]);
 	if (bpf_probe_read_user(&m, sizeof(m), (void *)ctx->args[1]) != 0)
 		m.msg_name = 0;
 	return save_dest(m.msg_name);
@@ -508,15 +564,23 @@ int on_sendmsg(struct syscall_enter_ctx *ctx)
 SEC("raw_tracepoint/sched_process_exec")
 int on_exec(struct bpf_raw_tracepoint_args *ctx)
 {
+	/* Filled in place in the map's own slot for this tgid: a per-CPU scratch
+	 * buffer is shared with any task that preempts this one on the CPU
+	 * (PREEMPT kernels) and once carried another exec's argv. The start
+	 * time goes in last: until then the record matches no process. */
 	struct linux_binprm *bprm = (struct linux_binprm *)ctx->args[2];
 	struct task_struct *task = (struct task_struct *)bpf_get_current_task();
 	__u32 zero = 0;
-	struct exec_val *v = bpf_map_lookup_elem(&exec_scratch, &zero);
-	if (!v)
-		return 0;
+	struct exec_val *blank = bpf_map_lookup_elem(&exec_blank, &zero);
 	__u64 id = bpf_get_current_pid_tgid();
 	__u32 tgid = id >> 32;
-	v->start_ns = BPF_CORE_READ(task, group_leader, start_boottime);
+	struct exec_val *v;
+
+	if (!blank || bpf_map_update_elem(&execs, &tgid, blank, BPF_ANY))
+		return 0;
+	v = bpf_map_lookup_elem(&execs, &tgid);
+	if (!v)
+		return 0;
 	v->pid = (__u32)id;
 	bpf_get_current_comm(v->comm, sizeof(v->comm));
 	const char *fn = BPF_CORE_READ(bprm, filename);
@@ -530,7 +594,7 @@ int on_exec(struct bpf_raw_tracepoint_args *ctx)
 	v->args_len = len;
 	if (bpf_probe_read_user(v->args, len, (void *)start) != 0)
 		v->args_len = 0;
-	bpf_map_update_elem(&execs, &tgid, v, BPF_ANY);
+	v->start_ns = BPF_CORE_READ(task, group_leader, start_boottime);
 	return 0;
 }
 

@@ -22,6 +22,21 @@ struct flow_key {
 	__u8 raddr[16];
 };
 
+/* The owner before the last change of owner: a port reused by another process
+ * while the daemon has not yet handled the first owner's packets (it reads
+ * them up to seconds later under load) leaves them their record. */
+struct flow_prev {
+	__u32 tgid;
+	__u32 pid;
+	__u64 start_ns;
+	__u64 first_ns;
+	__u64 last_ns;
+	__u32 ppid;
+	__u32 pad;
+	__u64 pstart_ns;
+	char comm[16];
+};
+
 struct flow_val {
 	__u32 tgid;
 	__u32 pid;
@@ -35,6 +50,7 @@ struct flow_val {
 	__u32 ppid;             /* the parent at send time, so a process the daemon */
 	__u32 pad;              /* has not heard of yet is tied through its parent */
 	__u64 pstart_ns;
+	struct flow_prev prev;  /* zero when the address had no owner before */
 };
 
 struct {

@@ -33,6 +33,7 @@ from egresswatch.ebpf.records import (
     pack_ip,
     parse_exec,
     parse_flow,
+    parse_prev,
     parse_volume,
 )
 
@@ -101,8 +102,8 @@ class KernelFlows:
         self._watched = obj.map_fd("watched")
         self._offset, self._offset_at = boot_offset(), time.monotonic()
         # every key exists from the start: the status file reads them from another thread
-        self.counters: Counter[str] = Counter(dict.fromkeys(("hits", "misses", "later_socket", "udp_events",
-                                                            "watch_failed"), 0))  # fmt: skip
+        self.counters: Counter[str] = Counter(dict.fromkeys(("hits", "misses", "later_socket", "previous_owner",
+                                                            "udp_events", "watch_failed"), 0))  # fmt: skip
         self._ring: libbpf.RingBuffer | None = None
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
@@ -193,8 +194,12 @@ class KernelFlows:
                 continue
             rec = parse_flow(key, val)
             if at is not None and self.epoch(rec.first_ns) > at + slack:
-                self.counters["later_socket"] += 1
-                continue  # a later socket on the port
+                self.counters["later_socket"] += 1  # a later socket on the port: its owner before?
+                prev = parse_prev(key, val)
+                if prev is None or self.epoch(prev.first_ns) > at + slack:
+                    continue
+                self.counters["previous_owner"] += 1
+                rec = prev
             if best is None or rec.last_ns > best.last_ns:
                 best = rec
         self.counters["hits" if best is not None else "misses"] += 1

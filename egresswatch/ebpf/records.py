@@ -14,7 +14,9 @@ from egresswatch.host import CLK_TCK, boot_time
 
 FLOW_KEY = struct.Struct("<BBHHH16s16s")  # proto, pad, lport, rport, pad, laddr, raddr
 # tgid, pid, start_ns, first_ns, last_ns, bytes, netns, sends, comm, ppid, pad, parent's start_ns
-FLOW_VAL = struct.Struct("<IIQQQQII16sIIQ")
+FLOW_VAL = struct.Struct("<IIQQQQII16sIIQIIQQQIIQ16s")  # flowmap.bpf.h flow_val, its prev at the end
+_PREV = struct.Struct("<IIQQQIIQ16s")
+_PREV_AT = struct.calcsize("<IIQQQQII16sIIQ")
 VOL_VAL = struct.Struct("<QQQQII")  # bytes, first_ns, last_ns, end_ns, sends, pad (volume.bpf.h)
 EXEC_VAL = struct.Struct("<QII16s256s512s")  # start_ns, pid, args_len, comm, filename, args
 PROTOS = {"tcp": 6, "udp": 17}
@@ -84,7 +86,9 @@ class FlowOwner:
 
 def parse_flow(key: bytes, val: bytes) -> FlowOwner:
     proto, _p, lport, rport, _p2, laddr, raddr = FLOW_KEY.unpack_from(key)
-    tgid, pid, start, first, last, nbytes, netns, sends, comm, ppid, _p3, pstart = FLOW_VAL.unpack_from(val)
+    tgid, pid, start, first, last, nbytes, netns, sends, comm, ppid, _p3, pstart, *_prev = (
+        FLOW_VAL.unpack_from(val)
+    )
     return FlowOwner(
         PROTO_NAMES.get(proto, str(proto)),
         (unpack_ip(laddr), lport),
@@ -102,6 +106,18 @@ def parse_flow(key: bytes, val: bytes) -> FlowOwner:
         ppid,
         create_time(pstart),
     )
+
+
+def parse_prev(key: bytes, val: bytes) -> FlowOwner | None:
+    """The address's owner before its current one (flowmap.bpf.h), or None."""
+    proto, _p, lport, rport, _p2, laddr, raddr = FLOW_KEY.unpack_from(key)
+    netns = FLOW_VAL.unpack_from(val)[6]
+    tgid, pid, start, first, last, ppid, _p3, pstart, comm = _PREV.unpack_from(val, _PREV_AT)
+    if not tgid:
+        return None
+    return FlowOwner(PROTO_NAMES.get(proto, str(proto)), (unpack_ip(laddr), lport), (unpack_ip(raddr), rport),
+                     tgid, pid, create_time(start), start, first, last, 0, netns, 0, _text(comm), ppid,
+                     create_time(pstart))  # fmt: skip
 
 
 @dataclass(frozen=True, slots=True)

@@ -110,6 +110,7 @@ int on_sendmmsg(struct syscall_enter_ctx *ctx)
 	__u32 tid = (__u32)bpf_get_current_pid_tgid();
 	struct mmsg_ctx m = {};
 
+	mark_sending((__u32)ctx->args[0]);
 	m.vec = ctx->args[1];
 	m.vlen = ctx->args[2];
 	bpf_map_update_elem(&send_mmsg, &tid, &m, BPF_ANY);
@@ -123,6 +124,7 @@ int on_sendmmsg_exit(struct syscall_exit_ctx *ctx)
 	__u32 tid = (__u32)bpf_get_current_pid_tgid();
 
 	bpf_map_delete_elem(&send_mmsg, &tid);
+	unmark_sending();
 	return 0;
 }
 
