@@ -280,3 +280,24 @@ def test_a_query_is_not_given_to_a_later_datagram_from_its_port(kernel: KernelFl
         for p in (first, second):
             p.stdin.close()  # type: ignore[union-attr]
             p.wait()
+
+
+def test_a_record_reused_by_its_own_process_keeps_its_first_time(kernel: KernelFlows) -> None:
+    """Two sockets of one process on the same port, 0.3 s apart: one record,
+    first_ns the first socket's, last_ns the second's (so a udp_flow event of the
+    second socket's first datagram takes last_ns: egresswatch.attribute.kernel)."""
+    times = []
+    for dport in (9, 10):
+        u = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+        u.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        u.bind(("127.0.0.1", times[0][0] if times else 0))
+        times.append((u.getsockname()[1], time.time()))
+        u.sendto(b"x", ("127.0.0.1", dport))
+        u.close()
+        deadline = time.time() + 0.3
+        while dport == 9 and time.time() < deadline:
+            time.sleep(0.01)
+    rec = kernel.owner("udp", ("127.0.0.1", times[0][0]), ("127.0.0.1", 10))
+    assert rec is not None and rec.tgid == os.getpid()
+    assert abs(kernel.epoch(rec.first_ns) - times[0][1]) < 0.1
+    assert abs(kernel.epoch(rec.last_ns) - times[1][1]) < 0.1

@@ -154,7 +154,9 @@ class KernelAttributor:
         src = rec.local[0]
         if src == "::" and "." in rec.remote[0]:
             src = "0.0.0.0"
-        ts = self.kernel.epoch(rec.first_ns)
+        # this datagram's time: the record was updated by this send. first_ns is the
+        # first send on the address by this process, maybe from an earlier socket
+        ts = self.kernel.epoch(rec.last_ns)
         return Observation(ts=ts, frame=0, kind=UDP_FLOW, proto="udp", src=src, sport=rec.local[1],
                            dst=rec.remote[0], dport=rec.remote[1])  # fmt: skip
 

@@ -32,8 +32,8 @@ LANE_BLOCK = 16 << 10
 SAME_TS = 0.002
 #: a main-ring copy waits this long (frame time) for its lane copy, which comes first
 MAIN_WAIT = 0.5
-#: a lane copy waits this long for its main-ring copy (the main ring may be seconds behind)
-LANE_WAIT = 30.0
+#: a lane copy waits this long for its main-ring copy (a full 64 MiB main ring is ~30 s behind)
+LANE_WAIT = 120.0
 MAX_WAITING = 1 << 17
 
 
