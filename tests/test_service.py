@@ -162,3 +162,19 @@ def test_log_messages_are_escaped() -> None:
         "egresswatch.x", logging.WARNING, __file__, 1, "discovery: %s", ("/p\x1b[2J\nINFO forged",), None
     )
     assert fmt.format(record) == "WARNING egresswatch.x: discovery: /p\\x1b[2J\\x0aINFO forged"
+
+
+def test_health_says_whether_the_watched_lane_kept_mcp_frames() -> None:
+    from egresswatch.service.health import Health
+
+    without, kept, lost = Health(window=60), Health(window=60), Health(window=60)
+    base = {"kernel_packets": 0, "kernel_drops": 0}
+    flood = {"kernel_packets": 10_000, "kernel_drops": 8_500}
+    assert without.check(0.0, base, None) == kept.check(0.0, {**base, "lane_drops": 0}, None) == []
+    lost.check(0.0, {**base, "lane_drops": 0}, None)
+    (no_lane,) = without.check(1.0, flood, None)
+    (lane_ok,) = kept.check(1.0, {**flood, "lane_drops": 0}, None)
+    (lane_lost,) = lost.check(1.0, {**flood, "lane_drops": 3}, None)
+    assert "MCP servers' events may be among them" in no_lane
+    assert "came through the watched lane, which dropped none" in lane_ok
+    assert "the watched lane dropped 3 too: MCP servers' events are among them" in lane_lost

@@ -279,7 +279,6 @@ class LiveSource:
         out = self.kernel_filter.info() if self.kernel_filter is not None else {}
         if self.watched is not None:
             lane = self.watched
-            lane.kernel_stats()
             out["watched_lane"] = {**lane.filter_info(), "kernel_drops": lane.counters["kernel_drops"]}
         return out
 
@@ -290,6 +289,8 @@ class LiveSource:
             return (0, 0)
         raw = self._sock.getsockopt(SOL_PACKET, PACKET_STATISTICS, 8)
         packets, drops = struct.unpack("II", raw)
+        if self.watched is not None:
+            self.watched.kernel_stats()
         self.counters["kernel_packets"] += packets
         self.counters["kernel_drops"] += drops
         return packets, drops

@@ -44,7 +44,7 @@ class Health:
 
     def check(self, now: float, counters: Mapping[str, int], store_problem: str | None) -> list[str]:
         """Problems now (``now`` is a monotonic time), given the cumulative counters."""
-        keys = ("kernel_packets", "kernel_drops", *LOSSES)
+        keys = ("kernel_packets", "kernel_drops", "lane_drops", *LOSSES)
         sample = {k: int(counters.get(k, 0)) for k in keys}
         self._samples.append((now, sample))
         while len(self._samples) > 1 and self._samples[1][0] <= now - self.window:
@@ -54,10 +54,17 @@ class Health:
         problems: dict[str, str] = {}
         drops, packets = delta["kernel_drops"], delta["kernel_packets"]
         if drops >= DROP_MIN and drops > DROP_RATIO * max(packets, 1):
+            if "lane_drops" not in counters:
+                whose = "MCP servers' events may be among them"
+            elif delta["lane_drops"]:
+                whose = (
+                    f"the watched lane dropped {delta['lane_drops']} too: MCP servers' events are among them"
+                )
+            else:
+                whose = "MCP trees' frames came through the watched lane, which dropped none"
             problems["kernel_drops"] = (
                 f"the kernel dropped {drops} of {packets} packets in the last {self.window:g}s"
-                " (capture cannot keep up; MCP servers' events may be among them;"
-                " for bursts raise daemon.capture_buffer_mb)"
+                f" (capture cannot keep up; {whose}; for bursts raise daemon.capture_buffer_mb)"
             )
         if store_problem:
             problems["store"] = store_problem

@@ -37,6 +37,7 @@ def gather_counters(source: Any, pipeline: Any, store: Any, alerter: Any, jsonl:
     """The status file's ``counters``: capture, decoder, pipeline, store,
     alerter and export counters under their documented names (docs/daemon.md)."""
     source.kernel_stats()
+    lane = {} if source.watched is None else {"lane_drops": source.watched.counters["kernel_drops"]}
     pc = pipeline.counters
     dc = pipeline.decoder.counters
     return {
@@ -51,6 +52,7 @@ def gather_counters(source: Any, pipeline: Any, store: Any, alerter: Any, jsonl:
         "shed_unwatched_dns": pc["shed_unwatched_dns"],
         "fast_lane": source.counters["fast_lane"],
         "watched_lane": source.counters["watched_lane"],
+        **lane,
         "lane_copies": source.counters["lane_copies"],
         "alerts_sent": alerter.counters["alerts_sent"],
         "alerts_failed": alerter.counters["alerts_failed"],
