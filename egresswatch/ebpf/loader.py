@@ -13,6 +13,7 @@ from __future__ import annotations
 import ctypes
 import logging
 import os
+import struct
 import threading
 import time
 from collections import Counter
@@ -25,6 +26,7 @@ from egresswatch.ebpf.records import (
     EXEC_VAL,
     FLOW_KEY,
     FLOW_VAL,
+    PREV_AT,
     VOL_VAL,
     ExecRecord,
     FlowOwner,
@@ -69,6 +71,9 @@ def _pins() -> dict[str, str]:
         return PINS
     return {}
 
+
+_TIMES = struct.Struct("<QQ")  # first_ns, last_ns at offset 16 of a flow value
+_PREV_TIMES = struct.Struct("<I4x8xQQ")  # the previous owner's tgid, (pid, start_ns,) first_ns, last_ns
 
 #: the epoch <-> boot-time offset is measured again this often (NTP slews and steps the wall clock)
 OFFSET_REFRESH = 5.0
@@ -186,24 +191,26 @@ class KernelFlows:
             lip, rip = pack_ip(local[0]), pack_ip(remote[0])
         except ValueError:
             return None
-        best: FlowOwner | None = None
+        best: tuple[int, bytes, bytes, bool] | None = None  # last_ns, key, value, the previous owner's
         for la, ra, rp in ((lip, rip, remote[1]), (lip, ANY, 0), (ANY, rip, remote[1]), (ANY, ANY, 0)):
             key = flow_key(proto, la, local[1], ra, rp)
             val = libbpf.lookup(self._flows, key, FLOW_VAL.size)
             if val is None:
                 continue
-            rec = parse_flow(key, val)
-            if at is not None and self.epoch(rec.first_ns) > at + slack:
+            first, last = _TIMES.unpack_from(val, 16)
+            prev = False
+            if at is not None and self.epoch(first) > at + slack:
                 self.counters["later_socket"] += 1  # a later socket on the port: its owner before?
-                prev = parse_prev(key, val)
-                if prev is None or self.epoch(prev.first_ns) > at + slack:
+                tgid, first, last = _PREV_TIMES.unpack_from(val, PREV_AT)
+                if not tgid or self.epoch(first) > at + slack:
                     continue
                 self.counters["previous_owner"] += 1
-                rec = prev
-            if best is None or rec.last_ns > best.last_ns:
-                best = rec
-        self.counters["hits" if best is not None else "misses"] += 1
-        return best
+                prev = True
+            if best is None or last > best[0]:
+                best = (last, key, val, prev)
+        rec = None if best is None else (parse_prev if best[3] else parse_flow)(best[1], best[2])
+        self.counters["hits" if rec is not None else "misses"] += 1
+        return rec
 
     def volume(self, proto: str, local: tuple[str, int], remote: tuple[str, int]) -> FlowVolume | None:
         """Bytes sent so far on the flow from ``local`` to ``remote`` (a wildcard

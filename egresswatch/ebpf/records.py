@@ -9,6 +9,7 @@ from __future__ import annotations
 import ipaddress
 import struct
 from dataclasses import dataclass
+from functools import lru_cache
 
 from egresswatch.host import CLK_TCK, boot_time
 
@@ -16,7 +17,7 @@ FLOW_KEY = struct.Struct("<BBHHH16s16s")  # proto, pad, lport, rport, pad, laddr
 # tgid, pid, start_ns, first_ns, last_ns, bytes, netns, sends, comm, ppid, pad, parent's start_ns
 FLOW_VAL = struct.Struct("<IIQQQQII16sIIQIIQQQIIQ16s")  # flowmap.bpf.h flow_val, its prev at the end
 _PREV = struct.Struct("<IIQQQIIQ16s")
-_PREV_AT = struct.calcsize("<IIQQQQII16sIIQ")
+PREV_AT = struct.calcsize("<IIQQQQII16sIIQ")
 VOL_VAL = struct.Struct("<QQQQII")  # bytes, first_ns, last_ns, end_ns, sends, pad (volume.bpf.h)
 EXEC_VAL = struct.Struct("<QII16s256s512s")  # start_ns, pid, args_len, comm, filename, args
 PROTOS = {"tcp": 6, "udp": 17}
@@ -24,6 +25,7 @@ PROTO_NAMES = {v: k for k, v in PROTOS.items()}
 ANY = bytes(16)
 
 
+@lru_cache(maxsize=8192)  # a flood's few addresses: ipaddress parsing costs ~2 us a call
 def pack_ip(ip: str) -> bytes:
     addr = ipaddress.ip_address(ip.split("%")[0])
     if isinstance(addr, ipaddress.IPv4Address):
@@ -33,6 +35,7 @@ def pack_ip(ip: str) -> bytes:
     return addr.packed
 
 
+@lru_cache(maxsize=8192)
 def unpack_ip(raw: bytes) -> str:
     addr = ipaddress.IPv6Address(raw)
     return str(addr.ipv4_mapped) if addr.ipv4_mapped is not None else str(addr)
@@ -112,7 +115,7 @@ def parse_prev(key: bytes, val: bytes) -> FlowOwner | None:
     """The address's owner before its current one (flowmap.bpf.h), or None."""
     proto, _p, lport, rport, _p2, laddr, raddr = FLOW_KEY.unpack_from(key)
     netns = FLOW_VAL.unpack_from(val)[6]
-    tgid, pid, start, first, last, ppid, _p3, pstart, comm = _PREV.unpack_from(val, _PREV_AT)
+    tgid, pid, start, first, last, ppid, _p3, pstart, comm = _PREV.unpack_from(val, PREV_AT)
     if not tgid:
         return None
     return FlowOwner(PROTO_NAMES.get(proto, str(proto)), (unpack_ip(laddr), lport), (unpack_ip(raddr), rport),
