@@ -11,6 +11,7 @@ import sys
 import threading
 import time
 from collections.abc import Iterator
+from dataclasses import replace
 from pathlib import Path
 
 import psutil
@@ -301,3 +302,37 @@ def test_a_record_reused_by_its_own_process_keeps_its_first_time(kernel: KernelF
     assert rec is not None and rec.tgid == os.getpid()
     assert abs(kernel.epoch(rec.first_ns) - times[0][1]) < 0.1
     assert abs(kernel.epoch(rec.last_ns) - times[1][1]) < 0.1
+
+
+def test_behind_a_flood_only_watched_processes_get_their_ancestry(kernel: KernelFlows) -> None:
+    """While the pipeline is behind (hurry), a process outside the MCP trees (not
+    in the kernel's watched map) is named from its record alone; a watched one
+    still goes through the tracker."""
+    from egresswatch.attribute.attributor import LiveAttributor
+    from egresswatch.attribute.kernel import KernelAttributor
+    from egresswatch.attribute.lineage import LineageTracker
+    from egresswatch.model import DNS_QUERY, Frame, Observation
+
+    u = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    u.connect(("127.0.0.1", 53))
+    u.send(b"q" * 20)
+    port = u.getsockname()[1]
+    u.close()
+    live = LiveAttributor(LineageTracker([]))
+    live.hurry = lambda _frame: True
+    kern = KernelAttributor(kernel, live)
+    now = time.time()
+    obs = Observation(ts=now, frame=1, kind=DNS_QUERY, proto="udp", src="127.0.0.1", sport=port,
+                      dst="127.0.0.1", dport=53, qname="x.test", qtype=1, dns_id=1)  # fmt: skip
+    attr = kern.attribute(obs, Frame(ts=now, data=b"", linktype=1))
+    assert attr.process is not None and attr.process.key == me() and attr.server is None
+    assert kern.counters["kernel_hurried"] == 1 and kern.counters["kernel"] == 0
+    assert not kernel.is_watched(os.getpid())
+    kernel.watch([os.getpid()])
+    try:
+        assert kernel.is_watched(os.getpid())
+        attr = kern.attribute(replace(obs, dns_id=2), Frame(ts=now, data=b"", linktype=1))
+        assert attr.process is not None and attr.process.key == me()
+        assert kern.counters["kernel_hurried"] == 1 and kern.counters["kernel"] == 1
+    finally:
+        assert kernel.unwatch(os.getpid())

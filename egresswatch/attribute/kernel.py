@@ -42,6 +42,8 @@ class FlowTable(Protocol):
 
     def epoch(self, boot_ns: int) -> float: ...
 
+    def is_watched(self, tgid: int) -> bool: ...
+
 
 #: a record first seen this long after the packet belongs to a later socket on the
 #: port. A TCP socket is filed when connect(2) returns or its state leaves SYN_SENT:
@@ -100,6 +102,11 @@ class KernelAttributor:
         rec = self.kernel.owner(obs.proto, local, remote, frame.ts, slack)
         if rec is None and obs.outbound:
             rec = self._settle(obs.proto, local, remote, frame.ts, slack)
+        if rec is not None and self._hurried(frame) and not self.kernel.is_watched(rec.tgid):
+            # behind a flood: a process outside the MCP trees (the kernel's watched map)
+            # gets its pid and name from the record, not its ancestry from the tracker
+            self.counters["kernel_hurried"] += 1
+            return attribution(ProcessInfo(rec.tgid, rec.create_time, rec.ppid, rec.comm), (), None, "kernel")
         if rec is not None:
             info, chain, lin = self.identify(rec)
             if info is not None:
@@ -109,6 +116,10 @@ class KernelAttributor:
             self.counters["kernel_unknown_process"] += 1
         self.counters["fallback"] += 1
         return self.live.attribute(obs, frame)
+
+    def _hurried(self, frame: Frame) -> bool:
+        hurry = self.live.hurry
+        return hurry is not None and hurry(frame)
 
     def _settle(
         self, proto: str, local: tuple[str, int], remote: tuple[str, int], ts: float, slack: float

@@ -59,6 +59,7 @@ def _declare(h: ctypes.CDLL) -> None:
         "bpf_program__fd": (i, [p]),
         "bpf_map_lookup_elem": (i, [i, p, p]),
         "bpf_map_update_elem": (i, [i, p, p, ctypes.c_uint64]),
+        "bpf_map_delete_elem": (i, [i, p]),
         "bpf_map_get_next_key": (i, [i, p, p]),
         "ring_buffer__new": (p, [i, _RB_CB, p, p]),
         "ring_buffer__poll": (i, [p, i]),
@@ -174,6 +175,11 @@ def update(fd: int, key: bytes, value: bytes) -> None:
     rc = lib().bpf_map_update_elem(fd, key, value, 0)
     if rc != 0:
         raise _fail("map update", rc)
+
+
+def delete(fd: int, key: bytes) -> bool:
+    """Remove ``key`` from map ``fd``; False when it was not there."""
+    return lib().bpf_map_delete_elem(fd, key) == 0
 
 
 def keys(fd: int, key_size: int, limit: int = 1 << 20) -> list[bytes]:

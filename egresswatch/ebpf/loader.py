@@ -170,6 +170,14 @@ class KernelFlows:
                 self.counters["watch_failed"] += 1
         return n
 
+    def unwatch(self, tgid: int) -> bool:
+        """Unmark a thread group (tests; the kernel unmarks exited ones itself)."""
+        return libbpf.delete(self._watched, tgid.to_bytes(4, "little"))
+
+    def is_watched(self, tgid: int) -> bool:
+        """Whether a thread group is marked as an MCP tree's (one map lookup)."""
+        return libbpf.lookup(self._watched, tgid.to_bytes(4, "little"), 1) is not None
+
     def watched(self) -> set[int]:
         """The thread groups marked now (tests, status)."""
         return {int.from_bytes(k, "little") for k in libbpf.keys(self._watched, 4)}
