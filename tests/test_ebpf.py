@@ -324,14 +324,14 @@ def test_behind_a_flood_only_watched_processes_get_their_ancestry(kernel: Kernel
     now = time.time()
     obs = Observation(ts=now, frame=1, kind=DNS_QUERY, proto="udp", src="127.0.0.1", sport=port,
                       dst="127.0.0.1", dport=53, qname="x.test", qtype=1, dns_id=1)  # fmt: skip
-    attr = kern.attribute(obs, Frame(ts=now, data=b"", linktype=1))
+    attr = kern.attribute(obs, Frame(ts=now, data=b"x", linktype=1))
     assert attr.process is not None and attr.process.key == me() and attr.server is None
     assert kern.counters["kernel_hurried"] == 1 and kern.counters["kernel"] == 0
     assert not kernel.is_watched(os.getpid())
     kernel.watch([os.getpid()])
     try:
         assert kernel.is_watched(os.getpid())
-        attr = kern.attribute(replace(obs, dns_id=2), Frame(ts=now, data=b"", linktype=1))
+        attr = kern.attribute(replace(obs, dns_id=2), Frame(ts=now, data=b"x", linktype=1))
         assert attr.process is not None and attr.process.key == me()
         assert kern.counters["kernel_hurried"] == 1 and kern.counters["kernel"] == 1
     finally:

@@ -102,9 +102,10 @@ class KernelAttributor:
         rec = self.kernel.owner(obs.proto, local, remote, frame.ts, slack)
         if rec is None and obs.outbound:
             rec = self._settle(obs.proto, local, remote, frame.ts, slack)
-        if rec is not None and self._hurried(frame) and not self.kernel.is_watched(rec.tgid):
-            # behind a flood: a process outside the MCP trees (the kernel's watched map)
-            # gets its pid and name from the record, not its ancestry from the tracker
+        if rec is not None and self._hurried(frame) and not self._maybe_watched(rec):
+            # behind a flood: a process outside the MCP trees (neither in the kernel's
+            # watched map nor, with its parent, in the tracker's trees) gets its pid
+            # and name from the record, not its ancestry from the tracker
             self.counters["kernel_hurried"] += 1
             return attribution(ProcessInfo(rec.tgid, rec.create_time, rec.ppid, rec.comm), (), None, "kernel")
         if rec is not None:
@@ -118,8 +119,15 @@ class KernelAttributor:
         return self.live.attribute(obs, frame)
 
     def _hurried(self, frame: Frame) -> bool:
+        """Behind the capture; never for an observation that came from no packet
+        (a udp_flow record waits for the capture on purpose)."""
         hurry = self.live.hurry
-        return hurry is not None and hurry(frame)
+        return hurry is not None and bool(frame.data) and hurry(frame)
+
+    def _maybe_watched(self, rec: FlowOwner) -> bool:
+        if self.kernel.is_watched(rec.tgid):
+            return True
+        return self.lineage.in_tree(rec.key, (rec.ppid, rec.parent_create_time))
 
     def _settle(
         self, proto: str, local: tuple[str, int], remote: tuple[str, int], ts: float, slack: float

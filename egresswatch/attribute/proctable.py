@@ -77,6 +77,12 @@ class ProcessTable:
                 return None, (), None
             return rec.info, tuple(self.chain(rec, include_self=False)), rec.lineage
 
+    def in_tree(self, *keys: ProcKey) -> bool:
+        """Whether any of these identities is a known process of an MCP tree
+        (no ancestry built: the hurried attribution's test)."""
+        with self.lock:
+            return any((rec := self.get(key)) is not None and rec.lineage is not None for key in keys)
+
     def pids_seen_since(self, since: float) -> list[int]:
         """Live pids first seen at or after ``since`` (time.monotonic()), newest first."""
         with self.lock:

@@ -181,6 +181,7 @@ class LiveSource:
         watch = [fd] if wake_fd is None else [fd, wake_fd]
         if self.watched is not None:
             watch.append(self.watched.fileno())
+            self.watched.priority = self.priority
         deadline = time.monotonic() + timeout
         while True:
             remaining = deadline - time.monotonic()
@@ -201,7 +202,7 @@ class LiveSource:
                 if self.watched is not None:
                     yield from self._built(self.watched.raw(), 1)
                 if self.priority is not None:
-                    yield from self._fast_lane(ring)
+                    yield from self._built(self._fast_lane(ring))
                 cur = ring.cur
                 self._scanned.discard(cur)
                 for data, length, ts, ifindex, hatype in ring.block(self._ahead.pop(cur, None)):
@@ -211,7 +212,7 @@ class LiveSource:
                 if time.monotonic() >= deadline:
                     return
 
-    def _fast_lane(self, ring: Ring) -> Iterator[Frame]:
+    def _fast_lane(self, ring: Ring) -> Iterator[tuple[bytes, int, float, str, int]]:
         """Frames of the blocks queued behind the current one that ``priority``
         picks, handed over first (each block is scanned once)."""
         assert self.priority is not None
@@ -224,13 +225,10 @@ class LiveSource:
             self._scanned.add(idx)
             for pos, data, length, ts, ifindex, hatype in ring.frames_at(idx):
                 linktype = linktype_for(hatype)
-                if linktype is None or not self.priority(linktype, data):
-                    continue
-                self._ahead.setdefault(idx, set()).add(pos)
-                frame = self._make_frame(data, length, ts, self._ifnames.name(ifindex), hatype)
-                if frame is not None:
+                if linktype is not None and self.priority(linktype, data):
+                    self._ahead.setdefault(idx, set()).add(pos)
                     self.counters["fast_lane"] += 1
-                    yield frame
+                    yield data, length, ts, self._ifnames.name(ifindex), hatype
 
     def _built(self, raws: Iterator[tuple[bytes, int, float, str, int]], lane: int = 0) -> Iterator[Frame]:
         for data, n, ts, ifname, hatype in raws:
@@ -244,8 +242,12 @@ class LiveSource:
             assert self._sock is not None
             yield from recv_frames(self._sock, self._buf, BATCH, self.counters)
             return
-        while self._ring.ready():
-            for data, n, ts, ifindex, hatype in self._ring.block():
+        ring = self._ring
+        while ring.ready():  # the fast lane here too: the watched lane's own flood
+            if self.priority is not None:
+                yield from self._fast_lane(ring)
+            self._scanned.discard(ring.cur)
+            for data, n, ts, ifindex, hatype in ring.block(self._ahead.pop(ring.cur, None)):
                 yield data, n, ts, self._ifnames.name(ifindex), hatype
 
     def _make_frame(

@@ -50,7 +50,8 @@ def gather_counters(source: Any, pipeline: Any, store: Any, alerter: Any, jsonl:
         + pc["decode_errors"],
         "flagged": pc["verdict_flagged"],
         "shed_unwatched_dns": pc["shed_unwatched_dns"],
-        "fast_lane": source.counters["fast_lane"],
+        "fast_lane": source.counters["fast_lane"]
+        + (source.watched.counters["fast_lane"] if source.watched else 0),
         "watched_lane": source.counters["watched_lane"],
         **lane,
         "lane_copies": source.counters["lane_copies"],
