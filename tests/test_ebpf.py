@@ -147,9 +147,12 @@ def test_exec_record_is_what_the_kernel_ran(kernel: KernelFlows) -> None:
         [sys.executable, "-c", "import sys; sys.stdin.read()", "marker-arg"], stdin=subprocess.PIPE
     )
     try:
-        rec = wait_for(lambda: kernel.exec_record(p.pid), 5, "exec record")
+        # Popen returns once exec closed its pipe, a moment before the exec tracepoint:
+        # until then the pid's record may be an earlier process's (told by its start time)
+        created = psutil.Process(p.pid).create_time()
+        rec = wait_for(lambda: (r := kernel.exec_record(p.pid)) is not None and r.create_time == created and r,
+                       5, "this process's exec record")  # fmt: skip
         assert rec.argv == (sys.executable, "-c", "import sys; sys.stdin.read()", "marker-arg")
-        assert rec.create_time == psutil.Process(p.pid).create_time()
         assert rec.filename == sys.executable and not rec.truncated
     finally:
         p.communicate(b"")
