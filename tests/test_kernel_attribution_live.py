@@ -237,9 +237,11 @@ def test_every_packet_of_a_long_lived_server_is_attributed(lab: Lab, tmpdir700: 
     try:
         check_scenario(rows, srv, oth, server_pid, lab, d.alerts.messages)
     except AssertionError as exc:
-        attr = json.loads(d.status_file.read_text()).get("attribution", {})
+        st = json.loads(d.status_file.read_text())
+        attr, counters = st.get("attribution", {}), st.get("counters", {})
+        capture = {k: counters.get(k) for k in ("kernel_drops", "lane_drops", "captured", "lane_copies")}
         raise AssertionError(
-            f"{exc}\nattribution counters: {attr.get('counters')} {attr.get('map_counters')}"
+            f"{exc}\nattribution counters: {attr.get('counters')} {attr.get('map_counters')}\ncapture: {capture}"
         ) from None
 
 
@@ -280,7 +282,13 @@ def check_scenario(rows: list[dict[str, Any]], srv: list[dict[str, Any]], oth: l
                 by_name.get(x["name"], []), x["pid"] if x["pid"] != server_pid else server_pid, "getaddrinfo"
             )
         if x["what"] in ("resolved_tls", "bare_tls"):
-            expect(near(by_sport.get(("tcp", x["sport"], x["dst"]), []), x), x["pid"], x["what"] + " by port")
+            on_port = by_sport.get(("tcp", x["sport"], x["dst"]), [])
+            if not near(on_port, x):  # say what the port has, at any time
+                seen = [(r["kind"], round(r["ts"] - x["t"], 3), r["server"], r["pid"]) for r in on_port]
+                bad.append(
+                    f"{x['what']} from port {x['sport']} at {x['t']:.3f}: no event near it; on the port: {seen}"
+                )
+            expect(near(on_port, x), x["pid"], x["what"] + " by port")
         if x["what"] == "bare_tls":
             reasons = {r["reason"] for r in near(by_sport.get(("tcp", x["sport"], x["dst"]), []), x)}
             if "direct_ip" not in reasons:
