@@ -41,9 +41,11 @@ def client_hello(
     ech: bool = False,
     sni_last: bool = False,
     alpn: tuple[str, ...] = ("h2", "http/1.1"),
+    padding: int | None = None,
 ) -> bytes:
     """A browser-like TLS 1.3 ClientHello handshake message. ``pq`` adds an
-    X25519MLKEM768 key share (1216 + 32 bytes) and padding to ~1.9 KB."""
+    X25519MLKEM768 key share (1216 + 32 bytes) and padding to ~1.9 KB;
+    ``padding`` sets the padding extension's size (pq or not)."""
     exts = [_ext(0x3A3A, b"")]  # GREASE
     sni_ext = b""
     if sni is not None:
@@ -66,8 +68,10 @@ def client_hello(
     if ech:
         payload = b"\x00\x00\x01\x00\x01\x7b\x00\x20" + bytes(range(32)) + struct.pack("!H", 144) + bytes(144)
         exts.append(_ext(0xFE0D, payload))
-    if pq:
-        exts.append(_ext(0x0015, bytes(420)))  # padding
+    if padding is None and pq:
+        padding = 420
+    if padding:
+        exts.append(_ext(0x0015, bytes(padding)))  # padding
     if sni_ext and sni_last:
         exts.append(sni_ext)
     block = b"".join(exts)

@@ -16,12 +16,16 @@ import struct
 from collections.abc import Iterator
 
 import pytest
+from hypothesis import given
+from hypothesis import strategies as st
 from scapy.layers.inet import ICMP, IP, TCP, UDP  # noqa: I001
 from scapy.layers.inet6 import IPv6, IPv6ExtHdrFragment
 from scapy.layers.l2 import ARP, Dot1AD, Dot1Q, Ether
 from scapy.packet import Packet, Raw
 
 from egresswatch.capture import bpf
+from egresswatch.capture.filters import EBPF
+from egresswatch.capture.gate import MAX_RECORD, follow
 from egresswatch.capture.live import HelloGate, LiveSource
 from tests.helpers.netlab import Lab, require_live, run, wait_for
 
@@ -63,6 +67,10 @@ def cases(incoming: bool = False) -> list[tuple[str, bool, Packet]]:
             (f"{v} tls appdata", False, ip / TCP(dport=443, flags="PA") / rnd(100, b"\x17\x03\x03")),
             (f"{v} tls alert", False, ip / TCP(dport=443, flags="PA") / rnd(31, b"\x15\x03\x03")),
             (f"{v} long psh", False, ip / TCP(dport=9999, flags="PA") / rnd(1400)),
+            # a client may write a hello's first byte, or its record header, alone; or its last byte
+            (f"{v} tls first byte alone", True, ip / TCP(dport=9999, flags="PA") / b"\x16"),
+            (f"{v} tls header alone", True, ip / TCP(dport=9999, flags="PA") / b"\x16\x03\x01\x07\xd0"),
+            (f"{v} one byte psh", not incoming, ip / TCP(dport=9999, flags="PA") / b"\x00"),
             (f"{v} ssh", False, ip / TCP(dport=22, flags="PA") / rnd(100)),
             (f"{v} dns over tcp", True, ip / TCP(dport=53, flags="A") / rnd(40)),
             (f"{v} icmp", False, ip / ICMP()) if v == "v4" else (f"{v} no next header", False, ip / Raw(b"")),
@@ -142,9 +150,11 @@ def lab() -> Iterator[Lab]:
 
 @pytest.mark.live
 @pytest.mark.parametrize("encap", ["plain", "vlan", "qinq"])
-def test_filter_on_ethernet(lab: Lab, encap: str) -> None:
+@pytest.mark.parametrize("ebpf", [True, False], ids=["ebpf", "classic"])
+def test_filter_on_ethernet(lab: Lab, encap: str, ebpf: bool) -> None:
     table = cases()
-    with LiveSource(interfaces=[lab.veth_host], dedupe_window=0, hello_gate=False) as src:
+    with LiveSource(interfaces=[lab.veth_host], dedupe_window=0, hello_gate=False, ebpf=ebpf) as src:
+        assert src.kernel_filter is not None and (src.kernel_filter.mode == EBPF) == ebpf, src.filter_info()
         tx = socket.socket(socket.AF_PACKET, socket.SOCK_RAW)
         tx.bind((lab.veth_host, 0))
         expected: dict[int, tuple[str, bool]] = {}
@@ -246,3 +256,44 @@ def test_hello_gate_expires_and_is_bounded() -> None:
         gate.admit(1, _seg(start, sport=port), 20.0)
     assert len(gate.pending) == 2 and gate.admit(1, _seg(rnd(100), sport=2), 20.1) is False  # evicted oldest
     assert gate.admit(1, _seg(rnd(100), sport=4), 20.1) is True
+
+
+def test_hello_gate_follows_a_hello_however_its_writes_cut_it() -> None:
+    """The writes an attacker chooses: the record's first byte alone, its header
+    cut, a full-size middle, a second record starting mid-segment; each later
+    segment keeps its flow another ``ttl`` (a slow drip is followed)."""
+    msg = b"\x01" + (1995).to_bytes(3, "big") + os.urandom(1995)
+    one = b"\x16\x03\x01" + struct.pack("!H", len(msg)) + msg
+    two = (
+        b"\x16\x03\x01\x00\x64" + msg[:100] + b"\x16\x03\x01" + struct.pack("!H", len(msg) - 100) + msg[100:]
+    )
+    for port, (record, cuts) in enumerate(
+        [(one, [1, 3, 1000]), (one, [5, 600, 2048]), (two, [50, 200, 1100]), (two, [50, 1450])], start=60000
+    ):
+        gate = HelloGate(ttl=5.0)
+        ends = [*cuts, len(record)]
+        for i, (a, b) in enumerate(zip([0, *cuts], ends, strict=True)):
+            assert gate.admit(1, _seg(record[a:b], sport=port), 100.0 + 4 * i), (port, a, b)
+        t, after = 100.0 + 4 * len(ends), 0
+        while gate.admit(1, _seg(rnd(1000), sport=port), t):  # the hello is over: bulk stays out ...
+            after += 1000
+        # ... at once, or, when the first write cut the record header (its length
+        # unknown there), once the largest record could have ended
+        assert after == 0 or (cuts[0] < 5 and after <= 5 + MAX_RECORD), (port, after)
+    # a hello record that its segment completes, then bulk: nothing kept
+    gate = HelloGate()
+    assert gate.admit(1, _seg(b"\x16\x03\x01\x00\x10\x01" + os.urandom(15)), 1.0)
+    assert gate.admit(1, _seg(rnd(100)), 1.1) is False
+    # not a ClientHello (a TLS 1.2 client key exchange): no state
+    gate.admit(1, _seg(b"\x16\x03\x03\x07\xd0\x10" + os.urandom(100), sport=7), 2.0)
+    assert gate.admit(1, _seg(rnd(100), sport=7), 2.1) is False
+
+
+@given(st.binary(min_size=1, max_size=64), st.integers(min_value=0, max_value=70000))
+def test_follow_stays_within_the_segment_and_the_largest_record(p: bytes, m: int) -> None:
+    out = follow(p, m)
+    assert -1 <= out <= max(m, 5 + MAX_RECORD)
+    if m > len(p):
+        assert out == m - len(p)  # a segment inside a record only counts its bytes down
+    if out > 0 and m <= len(p):  # the bytes owed are a record's that started in p, after m
+        assert p[m] == 0x16, (p, m)

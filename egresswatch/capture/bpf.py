@@ -21,7 +21,8 @@ IPv6 or IPv4 non-first UDP fragment passes so fragmented DNS answers survive):
 1. DNS: UDP or TCP with source or destination port 53;
 2. TCP SYN without ACK (``connect`` observations), any port;
 3. TCP segments whose payload starts ``0x16 0x03`` (a TLS handshake record:
-   the first segment of every ClientHello, on any port);
+   the first segment of every ClientHello, on any port), or is the one byte
+   ``0x16`` (a client may write the record's first byte alone);
 4. **ClientHello continuations.** A 1.6-2 KB post-quantum hello spans two
    segments when segmentation offload is off, and its SNI is often in the
    second, which starts with arbitrary bytes. Classic BPF is stateless, so the
@@ -35,7 +36,10 @@ IPv6 or IPv4 non-first UDP fragment passes so fragmented DNS answers survive):
    interactive non-TLS protocols their small segments; userspace
    (:class:`egresswatch.capture.gate.HelloGate`) keeps only segments of flows
    whose hello start announced more bytes, so the cost is a header parse per
-   passed segment. A hello spanning three or more segments loses its middle ones.
+   passed segment. A hello spanning three or more segments loses its full-size
+   middle ones (no PSH, or over ``CONT_MAX``): only the eBPF filter
+   (:mod:`egresswatch.capture.filters`), which follows each flow's records,
+   passes those.
 5. QUIC long-header packets with the fixed bit (first byte ``0b11xxxxxx``) in
    UDP datagrams of at least 1200 bytes of payload: RFC 9000 makes clients pad
    every datagram carrying an Initial to 1200 bytes. This excludes RTP (first
@@ -128,6 +132,8 @@ def _transport(a: Asm, o: int, set_x: Callable[[], None], l3len: Callable[[], No
     a.op(ST, 2)  # M[2] = first payload byte
     not_hs = a.fresh("nothello")
     a.jmp(JEQ, TLS_HANDSHAKE, None, not_hs)
+    a.op(LD | MEM, 1)
+    a.accept_if(JEQ, 1)  # the record's first byte alone (a load past the payload would drop it)
     a.op(LD | B | IND, o + 1)
     a.accept_if(JEQ, 0x03)
     a.label(not_hs)
@@ -149,8 +155,9 @@ def _transport(a: Asm, o: int, set_x: Callable[[], None], l3len: Callable[[], No
     a.label(sent)
     a.op(LD | MEM, 1)
     a.drop_if(JGT, CONT_MAX)
-    a.op(LD | B | IND, o + 1)
     other = a.fresh("notrecord")
+    a.jmp(JEQ, 1, other, None)  # one byte: no second byte to look at
+    a.op(LD | B | IND, o + 1)
     a.jmp(JEQ, 0x03, None, other)
     a.op(LD | MEM, 2)
     a.drop_if(JEQ, 0x14)

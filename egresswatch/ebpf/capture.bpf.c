@@ -35,6 +35,8 @@
 #define ARPHRD_NONE 0xFFFE
 #define HELLO_TTL_NS 5000000000ULL
 #define HELLO_FLOWS 4096
+#define MAX_RECORD 18432        /* the largest TLS record (2^14 + 2048) */
+#define RECORDS_PER_SEGMENT 4   /* handshake records followed through one segment */
 
 /* the stable (uapi) head of struct __sk_buff: the fields read here */
 struct __sk_buff {
@@ -83,8 +85,8 @@ struct hello_val {
 
 /* stats indexes */
 #define ST_HELLOS 0             /* hello starts that announced more bytes */
-#define ST_CONT_PASSED 1        /* continuation-shaped segments passed (flow had bytes missing) */
-#define ST_CONT_DROPPED 2       /* continuation-shaped segments dropped (no hello announced them) */
+#define ST_CONT_PASSED 1        /* segments passed for bytes a flow's records owed */
+#define ST_CONT_DROPPED 2       /* segments sent that no record owed (bulk data, dropped) */
 #define ST_NO_DEV 3             /* frames whose interface could not be read */
 #define ST_WATCHED 4            /* frames of MCP trees' processes (passed or left to the other lane) */
 #define ST_BY_CURRENT 5         /* ... of which known by the sending task (no socket record yet) */
@@ -167,45 +169,106 @@ static __always_inline int flow_key(struct __sk_buff *skb, __u32 o, __u32 l4, bo
 	return 0;
 }
 
-/* A ClientHello record starts in this segment: remember the bytes it still owes. */
+/* A TLS handshake record starts `at` (`left` bytes of the segment from there). */
+static __always_inline bool record_at(struct __sk_buff *skb, __u32 at, __u32 left)
+{
+	__u32 b = 0;
+
+	if (ld8(skb, at, &b) || b != 0x16)
+		return false;
+	return left == 1 || (!ld8(skb, at + 1, &b) && b == 3);
+}
+
+/* Bytes of the record starting `at`, header included; the largest a record may
+ * be when the segment cuts its header (the next segments complete it). */
+static __always_inline __s64 record_len(struct __sk_buff *skb, __u32 at, __u32 left)
+{
+	__u32 reclen;
+
+	if (left < 5 || ld16(skb, at + 3, &reclen))
+		return 5 + MAX_RECORD;
+	return 5 + (__s64)reclen;
+}
+
+/* Follows the handshake records through a segment of `plen` payload bytes
+ * when `m` bytes of the current record were still to come (0: the flow is
+ * between two records). Returns the bytes the last record still owes after
+ * this segment, 0 when the segment ends on a record boundary, -1 when the
+ * records end here (the rest is not a handshake record). */
+static __always_inline __s64 follow(struct __sk_buff *skb, __u32 pay, __u32 plen, __s64 m)
+{
+	__u32 pos = 0;
+
+	for (int i = 0; i < RECORDS_PER_SEGMENT; i++) {
+		if (m > (__s64)(plen - pos))
+			return m - (__s64)(plen - pos);
+		pos += (__u32)m;
+		if (pos >= plen)
+			return 0;
+		if (!record_at(skb, pay + pos, plen - pos))
+			return -1;
+		m = record_len(skb, pay + pos, plen - pos);
+	}
+	return -1;
+}
+
+static __always_inline void hello_put(struct hello_key *k, struct hello_val *v, __s64 m)
+{
+	v->expires_ns = bpf_ktime_get_ns() + HELLO_TTL_NS;
+	v->missing = m;
+	bpf_map_update_elem(&hellos, k, v, BPF_ANY);
+}
+
+/* 3. A record starts this segment. A ClientHello (or a record whose header the
+ * segment cuts) that the segment does not finish puts its flow in `hellos`;
+ * so does one that ends with the segment, its hello maybe continuing in the
+ * next record. */
 static __always_inline void hello_start(struct __sk_buff *skb, __u32 o, __u32 l4, bool v6,
 					__u32 pay, __u32 plen)
 {
 	struct hello_key k = {};
 	struct hello_val v = {};
-	__u32 type, reclen;
-	__s64 missing;
+	__u32 type;
+	__s64 m;
 
-	if (ld8(skb, pay + 5, &type) || type != 1 || ld16(skb, pay + 3, &reclen))
+	if (plen >= 6 && (ld8(skb, pay + 5, &type) || type != 1))
 		return;
-	missing = 5 + (__s64)reclen - (__s64)plen;
-	if (missing <= 0 || flow_key(skb, o, l4, v6, &k))
+	m = follow(skb, pay, plen, 0);
+	if (m < 0 || flow_key(skb, o, l4, v6, &k))
 		return;
-	v.expires_ns = bpf_ktime_get_ns() + HELLO_TTL_NS;
-	v.missing = missing;
-	bpf_map_update_elem(&hellos, &k, &v, BPF_ANY);
-	count(ST_HELLOS);
+	hello_put(&k, &v, m);
+	if (m > 0)
+		count(ST_HELLOS);
 }
 
-/* A segment of the continuation shape: pass it only while its flow's hello owes bytes. */
-static __always_inline int continuation(struct __sk_buff *skb, __u32 o, __u32 l4, bool v6, __u32 plen)
+/* 4. A segment of a flow in `hellos`: 1 when it carries bytes the flow's
+ * records owe, whatever its shape or size (the state follows the records);
+ * 0 when the flow has no state, or its records ended before this segment. */
+static __always_inline int continuation(struct __sk_buff *skb, __u32 o, __u32 l4, bool v6,
+					__u32 pay, __u32 plen)
 {
 	struct hello_key k = {};
 	struct hello_val *v;
+	__s64 m;
 
 	if (flow_key(skb, o, l4, v6, &k))
 		return 0;
 	v = bpf_map_lookup_elem(&hellos, &k);
-	if (!v || v->expires_ns < bpf_ktime_get_ns()) {
-		count(ST_CONT_DROPPED);
+	if (!v)
+		return 0;
+	if (v->expires_ns < bpf_ktime_get_ns() || (v->missing == 0 && !record_at(skb, pay, plen))) {
+		bpf_map_delete_elem(&hellos, &k);
 		return 0;
 	}
-	if (v->missing <= (__s64)plen)
+	m = follow(skb, pay, plen, v->missing);
+	if (m < 0) {
 		bpf_map_delete_elem(&hellos, &k);
-	else
-		v->missing -= plen;
+	} else {
+		v->missing = m;         /* each segment gives the flow HELLO_TTL_NS more */
+		v->expires_ns = bpf_ktime_get_ns() + HELLO_TTL_NS;
+	}
 	count(ST_CONT_PASSED);
-	return ACCEPT;
+	return 1;
 }
 
 /* Is a record of `flows` for this socket address owned by a watched process?
@@ -306,7 +369,7 @@ static __always_inline int filter(struct __sk_buff *skb, bool cur)
 {
 	__u32 zero = 0, *gate_on;
 	__u32 ht, o, et, v, proto, x, l3len, l4, sp, dp, flags, pay, plen, b0, b1 = 0;
-	bool v6, sent, recvd;
+	bool v6, sent, recvd, gated;
 
 	ht = hatype(skb);
 	if (ht == ARPHRD_LOOPBACK && skb->pkt_type == PACKET_OUTGOING)
@@ -411,31 +474,40 @@ static __always_inline int filter(struct __sk_buff *skb, bool cur)
 	pay = o + x;
 	if (ld8(skb, pay, &b0))
 		return 0;
-	if (b0 == 0x16) {       /* 3. a TLS handshake record starts here */
-		if (ld8(skb, pay + 1, &b1))
+	gate_on = bpf_map_lookup_elem(&settings, &zero);
+	gated = gate_on && *gate_on;
+	/* 4. (gated) the bytes a flow's handshake records still owe, whatever the segment's shape */
+	if (gated && sent && continuation(skb, o, l4, v6, pay, plen))
+		return PASS;
+	/* 3. a TLS handshake record starts here (or its first byte alone) */
+	if (b0 == 0x16) {
+		if (plen == 1)
+			b1 = 3;
+		else if (ld8(skb, pay + 1, &b1))
 			return 0;
 		if (b1 == 3) {
-			hello_start(skb, o, l4, v6, pay, plen);
+			if (gated && sent)
+				hello_start(skb, o, l4, v6, pay, plen);
 			return PASS;
 		}
 	}
-	/* 4. continuation shape: PSH, sent by this host, short, not another TLS record, not SSH */
-	if (!(flags & 0x08))
+	if (gated) {
+		if (sent)
+			count(ST_CONT_DROPPED);
 		return 0;
-	if (skb->pkt_type != PACKET_OUTGOING && ht != ARPHRD_LOOPBACK)
+	}
+	/* 4. (not gated) continuation shape: PSH, sent by this host, short, not another TLS record, not SSH */
+	if (!(flags & 0x08) || !sent || plen > CONT_MAX)
 		return 0;
-	if (plen > CONT_MAX)
-		return 0;
-	if (ld8(skb, pay + 1, &b1))
-		return 0;
-	if (b1 == 3 && (b0 == 0x14 || b0 == 0x15 || b0 == 0x17))
-		return 0;
+	if (plen > 1) {
+		if (ld8(skb, pay + 1, &b1))
+			return 0;
+		if (b1 == 3 && (b0 == 0x14 || b0 == 0x15 || b0 == 0x17))
+			return 0;
+	}
 	if (sp == 22 || dp == 22)
 		return 0;
-	gate_on = bpf_map_lookup_elem(&settings, &zero);
-	if ((!gate_on || !*gate_on || continuation(skb, o, l4, v6, plen)))
-		return PASS;
-	return 0;
+	return PASS;
 #undef PASS
 }
 
