@@ -281,9 +281,14 @@ def test_hello_gate_follows_a_hello_however_its_writes_cut_it() -> None:
         # unknown there), once the largest record could have ended
         assert after == 0 or (cuts[0] < 5 and after <= 5 + MAX_RECORD), (port, after)
     # a hello record that its segment completes, then bulk: nothing kept
+    one = b"\x16\x03\x01" + struct.pack("!H", len(msg)) + msg
     gate = HelloGate()
     assert gate.admit(1, _seg(b"\x16\x03\x01\x00\x10\x01" + os.urandom(15)), 1.0)
     assert gate.admit(1, _seg(rnd(100)), 1.1) is False
+    # TCP Fast Open: the hello starts in the SYN
+    gate.admit(1, _seg(one[:1000], sport=8, flags="S"), 3.0)
+    assert gate.admit(1, _seg(one[1000:], sport=8), 3.1) is True
+    assert gate.admit(1, _seg(rnd(100), sport=8), 3.2) is False
     # not a ClientHello (a TLS 1.2 client key exchange): no state
     gate.admit(1, _seg(b"\x16\x03\x03\x07\xd0\x10" + os.urandom(100), sport=7), 2.0)
     assert gate.admit(1, _seg(rnd(100), sport=7), 2.1) is False

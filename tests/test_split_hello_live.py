@@ -9,7 +9,9 @@ shape; a hello split into two TLS records may start its second record in the
 middle of a segment. Each must still give its SNI, with the eBPF capture
 filter (flow state in the kernel) and, but for the middle segments longer
 than the classic filter can pass without state (docs/capture.md), with the
-classic filter and the userspace gate.
+classic filter and the userspace gate. So must a hello sent in a TCP Fast
+Open SYN (a client's second connection to a server that gave it a cookie),
+its continuation after the handshake.
 """
 
 from __future__ import annotations
@@ -28,12 +30,19 @@ import pytest
 from egresswatch.capture.filters import CLASSIC, EBPF
 from egresswatch.capture.live import LiveSource
 from egresswatch.decode.engine import Engine
+from egresswatch.decode.link import decode
+from egresswatch.model import IPPacket
 from pcaps.make_tls_dns import client_hello, tls_record
 from tests.helpers.netlab import Lab, missing, run, wait_for
 from tests.test_capture_ebpf import DISCARD_SERVER
 
 pytestmark = pytest.mark.live
 PORT = 9000
+FAST_OPEN_PORT = 9001
+TCP_FASTOPEN_CONNECT = 30  # linux/tcp.h; not in the socket module
+FAST_OPEN_SERVER = DISCARD_SERVER.replace(
+    "s.listen(8)", "s.setsockopt(socket.IPPROTO_TCP,socket.TCP_FASTOPEN,16);s.listen(8)"
+)
 
 
 def pq(sni: str) -> bytes:
@@ -67,8 +76,10 @@ CASES: dict[str, tuple[Callable[[str], bytes], list[int], bool]] = {
 @pytest.fixture(scope="module")
 def lab() -> Iterator[Lab]:
     with Lab() as lab:
-        p = lab.spawn(sys.executable, "-c", DISCARD_SERVER, str(PORT), stdout=subprocess.PIPE)
-        assert p.stdout is not None and p.stdout.readline().strip() == "ready"
+        lab.nsrun("sysctl", "-qw", "net.ipv4.tcp_fastopen=3")  # the lab's server side
+        for server, port in ((DISCARD_SERVER, PORT), (FAST_OPEN_SERVER, FAST_OPEN_PORT)):
+            p = lab.spawn(sys.executable, "-c", server, str(port), stdout=subprocess.PIPE)
+            assert p.stdout is not None and p.stdout.readline().strip() == "ready"
         run("ethtool", "-K", lab.veth_host, "tso", "off", "gso", "off", "gro", "off")
         yield lab
 
@@ -120,3 +131,49 @@ def test_a_hello_cut_anywhere_gives_its_sni(lab: Lab, mode: str) -> None:
                 lost.append(name)
         counters = src.filter_info().get("counters")
     assert not lost, f"{mode}: no SNI from {lost}; filter counters {counters}"
+
+
+def fast_open(lab: Lab, data: bytes) -> None:
+    s = socket.socket()
+    try:
+        s.setsockopt(socket.IPPROTO_TCP, TCP_FASTOPEN_CONNECT, 1)
+        s.settimeout(5)
+        s.connect((lab.peer4, FAST_OPEN_PORT))  # no SYN yet: it leaves with the first write
+        s.sendall(data)
+        wait_for(lambda: unacked(s) == 0, 5, "the peer's acknowledgement")
+    finally:
+        s.close()
+
+
+@pytest.mark.parametrize("mode", [EBPF, CLASSIC])
+def test_a_hello_in_a_fast_open_syn_gives_its_sni(lab: Lab, mode: str) -> None:
+    with open("/proc/sys/net/ipv4/tcp_fastopen") as f:
+        if not int(f.read()) & 1:
+            missing("TCP Fast Open is off for clients here (net.ipv4.tcp_fastopen)")
+    sni = f"fast-open-{mode}.split.example"
+    record = pq(sni)
+    assert sni.encode() not in record[:1400]  # after what a SYN can carry
+    engine = Engine()
+    seen: set[str | None] = set()
+    syn_data: list[bytes] = []
+    with LiveSource(interfaces=[lab.veth_host], ebpf=mode == EBPF) as src:
+        if src.kernel_filter is None or src.kernel_filter.mode != mode:
+            missing(f"the {mode} capture filter did not load: {src.filter_info()}")
+        fast_open(lab, b"cookie, please")  # the first connection gets the server's cookie
+        fast_open(lab, record)  # the second sends data in its SYN
+
+        def arrived() -> bool:
+            for f in src.frames(0.05):
+                pkt = decode(f.linktype, f.data)
+                if isinstance(pkt, IPPacket) and pkt.proto == "tcp" and pkt.tcp_flags & 0x12 == 0x02:
+                    syn_data.append(pkt.payload)
+                seen.update(o.sni for o in engine.feed(f) if o.kind in ("tls_sni", "tls_incomplete"))
+            return sni in seen
+
+        try:
+            wait_for(arrived, 3, "the SNI")
+        except AssertionError:
+            pass
+        counters = src.filter_info().get("counters")
+    assert any(d.startswith(b"\x16\x03") for d in syn_data), f"no hello in a SYN: {syn_data}"
+    assert sni in seen, f"{mode}: no SNI from a hello in a Fast Open SYN ({seen}); filter counters {counters}"

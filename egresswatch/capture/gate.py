@@ -73,9 +73,13 @@ class HelloGate:
         if not isinstance(pkt, IPPacket) or pkt.proto != "tcp":
             return True
         p = pkt.payload
-        if not p or pkt.tcp_flags & 0x02 or 53 in (pkt.sport, pkt.dport):
+        if not p or 53 in (pkt.sport, pkt.dport):
             return True
         key = (pkt.src, pkt.sport, pkt.dst, pkt.dport)
+        if pkt.tcp_flags & 0x02:  # a SYN passes; TCP Fast Open: a hello in it
+            if not pkt.tcp_flags & 0x10 and _record_at(p, 0):
+                self._start(key, p, ts, pkt.truncated)
+            return True
         entry = self.pending.get(key)
         if entry is not None:
             m = -1 if entry[0] < ts or (entry[1] == 0 and not _record_at(p, 0)) else follow(p, entry[1])
@@ -86,12 +90,18 @@ class HelloGate:
             if entry[0] >= ts and entry[1] > 0:
                 return True  # it carried the records' last bytes
         if _record_at(p, 0):  # rule 3: a record starts here
-            if not pkt.truncated and (len(p) < 6 or p[5] == 1):  # a ClientHello, or its header cut
-                m = follow(p, 0)
-                if m >= 0:
-                    self.pending[key] = (ts + self.ttl, m)
-                    self.pending.move_to_end(key)
-                    while len(self.pending) > self.max_flows:
-                        self.pending.popitem(last=False)
+            self._start(key, p, ts, pkt.truncated)
             return True
         return False
+
+    def _start(self, key: tuple[str, int, str, int], p: bytes, ts: float, truncated: bool) -> None:
+        """A record starts ``p``: a ClientHello (or a record whose header ``p``
+        cuts) that ``p`` does not finish keeps its flow."""
+        if truncated or (len(p) >= 6 and p[5] != 1):
+            return
+        m = follow(p, 0)
+        if m >= 0:
+            self.pending[key] = (ts + self.ttl, m)
+            self.pending.move_to_end(key)
+            while len(self.pending) > self.max_flows:
+                self.pending.popitem(last=False)

@@ -463,19 +463,23 @@ static __always_inline int filter(struct __sk_buff *skb, bool cur)
 
 	if (ld8(skb, l4 + 13, &flags))
 		return 0;
-	if ((flags & 0x12) == 0x02)
-		return PASS;    /* 2. SYN without ACK */
-	if (ld8(skb, l4 + 12, &v))
-		return 0;
-	x += (v >> 2) & 0x3C;   /* payload offset from o */
-	plen = l3len - x;       /* wraps huge when malformed, as in the classic filter */
-	if (plen == 0)
-		return 0;
-	pay = o + x;
-	if (ld8(skb, pay, &b0))
-		return 0;
 	gate_on = bpf_map_lookup_elem(&settings, &zero);
 	gated = gate_on && *gate_on;
+	if (ld8(skb, l4 + 12, &v))
+		return (flags & 0x12) == 0x02 ? PASS : 0;
+	x += (v >> 2) & 0x3C;   /* payload offset from o */
+	plen = l3len - x;       /* wraps huge when malformed, as in the classic filter */
+	pay = o + x;
+	if ((flags & 0x12) == 0x02) {   /* 2. SYN without ACK */
+		/* TCP Fast Open: a hello in the SYN, its continuations after it */
+		if (gated && sent && plen > 0 && plen < ACCEPT && record_at(skb, pay, plen))
+			hello_start(skb, o, l4, v6, pay, plen);
+		return PASS;
+	}
+	if (plen == 0)
+		return 0;
+	if (ld8(skb, pay, &b0))
+		return 0;
 	/* 4. (gated) the bytes a flow's handshake records still owe, whatever the segment's shape */
 	if (gated && sent && continuation(skb, o, l4, v6, pay, plen))
 		return PASS;
