@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import shutil
 import signal
 import sqlite3
@@ -193,6 +194,7 @@ def test_every_packet_of_a_long_lived_server_is_attributed(lab: Lab, tmpdir700: 
     cmd = [sys.executable, str(SERVER), "server", *args, str(srv_log), str(go), str(resolv), str(REPS)]
     d = Daemon(tmp, lab, {"fake": cmd}, {"fake": ["allowed.test", "allowed.test:443"]})
     other = None
+    wire = Wire(lab, tmp / "wire.pcap")
     try:
         status = d.status()
         assert "attribution: ebpf" in status and "watched lane: on" in status, status
@@ -234,6 +236,10 @@ def test_every_packet_of_a_long_lived_server_is_attributed(lab: Lab, tmpdir700: 
             other.kill()
             other.wait()
         d.close()
+        wire.close()
+    # the daemon stored everything it captured before it stopped: a SYN whose hello
+    # was handled later, or a flow still held for its hello, is in the table now
+    rows = all_rows(d.db)
     try:
         check_scenario(rows, srv, oth, server_pid, lab, d.alerts.messages)
     except AssertionError as exc:
@@ -242,7 +248,43 @@ def test_every_packet_of_a_long_lived_server_is_attributed(lab: Lab, tmpdir700: 
         capture = {k: counters.get(k) for k in ("kernel_drops", "lane_drops", "captured", "lane_copies")}
         raise AssertionError(
             f"{exc}\nattribution counters: {attr.get('counters')} {attr.get('map_counters')}\ncapture: {capture}"
+            f"{wire.report(str(exc))}"
         ) from None
+
+
+class Wire:
+    """TCP port 443 on the lab's veth, recorded by dumpcap beside the daemon: when
+    a connection has no event, whether its packets were on the wire at all."""
+
+    def __init__(self, lab: Lab, path: Path) -> None:
+        self.path = path
+        if shutil.which("dumpcap") is None:
+            missing("dumpcap not installed (scripts/setup.sh --test installs tshark)")
+        self.proc = subprocess.Popen(["dumpcap", "-q", "-i", lab.veth_host, "-f", "tcp port 443", "-P",
+                                      "-w", str(path)], stderr=subprocess.PIPE, text=True)  # fmt: skip
+        wait_for(
+            lambda: self.proc.poll() is not None or (path.exists() and path.stat().st_size > 0), 10, "dumpcap"
+        )
+        if self.proc.poll() is not None:
+            raise AssertionError(f"dumpcap: {self.proc.communicate()[1].strip()}")
+
+    def close(self) -> None:
+        self.proc.terminate()
+        self.proc.wait(timeout=10)
+
+    def report(self, text: str) -> str:
+        ports = {int(p) for p in re.findall(r"from port (\d+)", text)}
+        if not ports:
+            return ""
+        from scapy.layers.inet import TCP
+        from scapy.utils import rdpcap
+
+        out = []
+        for pkt in rdpcap(str(self.path)):
+            if TCP in pkt and ports & {pkt[TCP].sport, pkt[TCP].dport}:
+                out.append(f"{float(pkt.time):.3f} {pkt[TCP].sport}>{pkt[TCP].dport} {pkt[TCP].flags} "
+                           f"{len(pkt[TCP].payload)}B")  # fmt: skip
+        return "\non the wire (dumpcap): " + ("; ".join(out) or "nothing")
 
 
 def check_scenario(rows: list[dict[str, Any]], srv: list[dict[str, Any]], oth: list[dict[str, Any]],
@@ -289,6 +331,9 @@ def check_scenario(rows: list[dict[str, Any]], srv: list[dict[str, Any]], oth: l
                     f"{x['what']} from port {x['sport']} at {x['t']:.3f}: no event near it; on the port: {seen}"
                 )
             expect(near(on_port, x), x["pid"], x["what"] + " by port")
+            kinds = {r["kind"] for r in near(on_port, x)}
+            if on_port and not ("connect" in kinds and kinds & {"tls_sni", "tls_incomplete"}):
+                bad.append(f"{x['what']} from port {x['sport']}: not both its SYN and its hello ({kinds})")
         if x["what"] == "bare_tls":
             reasons = {r["reason"] for r in near(by_sport.get(("tcp", x["sport"], x["dst"]), []), x)}
             if "direct_ip" not in reasons:
