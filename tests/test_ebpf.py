@@ -18,9 +18,11 @@ import psutil
 import pytest
 
 from egresswatch.attribute.procread import kernel_view
+from egresswatch.capture.live import LiveSource
+from egresswatch.decode.link import decode
 from egresswatch.ebpf import records
 from egresswatch.ebpf.loader import OBJECT, KernelFlows
-from egresswatch.model import ProcessInfo
+from egresswatch.model import IPPacket, ProcessInfo
 from tests.helpers.netlab import missing, wait_for
 
 REPO = Path(__file__).resolve().parents[1]
@@ -237,41 +239,57 @@ def test_an_answer_belongs_to_its_query_after_the_port_is_reused(kernel: KernelF
             p.communicate("")
 
 
+@pytest.mark.parametrize("gap", [0.01, 0.0], ids=["10ms", "at-once"])
 @pytest.mark.parametrize("later", ["sendto", "connect"])
-def test_a_query_is_not_given_to_a_later_datagram_from_its_port(kernel: KernelFlows, later: str) -> None:
-    """A process's connected lookup (getaddrinfo's shape), then, 10 ms later,
-    another process's datagram from the same port: handled after both (the
-    daemon reads packets up to seconds late), the query is still the first
-    process's. ``sendto``: the later record is filed under the port alone,
-    which the query's lookup also tries; ``connect``: under the same address,
-    which keeps the first owner as its previous one."""
+def test_a_query_is_not_given_to_a_later_datagram_from_its_port(
+    kernel: KernelFlows, later: str, gap: float
+) -> None:
+    """A process's connected lookup (getaddrinfo's shape), then, 10 ms later
+    or as soon as its socket is closed (within the slack a record filed after
+    its packet is allowed), another process's datagram from the same port:
+    handled after both (the daemon reads packets up to seconds late), the
+    query is still the first process's. ``sendto``: the later record is filed
+    under the port alone, which the query's lookup also tries; ``connect``:
+    under the same address, which keeps the first owner as its previous one."""
     from egresswatch.attribute.attributor import LiveAttributor
     from egresswatch.attribute.kernel import KernelAttributor
     from egresswatch.attribute.lineage import LineageTracker
     from egresswatch.model import DNS_QUERY, Frame, Observation
 
     code = (
-        "import socket, sys\n"
+        "import socket, sys, time\n"
         "u = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)\n"
         "port, how = sys.stdin.readline().split()\n"
         "if int(port): u.bind(('127.0.0.1', int(port)))\n"
         "if how == 'sendto': u.sendto(b'd' * 30, ('127.0.0.1', 9))\n"
         "else: u.connect(('127.0.0.1', 53)); u.send(b'q' * 30)\n"
-        "print(u.getsockname()[1], flush=True); u.close(); sys.stdin.read()\n"
+        "print(u.getsockname()[1], time.time(), flush=True); u.close(); sys.stdin.read()\n"
     )
     first, second = (subprocess.Popen([sys.executable, "-c", code], stdin=subprocess.PIPE, stdout=subprocess.PIPE,
                                       text=True) for _ in range(2))  # fmt: skip
     assert first.stdin is not None and first.stdout is not None
     assert second.stdin is not None and second.stdout is not None
-    first.stdin.write("0 connect\n")
-    first.stdin.flush()
-    port = int(first.stdout.readline())
-    sent = time.time()
-    while time.time() < sent + 0.01:
-        time.sleep(0.001)
-    second.stdin.write(f"{port} {later}\n")
-    second.stdin.flush()
-    assert int(second.stdout.readline()) == port
+    with LiveSource(interfaces=["lo"]) as lo:  # the query's own capture timestamp, as the daemon has it
+        first.stdin.write("0 connect\n")
+        first.stdin.flush()
+        port_text, printed = first.stdout.readline().split()
+        port = int(port_text)
+        while time.time() < float(printed) + gap:
+            time.sleep(0.001)
+        second.stdin.write(f"{port} {later}\n")
+        second.stdin.flush()
+        assert int(second.stdout.readline().split()[0]) == port
+        times: list[float] = []
+
+        def captured() -> bool:
+            for f in lo.frames(0.05):
+                pkt = decode(f.linktype, f.data)
+                if isinstance(pkt, IPPacket) and pkt.proto == "udp" and (pkt.sport, pkt.dport) == (port, 53):
+                    times.append(f.ts)
+            return bool(times)
+
+        wait_for(captured, 5, "the query's frame")
+    sent = times[0]
     try:
         kern = KernelAttributor(kernel, LiveAttributor(LineageTracker([])))
         query = Observation(ts=sent, frame=1, kind=DNS_QUERY, proto="udp", src="127.0.0.1", sport=port,

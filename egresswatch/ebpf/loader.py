@@ -191,31 +191,45 @@ class KernelFlows:
         at: float | None = None,
         slack: float = 1.0,
     ) -> FlowOwner | None:
-        """The process that last sent on a socket with this local end (and this
+        """The process that sent on a socket with this local end (and this
         remote end, or none: unconnected UDP; wildcard binds included). Ports
-        are reused, so of the records found the latest sender wins, among those
-        first seen no later than ``at + slack`` (epoch seconds) when ``at`` is given."""
+        are reused, and each record keeps its previous owner. Without ``at``,
+        the latest sender wins. With ``at`` (the packet's time, epoch seconds)
+        the owner whose sending spans it, else the nearest in time, wins, of
+        those first seen no later than ``at + slack`` (a record filed after its
+        packet): a socket on the port just after the packet, within the slack,
+        does not take the packet from the socket that sent it."""
         try:
             lip, rip = pack_ip(local[0]), pack_ip(remote[0])
         except ValueError:
             return None
-        best: tuple[int, bytes, bytes, bool] | None = None  # last_ns, key, value, the previous owner's
+        best: tuple[tuple[float, int], bytes, bytes, bool] | None = (
+            None  # rank, key, value, the previous owner's
+        )
         for la, ra, rp in ((lip, rip, remote[1]), (lip, ANY, 0), (ANY, rip, remote[1]), (ANY, ANY, 0)):
             key = flow_key(proto, la, local[1], ra, rp)
             val = libbpf.lookup(self._flows, key, FLOW_VAL.size)
             if val is None:
                 continue
             first, last = _TIMES.unpack_from(val, 16)
-            prev = False
-            if at is not None and self.epoch(first) > at + slack:
-                self.counters["later_socket"] += 1  # a later socket on the port: its owner before?
-                tgid, first, last = _PREV_TIMES.unpack_from(val, PREV_AT)
-                if not tgid or self.epoch(first) > at + slack:
+            if at is None:
+                if best is None or -last < best[0][1]:
+                    best = ((0.0, -last), key, val, False)
+                continue
+            ptgid, pfirst, plast = _PREV_TIMES.unpack_from(val, PREV_AT)
+            for prev, f, lst in ((False, first, last), (True, pfirst, plast)):
+                if prev and not ptgid:
                     continue
-                self.counters["previous_owner"] += 1
-                prev = True
-            if best is None or last > best[0]:
-                best = (last, key, val, prev)
+                start, end = self.epoch(f), self.epoch(lst)
+                if start > at + slack:
+                    if not prev:
+                        self.counters["later_socket"] += 1  # a later socket on the port: its owner before?
+                    continue
+                rank = (start - at if start > at else at - end if end < at else 0.0, -lst)
+                if best is None or rank < best[0]:
+                    best = (rank, key, val, prev)
+        if best is not None and best[3]:
+            self.counters["previous_owner"] += 1
         rec = None if best is None else (parse_prev if best[3] else parse_flow)(best[1], best[2])
         self.counters["hits" if rec is not None else "misses"] += 1
         return rec
