@@ -31,15 +31,17 @@ from pathlib import Path
 import pytest
 
 from egresswatch.attribute.attributor import LiveAttributor
+from egresswatch.attribute.kernel import KernelAttributor
 from egresswatch.attribute.lineage import LineageTracker
 from egresswatch.config import DEFAULT_LAUNCHER_PATTERNS
 from egresswatch.decode.engine import Engine
+from egresswatch.ebpf.loader import KernelFlows
 from egresswatch.mcp.discovery import discover
 from egresswatch.mcp.match import INSTALL, RUN
 from egresswatch.mcp.serverdef import ServerDef
 from egresswatch.model import Event, Frame
 from egresswatch.pipeline import Pipeline
-from tests.helpers.netlab import Lab, wait_for
+from tests.helpers.netlab import Lab, missing, wait_for
 
 PY = sys.executable
 ETH_P_ALL = 0x0003
@@ -110,22 +112,20 @@ def dns(name):
     s.connect((os.environ["EW_PEER"], 53))
     s.send(DNSRecord.question(f"{name}.test").pack())
     s.recv(4096)
-    time.sleep(0.05)  # a DNS socket closed within a millisecond can beat any socket lookup
-    s.close()
+    s.close()  # at once, as getaddrinfo does
 
-def tls(name, hold=0.05):
+def tls(name, hold=0.0):
     ctx = ssl.create_default_context()
     ctx.check_hostname = False
     ctx.verify_mode = ssl.CERT_NONE
     with socket.create_connection((os.environ["EW_PEER"], 443), timeout=3) as raw:
         with ctx.wrap_socket(raw, server_hostname=f"{name}.test"):
-            time.sleep(hold)  # as a client waiting for its response would
+            time.sleep(hold)
 
 def both(name):
     dns(name)
     tls(name)
     record(name)
-    time.sleep(0.1)  # a process that goes on a little; the 20 ms child does not
 
 if __name__ == "__main__":
     both(sys.argv[1])
@@ -236,12 +236,7 @@ def test_flows_are_tied_to_server_host_and_phase(world: tuple[Path, Path]) -> No
     found = discover(homes=[home])
     names = sorted(s.name for s in found.servers)
     assert names == ["fake-npx", "fake-pg"], found.warnings
-    switch = sys.getswitchinterval()
-    sys.setswitchinterval(0.0005)  # hand the GIL to the capture thread quickly (see docs/attribution.md)
-    try:
-        _run_world(d, home, found.servers)
-    finally:
-        sys.setswitchinterval(switch)
+    _run_world(d, home, found.servers)
 
 
 def _run_world(d: Path, home: Path, servers: tuple[ServerDef, ...]) -> None:
@@ -249,8 +244,13 @@ def _run_world(d: Path, home: Path, servers: tuple[ServerDef, ...]) -> None:
         lab.start_dns()
         lab.start_tls()
         tracker = LineageTracker(servers, DEFAULT_LAUNCHER_PATTERNS)
+        # the daemon's stack: the kernel's send-time records first, socket lookups behind
+        kernel, why = KernelFlows.open()
+        if kernel is None:
+            missing(f"the eBPF programs did not load: {why}")
+        tracker.exec_source = kernel.exec_record
         assert tracker.start() == "connector"
-        attributor = LiveAttributor(tracker)
+        attributor = KernelAttributor(kernel, LiveAttributor(tracker))
         attributor.start()
         sniffer = Sniffer(lab.veth_host, Pipeline(Engine(), attributor))
         results = d / "results.txt"
@@ -280,6 +280,7 @@ def _run_world(d: Path, home: Path, servers: tuple[ServerDef, ...]) -> None:
             sniffer.close()
             attributor.stop()
             tracker.stop()
+            kernel.close()
 
     want = {
         "plain": ("fake-pg", "cursor", RUN),
