@@ -357,3 +357,58 @@ def test_behind_a_flood_only_watched_processes_get_their_ancestry(kernel: Kernel
         assert kern.counters["kernel_hurried"] == 1 and kern.counters["kernel"] == 1
     finally:
         assert kernel.unwatch(os.getpid())
+
+
+def test_a_child_that_sends_right_after_exec_is_named_by_what_it_exec_d(kernel: KernelFlows) -> None:
+    """The tracker files a fork as a copy of its parent until the exec event is
+    handled; a child that sends a moment after exec is attributed before that
+    (seen in CI: a container's ``nc`` reported as the ``sh`` that forked it).
+    The kernel named the program at send time and recorded the exec: the
+    attribution says what the process runs."""
+    from egresswatch.attribute.attributor import LiveAttributor
+    from egresswatch.attribute.kernel import KernelAttributor
+    from egresswatch.attribute.lineage import LineageTracker
+    from egresswatch.model import DNS_QUERY, Frame, Observation
+
+    sink = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    sink.bind(("127.0.0.1", 0))
+    port = sink.getsockname()[1]
+    tracker = LineageTracker([])
+    go_r, go_w = os.pipe()
+    hold_r, hold_w = os.pipe()
+    pid = os.fork()
+    if pid == 0:  # the child: wait until the tracker filed the fork, then exec and send
+        try:
+            os.close(go_w)
+            os.close(hold_w)
+            os.read(go_r, 1)
+            os.dup2(hold_r, 0)
+            os.execv("/bin/bash", ["bash", "-c", f"echo x > /dev/udp/127.0.0.1/{port}; read -r _"])
+        finally:
+            os._exit(127)
+    os.close(go_r)
+    os.close(hold_r)
+    try:
+        tracker.on_fork(pid, os.getpid())  # the fork event, handled; the exec event is not
+        filed, _chain, _lin = tracker.lookup(pid)
+        assert filed is not None and list(filed.cmdline) == psutil.Process().cmdline()
+        os.write(go_w, b"x")
+        sink.settimeout(5)
+        assert sink.recv(16) == b"x\n"
+        rec = wait_for(
+            lambda: next((f for f in kernel.flows() if f.remote == ("127.0.0.1", port) and f.tgid == pid), None),
+            5, "the child's record",
+        )  # fmt: skip
+        kern = KernelAttributor(kernel, LiveAttributor(tracker))
+        now = time.time()
+        obs = Observation(ts=now, frame=1, kind=DNS_QUERY, proto="udp", src="127.0.0.1", sport=rec.local[1],
+                          dst="127.0.0.1", dport=port, qname="x.test", qtype=1, dns_id=1)  # fmt: skip
+        attr = kern.attribute(obs, Frame(ts=now, data=b"x", linktype=1))
+        assert attr.process is not None and attr.process.pid == pid, attr
+        assert attr.process.name == "bash" and attr.process.cmdline[0] == "bash", attr.process
+        assert kern.counters["kernel_exec_since_filed"] == 1
+    finally:
+        os.close(go_w)
+        os.close(hold_w)
+        os.waitpid(pid, 0)
+        sink.close()

@@ -22,6 +22,7 @@ from typing import Protocol
 
 from egresswatch.attribute.answers import QueryOwners
 from egresswatch.attribute.attributor import LiveAttributor
+from egresswatch.attribute.procread import kernel_view
 from egresswatch.attribute.sockets import norm_ip
 from egresswatch.ebpf.records import ExecRecord, FlowOwner
 from egresswatch.mcp.match import Lineage, attribution
@@ -157,7 +158,29 @@ class KernelAttributor:
                 break
         if info is None:  # gone before the tracker filed it: tie it through its parent
             info, chain, lin = self._via_parent(rec)
+        elif rec.comm and (info.name or "")[:15] != rec.comm[:15]:
+            info, lin = self._exec_since(info, chain, lin, rec.comm)
         return info, chain, lin
+
+    def _exec_since(
+        self, info: ProcessInfo, chain: tuple[ProcessInfo, ...], lin: Lineage | None, comm: str
+    ) -> tuple[ProcessInfo, Lineage | None]:
+        """The tracker's copy names another program than the kernel did at send
+        time: the process exec'd after the tracker filed it (its fork copy holds
+        the parent's command line until the proc connector's exec event is
+        handled, and a child that connects a millisecond after exec is often
+        attributed before that). The kernel's exec record, when it is this
+        process's, says what runs now."""
+        seen = self.exec_record(info.pid) if self.exec_record is not None else None
+        if seen is None or seen.create_time != info.create_time or seen.comm[:15] != comm[:15]:
+            # renamed itself (prctl), exec'd while no program watched, or exec'd
+            # again after this send: the tracker's copy stays
+            return info, lin
+        now = kernel_view(info, seen)
+        if now is info:
+            return info, lin
+        self.counters["kernel_exec_since_filed"] += 1
+        return now, self.lineage.classify([now, *chain]) or lin
 
     def udp_flow(self, rec: FlowOwner) -> Observation | None:
         """The ``udp_flow`` observation of a kernel record of a first datagram,
