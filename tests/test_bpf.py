@@ -19,7 +19,14 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 from scapy.layers.inet import ICMP, IP, TCP, UDP  # noqa: I001
-from scapy.layers.inet6 import IPv6, IPv6ExtHdrFragment
+from scapy.layers.inet6 import (
+    IPv6,
+    IPv6ExtHdrDestOpt,
+    IPv6ExtHdrFragment,
+    IPv6ExtHdrHopByHop,
+    IPv6ExtHdrRouting,
+    IPv6ExtHdrSegmentRouting,
+)
 from scapy.layers.l2 import ARP, Dot1AD, Dot1Q, Ether
 from scapy.packet import Packet, Raw
 
@@ -50,7 +57,16 @@ def cases(incoming: bool = False) -> list[tuple[str, bool, Packet]]:
     the packets arrive at this host rather than leave it, so hello continuations
     (sent by local clients) do not pass."""
     c: list[tuple[str, bool, Packet]] = []
-    for v, ip in (("v4", IP(src=A4, dst=B4)), ("v6", IPv6(src=A6, dst=B6))):
+    # IPv6 behind extension headers: an unprivileged socket may add a routing
+    # header to every packet (IPV6_RTHDR, a segment routing header)
+    srh = IPv6(src=A6, dst=B6) / IPv6ExtHdrSegmentRouting(addresses=[B6], segleft=0)
+    hbh = IPv6(src=A6, dst=B6) / IPv6ExtHdrHopByHop() / IPv6ExtHdrRouting() / IPv6ExtHdrDestOpt()
+    for v, ip in (
+        ("v4", IP(src=A4, dst=B4)),
+        ("v6", IPv6(src=A6, dst=B6)),
+        ("v6 srh", srh),
+        ("v6 3 ext", hbh),
+    ):
         c += [
             (f"{v} dns query", True, ip / UDP(dport=53) / rnd(30)),
             (f"{v} dns answer", True, ip / UDP(dport=5000) / rnd(60)),  # sport set to 53 below
@@ -80,6 +96,12 @@ def cases(incoming: bool = False) -> list[tuple[str, bool, Packet]]:
         ("v4 udp fragment tail", True, IP(src=A4, dst=B4, proto=17, frag=100) / rnd(200)),
         ("v4 tcp fragment tail", False, IP(src=A4, dst=B4, proto=6, frag=100) / rnd(200)),
         ("v6 udp fragment", True, IPv6(src=A6, dst=B6) / IPv6ExtHdrFragment(nh=17, offset=100) / rnd(200)),
+        ("v6 srh udp fragment", True, srh / IPv6ExtHdrFragment(nh=17, offset=100) / rnd(200)),
+        (
+            "v6 5 ext syn (beyond V6_EXT_MAX)",
+            False,
+            hbh / IPv6ExtHdrDestOpt() / IPv6ExtHdrDestOpt() / TCP(dport=80, flags="S"),
+        ),
     ]
     return c
 

@@ -9,7 +9,7 @@ from collections.abc import Iterator
 import pytest
 from dnslib import DNSRecord
 from scapy.layers.inet import IP, TCP, UDP
-from scapy.layers.inet6 import IPv6
+from scapy.layers.inet6 import IPv6, IPv6ExtHdrSegmentRouting
 from scapy.layers.l2 import Dot1Q, Ether
 
 from egresswatch.capture.fastlane import jumps_queue, long_label_query, whole_client_hello
@@ -34,6 +34,14 @@ def test_predicate_on_real_frames() -> None:
             / UDP(sport=40000, dport=53)
             / query(f"{LONG}.x.test"),
             101,
+        ),
+        (  # behind a routing header, which an unprivileged socket may add (IPV6_RTHDR)
+            eth
+            / IPv6(src="2001:db8::2", dst="2001:db8::53")
+            / IPv6ExtHdrSegmentRouting(addresses=["2001:db8::53"], segleft=0)
+            / UDP(sport=40000, dport=53)
+            / query(f"{LONG}.x.test"),
+            1,
         ),
     ]:
         assert long_label_query(linktype, bytes(frame), 40)
@@ -67,6 +75,13 @@ def test_a_whole_client_hello_jumps_and_a_split_one_does_not() -> None:
         (eth / IP(src="10.0.0.2", dst="10.0.0.9") / tcp / hello, 1),
         (eth / Dot1Q(vlan=7) / IP(src="10.0.0.2", dst="10.0.0.9") / tcp / hello, 1),
         (IPv6(src="2001:db8::2", dst="2001:db8::9") / TCP(sport=40000, dport=8443, flags="PA") / hello, 101),
+        (
+            IPv6(src="2001:db8::2", dst="2001:db8::9")
+            / IPv6ExtHdrSegmentRouting(addresses=["2001:db8::9"], segleft=0)
+            / TCP(sport=40000, dport=443, flags="PA")
+            / hello,
+            101,
+        ),
     ]:
         assert whole_client_hello(linktype, bytes(frame)) and jumps_queue(linktype, bytes(frame), 40)
     whole = bytes(eth / IP(src="10.0.0.2", dst="10.0.0.9") / tcp / hello)

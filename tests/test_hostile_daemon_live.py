@@ -10,7 +10,9 @@ verdicts read from its database and its alerts from a json:// receiver:
   ``allow = ["*"]``; root's server keeps its identity and is flagged
   ``not_allowlisted``;
 - a server that deletes its executable, and a child it runs from a memfd
-  (``fexecve``), are attributed and alerted, also after a daemon restart.
+  (``fexecve``), are attributed and alerted, also after a daemon restart;
+- a server whose sockets carry an IPv6 routing header (``IPV6_RTHDR``, open to
+  any account) has its queries, connection and ClientHello seen and flagged.
 """
 
 from __future__ import annotations
@@ -157,3 +159,41 @@ def test_running_from_a_deleted_executable_does_not_escape(lab: Lab, tmp_path: P
     kids = [r for r in rows if r["qname"].startswith("memfd")]
     assert pid not in {r["pid"] for r in kids} and len({r["pid"] for r in kids}) == 2, kids[:3]
     assert all(r["user"] == user.name for r in rows)
+
+
+def test_an_ipv6_routing_header_does_not_hide_traffic(lab: Lab, tmp_path: Path, shared: Path) -> None:
+    """Both capture filters used to drop IPv6 packets with extension headers:
+    an unprivileged server that set a routing header on its sockets sent DNS
+    and TLS that egresswatch never saw."""
+    # the lab's peer accepts segment routing headers (Linux drops them by default)
+    for conf in ("all", lab.veth_peer):
+        lab.nsrun("sysctl", "-qw", f"net.ipv6.conf.{conf}.seg6_enabled=1")
+    lab.start_tls(443)
+    script = shared / "rthdr_server.py"
+    shutil.copy(DATA / "rthdr_server.py", script)
+    script.chmod(0o644)
+    go = shared / "go"
+    with account("ewrth") as user:
+        cmd = [PY, str(script), lab.peer6, "rth", "5", str(go)]
+        mcp = write_mcp(user.home, {"routed": cmd}, user)
+        d = Daemon(tmp700(tmp_path), lab, [user.home], {"routed": ["nothing.test"]})
+        try:
+            d.launch_host(mcp, user)
+            raw = b"\0".join(c.encode() for c in cmd)
+            pid = wait_for(lambda: find_pid(None, raw, user.uid), 20, "the server, as the account")
+            go.touch()
+            queries = wait_rows(d, "rth", 5)
+
+            def hello() -> list[dict[str, Any]] | None:
+                rs = [r for r in d.rows() if r["kind"] == "tls_sni" and r["sni"] == "rthtls.test"]
+                return rs or None
+
+            tls = wait_for(hello, 20, "the ClientHello behind the routing header")
+            wait_for(lambda: alerted(d, "routed", "rth"), 20, "an alert for the routed server")
+        finally:
+            d.close()
+        connects = [r for r in d.rows() if r["kind"] == "connect" and r["dport"] == 443]
+    rows = queries + tls + connects
+    assert connects, "the SYN behind the routing header"
+    assert {(r["server"], r["pid"], r["verdict"]) for r in rows} == {("routed", pid, "flagged")}, rows[:3]
+    assert all(r["dst"] == lab.peer6 for r in rows)

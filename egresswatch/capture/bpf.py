@@ -15,8 +15,10 @@ network-header offset of that link type:
   tunnels; raw-IP modems): the frame is the IP packet;
 - other link types are dropped.
 
-What passes (IPv4 and IPv6; IPv6 without extension headers, except that every
-IPv6 or IPv4 non-first UDP fragment passes so fragmented DNS answers survive):
+What passes (IPv4 and IPv6; in IPv6 after up to ``V6_EXT_MAX`` hop-by-hop,
+routing and destination-options headers, which an unprivileged sender may add
+(``IPV6_RTHDR`` with a segment routing header); every IPv6 or IPv4 non-first
+UDP fragment passes so fragmented DNS answers survive):
 
 1. DNS: UDP or TCP with source or destination port 53;
 2. TCP SYN without ACK (``connect`` observations), any port;
@@ -55,8 +57,8 @@ from collections.abc import Callable
 
 # isort: off
 from egresswatch.capture.cbpf import (  # noqa: F401  (re-exported: the filter's vocabulary)
-    ABS, ADD, ALU, AND, B, H, IMM, IND, JA, JEQ, JGE, JGT, JMP, JSET, K, LD, LDX, MAX_INSNS, MEM, MISC, MSH,
-    RET, RSH, ST, SUB, TAX, W, X, Asm, Insn, disassemble, pack_program,
+    ABS, ADD, ALU, AND, B, H, IMM, IND, JA, JEQ, JGE, JGT, JMP, JSET, K, LD, LDX, LSH, MAX_INSNS, MEM, MISC,
+    MSH, RET, RSH, ST, STX, SUB, TAX, TXA, W, X, Asm, Insn, disassemble, pack_program,
 )  # fmt: skip
 # isort: on
 
@@ -84,6 +86,7 @@ ACCEPT = 0x40000  # bytes kept per packet: a whole TSO/GRO super-packet
 CONT_MAX = 1200  # largest ClientHello continuation segment passed by rule 4
 QUIC_MIN_UDP_LEN = 8 + 1200
 TLS_HANDSHAKE = 0x16
+V6_EXT_MAX = 4  # IPv6 extension headers walked before the transport header
 
 
 def _accept_port(a: Asm, o: int, port: int) -> None:
@@ -199,18 +202,38 @@ def _ipv4(a: Asm, o: int) -> None:
 def _ipv6(a: Asm, o: int) -> None:
     tag = f"v6.{o}"
     a.label(tag)
+    # walk up to V6_EXT_MAX hop-by-hop, routing and destination-options headers
+    # (an unprivileged socket may add a routing header, IPV6_RTHDR type 4, to
+    # every packet it sends); X = offset of the header after them, from o
+    a.op(LDX | IMM, 40)
     a.op(LD | B | ABS, o + 6)
+    walked = a.fresh("walked")
+    for _ in range(V6_EXT_MAX):
+        ext = a.fresh("ext")
+        a.jmp(JEQ, 0, ext, None)
+        a.jmp(JEQ, 43, ext, None)
+        a.jmp(JEQ, 60, ext, walked)
+        a.label(ext)
+        a.op(LD | B | IND, o + 1)  # the header's length in 8-byte units, less one
+        a.op(ALU | ADD | K, 1)
+        a.op(ALU | LSH | K, 3)
+        a.op(ALU | ADD | X)
+        a.op(ST, 3)
+        a.op(LD | B | IND, o + 0)  # its next header
+        a.op(LDX | MEM, 3)
+    a.label(walked)
+    a.op(STX, 3)  # M[3] = transport offset (set_x)
     a.goto_if(JEQ, 17, f"udp.{tag}")
     a.goto_if(JEQ, 6, f"tcp.{tag}")
     frag_end = a.fresh("fragend")
     a.jmp(JEQ, 44, None, frag_end)
-    a.op(LD | B | ABS, o + 40)  # next header inside the fragment header
+    a.op(LD | B | IND, o + 0)  # next header inside the fragment header
     a.accept_if(JEQ, 17)
     a.label(frag_end)
     a.ret(0)
 
     def set_x() -> None:
-        a.op(LDX | IMM, 40)
+        a.op(LDX | MEM, 3)
 
     def l3len() -> None:
         a.op(LD | H | ABS, o + 4)
@@ -235,25 +258,16 @@ def build_program(drop_loopback_outgoing: bool = True) -> list[Insn]:
         a.op(LD | W | ABS, SKF_AD_OFF + SKF_AD_PKTTYPE)
         a.drop_if(JEQ, PACKET_OUTGOING)
         a.ja("eth")
-    a.label("eth")
-    a.op(LD | H | ABS, 12)
-    a.goto_if(JEQ, 0x0800, "v4.14")
-    a.goto_if(JEQ, 0x86DD, "v6.14")
-    a.jmp(JEQ, 0x8100, "vlan", None)
-    a.jmp(JEQ, 0x88A8, "vlan", None)
-    a.ret(0)
-    a.label("vlan")
-    a.op(LD | H | ABS, 16)
-    a.goto_if(JEQ, 0x0800, "v4.18")
-    a.goto_if(JEQ, 0x86DD, "v6.18")
-    qinq = "qinq"
-    a.jmp(JEQ, 0x8100, qinq, None)
-    a.ret(0)
-    a.label(qinq)
-    a.op(LD | H | ABS, 20)
-    a.goto_if(JEQ, 0x0800, "v4.22")
-    a.goto_if(JEQ, 0x86DD, "v6.22")
-    a.ret(0)
+    # Ethernet, then inside one 802.1Q/802.1ad tag, then inside a second 802.1Q tag
+    for at, here, tags, inner in ((12, "eth", (0x8100, 0x88A8), "vlan"), (16, "vlan", (0x8100,), "qinq"),
+                                  (20, "qinq", (), "")):  # fmt: skip
+        a.label(here)
+        a.op(LD | H | ABS, at)
+        a.goto_if(JEQ, 0x0800, f"v4.{at + 2}")
+        a.goto_if(JEQ, 0x86DD, f"v6.{at + 2}")
+        for tag in tags:
+            a.jmp(JEQ, tag, inner, None)
+        a.ret(0)
     a.label("raw")
     a.op(LD | B | ABS, 0)
     a.op(ALU | AND | K, 0xF0)

@@ -20,6 +20,7 @@ byte reads per queued frame; nothing is dropped or reordered otherwise.
 from __future__ import annotations
 
 LINKTYPE_ETHERNET = 1
+V6_EXT_MAX = 4  # egresswatch.capture.bpf.V6_EXT_MAX
 
 
 def _l4(linktype: int, data: bytes) -> tuple[int, int]:
@@ -34,7 +35,12 @@ def _l4(linktype: int, data: bytes) -> tuple[int, int]:
     if version == 4:
         return data[off + 9], off + (data[off] & 15) * 4
     if version == 6:
-        return data[off + 6], off + 40
+        nh, p = data[off + 6], off + 40
+        for _ in range(V6_EXT_MAX):  # as the capture filter walks them
+            if nh not in (0, 43, 60):
+                break
+            nh, p = data[p], p + ((data[p + 1] + 1) << 3)
+        return nh, p
     return 0, 0
 
 

@@ -24,6 +24,7 @@
 #define ACCEPT 0x40000          /* bytes kept per packet: a whole TSO/GRO super-packet */
 #define CONT_MAX 1200           /* largest continuation segment passed */
 #define QUIC_MIN_UDP_LEN (8 + 1200)
+#define V6_EXT_MAX 4            /* IPv6 extension headers walked (capture/bpf.py V6_EXT_MAX) */
 #define PACKET_OUTGOING 4
 #define ARPHRD_ETHER 1
 #define ARPHRD_PPP 512
@@ -427,14 +428,25 @@ static __always_inline int filter(struct __sk_buff *skb, bool cur)
 	} else {
 		if (ld8(skb, o + 6, &proto))
 			return 0;
+		x = 40;
+		/* hop-by-hop, routing and destination-options headers: an unprivileged
+		 * socket may add a routing header (IPV6_RTHDR, segment routing) to every
+		 * packet it sends, as the classic filter walks them too */
+#pragma unroll
+		for (int i = 0; i < V6_EXT_MAX; i++) {
+			if (proto != 0 && proto != 43 && proto != 60)
+				break;
+			if (ld8(skb, o + x, &proto) || ld8(skb, o + x + 1, &v))
+				return 0;
+			x += (v + 1) * 8;
+		}
 		if (proto == 44) {      /* fragment header: keep UDP */
-			if (ld8(skb, o + 40, &v) || lane_watched_only())
+			if (ld8(skb, o + x, &v) || lane_watched_only())
 				return 0;
 			return v == 17 ? ACCEPT : 0;
 		}
 		if (proto != 17 && proto != 6)
 			return 0;
-		x = 40;
 		if (ld16(skb, o + 4, &l3len))
 			return 0;
 		l3len += 40;
