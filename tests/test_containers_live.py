@@ -158,5 +158,7 @@ def test_docker_run_server_traffic_is_tied_to_the_server(docker: str, tmp_path: 
         # filed under the docker CLI the host launched, judged like any other
         assert r["src"] != host_side, r
         assert any(c.get("name") == "docker" for c in chain), (r["process"], chain)
-        assert json.loads(r["cmdline"])[0] == "nc", r
+        assert json.loads(r["cmdline"])[0] == "nc", {
+            k: r[k] for k in ("pid", "process", "cmdline", "attribution")
+        }
         assert (r["verdict"], r["reason"]) == ("flagged", "direct_ip"), r

@@ -359,12 +359,17 @@ def test_behind_a_flood_only_watched_processes_get_their_ancestry(kernel: Kernel
         assert kernel.unwatch(os.getpid())
 
 
-def test_a_child_that_sends_right_after_exec_is_named_by_what_it_exec_d(kernel: KernelFlows) -> None:
+@pytest.mark.parametrize("how", ["fork event, exec record", "fork event, /proc", "read before exec"])
+def test_a_child_that_sends_right_after_exec_is_named_by_what_it_exec_d(
+    kernel: KernelFlows, how: str
+) -> None:
     """The tracker files a fork as a copy of its parent until the exec event is
     handled; a child that sends a moment after exec is attributed before that
     (seen in CI: a container's ``nc`` reported as the ``sh`` that forked it).
-    The kernel named the program at send time and recorded the exec: the
-    attribution says what the process runs."""
+    The tracker asks the kernel's exec record (or /proc without eBPF) for a
+    fork copy; a record read from /proc before the exec is corrected by the
+    comm the kernel saw at send time. Either way the attribution says what the
+    process runs."""
     from egresswatch.attribute.attributor import LiveAttributor
     from egresswatch.attribute.kernel import KernelAttributor
     from egresswatch.attribute.lineage import LineageTracker
@@ -374,10 +379,12 @@ def test_a_child_that_sends_right_after_exec_is_named_by_what_it_exec_d(kernel: 
     sink.bind(("127.0.0.1", 0))
     port = sink.getsockname()[1]
     tracker = LineageTracker([])
+    if how != "fork event, /proc":
+        tracker.exec_source = kernel.exec_record
     go_r, go_w = os.pipe()
     hold_r, hold_w = os.pipe()
     pid = os.fork()
-    if pid == 0:  # the child: wait until the tracker filed the fork, then exec and send
+    if pid == 0:  # the child: wait until the tracker filed it, then exec and send
         try:
             os.close(go_w)
             os.close(hold_w)
@@ -389,8 +396,11 @@ def test_a_child_that_sends_right_after_exec_is_named_by_what_it_exec_d(kernel: 
     os.close(go_r)
     os.close(hold_r)
     try:
-        tracker.on_fork(pid, os.getpid())  # the fork event, handled; the exec event is not
-        filed, _chain, _lin = tracker.lookup(pid)
+        if how == "read before exec":
+            filed, _chain, _lin = tracker.lookup(pid)  # read from /proc: not a fork copy
+        else:
+            tracker.on_fork(pid, os.getpid())  # the fork event, handled; the exec event is not
+            filed, _chain, _lin = tracker.lookup(pid)
         assert filed is not None and list(filed.cmdline) == psutil.Process().cmdline()
         os.write(go_w, b"x")
         sink.settimeout(5)
@@ -406,7 +416,9 @@ def test_a_child_that_sends_right_after_exec_is_named_by_what_it_exec_d(kernel: 
         attr = kern.attribute(obs, Frame(ts=now, data=b"x", linktype=1))
         assert attr.process is not None and attr.process.pid == pid, attr
         assert attr.process.name == "bash" and attr.process.cmdline[0] == "bash", attr.process
-        assert kern.counters["kernel_exec_since_filed"] == 1
+        by_tracker = how != "read before exec"
+        assert tracker.counters["exec_before_event"] == int(by_tracker)
+        assert kern.counters["kernel_exec_since_filed"] == int(not by_tracker)
     finally:
         os.close(go_w)
         os.close(hold_w)

@@ -12,6 +12,7 @@ process of the chain that matches, and the phase rules are those of
 from __future__ import annotations
 
 import logging
+import time
 from collections.abc import Callable, Sequence
 from dataclasses import replace
 
@@ -19,7 +20,7 @@ from egresswatch.attribute.containers import SHIMS, ContainerLinker
 from egresswatch.attribute.listings import all_pids
 from egresswatch.attribute.procevents import CLK_TCK, boot_time, read_environ_has, read_stat
 from egresswatch.attribute.procfeed import ProcessFeed
-from egresswatch.attribute.procread import ExecSource, read_seen
+from egresswatch.attribute.procread import EXEC_EVENT_LAG, ExecSource, exec_since_fork, read_seen
 from egresswatch.attribute.proctable import ProcessTable, ProcKey, ProcRecord
 from egresswatch.attribute.trees import ServerTree, server_trees
 from egresswatch.mcp.match import INSTALL, LIFECYCLE_ENV, Lineage, classify_with
@@ -121,6 +122,7 @@ class LineageTracker(ProcessTable):
             base = parent.info if parent else ProcessInfo(pid=pid, create_time=ct)
             info = ProcessInfo(pid, ct, ppid, base.name, base.exe, base.cmdline, base.user)
             rec = self._add(info, parent.info.key if parent else None, classify_now=False)
+            rec.forked = True
             lin = parent.lineage if parent else None
             rec.lineage = replace(lin, depth=lin.depth + 1) if lin is not None else None
             self.counters["forks"] += 1
@@ -135,7 +137,7 @@ class LineageTracker(ProcessTable):
                 return  # gone already: the fork copy stays
             rec = self.live.get(pid)
             if rec is not None and rec.info.create_time == info.create_time:
-                rec.info = info
+                rec.info, rec.forked = info, False
                 parent = rec.parent
             else:
                 parent = self._parent_key(info.ppid)
@@ -212,8 +214,6 @@ class LineageTracker(ProcessTable):
         with self.lock:
             self.remove(pid)
 
-    # -- queries (also: ProcessTable's) -----------------------------------
-
     # -- queries --------------------------------------------------------
     def lookup(self, pid: int) -> tuple[ProcessInfo | None, tuple[ProcessInfo, ...], Lineage | None]:
         """(process, ancestors parent first, lineage) of a live pid; reads /proc
@@ -222,7 +222,27 @@ class LineageTracker(ProcessTable):
             rec = self.live.get(pid) or self._ensure(pid)
             if rec is None:
                 return None, (), None
+            if rec.forked:
+                self._exec_unheard(rec)
             return rec.info, tuple(self.chain(rec, include_self=False)), rec.lineage
+
+    def lookup_key(self, key: ProcKey) -> tuple[ProcessInfo | None, tuple[ProcessInfo, ...], Lineage | None]:
+        with self.lock:
+            rec = self.get(key)
+            if rec is not None and rec.forked:
+                self._exec_unheard(rec)
+            return super().lookup_key(key)
+
+    def _exec_unheard(self, rec: ProcRecord) -> None:
+        """A fork's copy asked for before its exec event was handled (procread.exec_since_fork)."""
+        young = rec.alive and time.monotonic() - rec.born < EXEC_EVENT_LAG
+        now = exec_since_fork(rec.info, self.exec_source, young)
+        if now is not None:
+            rec.info, rec.forked = now, False
+            rec.lineage = (
+                classify_with(self.chain(rec, include_self=True), self.matcher, self.marks) or rec.lineage
+            )
+            self.counters["exec_before_event"] += 1
 
     def trees(self) -> list[ServerTree]:
         """Per MCP server launch, its process tree (egresswatch.attribute.trees)."""

@@ -23,6 +23,10 @@ if TYPE_CHECKING:
 
 ExecSource = Callable[[int], "ExecRecord | None"]
 
+#: a fork's copy is re-read from /proc (no eBPF) while this young (seconds): its exec
+#: event comes within milliseconds, later only under load
+EXEC_EVENT_LAG = 1.0
+
 
 def read_any(pid: int) -> ProcessInfo | None:
     """``pid`` now; None when it is gone (or hidden)."""
@@ -58,3 +62,27 @@ def kernel_view(info: ProcessInfo, rec: ExecRecord) -> ProcessInfo:
     if same and info.name == rec.comm:
         return info
     return replace(info, cmdline=info.cmdline if same else rec.argv, name=rec.comm or info.name)
+
+
+def exec_since_fork(info: ProcessInfo, exec_source: ExecSource | None, young: bool) -> ProcessInfo | None:
+    """What the process whose fork copy (its parent's command line) is ``info``
+    runs now, if it exec'd since; None when no exec is known. The proc
+    connector's exec event lags (more under load), and a child that connects a
+    millisecond after exec is attributed before it is handled: the kernel's
+    exec record (same start time: this process, after its fork) answers, or
+    without eBPF a read of /proc while the process is ``young``."""
+    if exec_source is not None:
+        try:
+            seen = exec_source(info.pid)
+        except OSError:
+            return None
+        if seen is None or seen.create_time != info.create_time:
+            return None  # no exec since the fork
+        now: ProcessInfo | None = kernel_view(info, seen)
+    elif young:
+        now = read_any(info.pid)
+    else:
+        return None
+    if now is None or now.key != info.key or now.cmdline == info.cmdline:
+        return None
+    return replace(now, ppid=info.ppid)

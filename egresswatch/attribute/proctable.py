@@ -35,6 +35,7 @@ class ProcRecord:
     exited_at: float = 0.0  # time.monotonic()
     exited_wall: float = 0.0  # time.time(), to compare with packet timestamps
     born: float = 0.0  # time.monotonic() when first seen
+    forked: bool = False  # a fork's copy of its parent, until its exec (or a re-read) says what it runs
 
 
 class ProcessTable:
