@@ -22,17 +22,17 @@ TLS_INCOMPLETE = "tls_incomplete"
 QUIC_SNI = "quic_sni"
 CONNECT = "connect"
 UDP_FLOW = "udp_flow"  # first datagram of a (process, destination) UDP flow, from the kernel (eBPF)
+ICMP_FLOW = "icmp_flow"  # first echo request of a (process, destination) "ping" socket flow, ditto
 FLOW_SUMMARY = "flow_summary"  # bytes a watched flow sent, from the kernel (eBPF): periodic and at its end
-KINDS = (DNS_QUERY, DNS_ANSWER, TLS_SNI, TLS_INCOMPLETE, QUIC_SNI, CONNECT, UDP_FLOW, FLOW_SUMMARY)
+KINDS = (DNS_QUERY, DNS_ANSWER, TLS_SNI, TLS_INCOMPLETE, QUIC_SNI, CONNECT, UDP_FLOW, ICMP_FLOW, FLOW_SUMMARY)
 #: Kinds that belong to a flow (5-tuple, first packet to last): the SYN and the hellos.
 FLOW_KINDS = (CONNECT, TLS_SNI, TLS_INCOMPLETE, QUIC_SNI)
 #: Kinds whose events carry ``candidates``, ``flow_id`` and ``decides``.
 LINKED_KINDS = (*FLOW_KINDS, FLOW_SUMMARY)
 HELLO_KINDS = (TLS_SNI, TLS_INCOMPLETE, QUIC_SNI)
 
-Proto = Literal["udp", "tcp"]
+Proto = Literal["udp", "tcp", "icmp", "icmp6"]
 
-# Verdicts
 ALLOWED = "allowed"
 FLAGGED = "flagged"
 UNWATCHED = "unwatched"
@@ -95,7 +95,7 @@ class Observation:
     Field meanings (also the JSON fields of ``egresswatch replay``):
 
     - ``ts``: packet time, epoch seconds; ``frame``: frame number that completed it
-    - ``kind``: one of KINDS; ``proto``: udp|tcp; ``src``/``sport``/``dst``/``dport``
+    - ``kind``: one of KINDS; ``proto``: udp|tcp|icmp|icmp6; ``src``/``sport``/``dst``/``dport``
     - DNS: ``qname`` (first question, presentation form, no trailing dot, "." for
       root), ``qtype`` (numeric), ``rcode`` (low 4 header bits), ``answers``
       (A/AAAA/CNAME data of the answer section in wire order), ``records``

@@ -84,13 +84,21 @@ def kernel() -> Iterator[KernelFlows]:
     flows.close()
 
 
+@pytest.fixture(scope="module")
+def events(kernel: KernelFlows) -> list[records.FlowOwner]:
+    """The first-datagram records (udp_events) of the whole module, in order."""
+    got: list[records.FlowOwner] = []
+    kernel.start_events(got.append)
+    return got
+
+
 def me() -> tuple[int, float]:
     return os.getpid(), psutil.Process().create_time()
 
 
-def test_unconnected_udp_closed_at_once_is_owned(kernel: KernelFlows) -> None:
-    events: list[records.FlowOwner] = []
-    kernel.start_events(events.append)
+def test_unconnected_udp_closed_at_once_is_owned(
+    kernel: KernelFlows, events: list[records.FlowOwner]
+) -> None:
     sink = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
     sink.bind(("127.0.0.1", 0))
     ports = []
@@ -110,6 +118,55 @@ def test_unconnected_udp_closed_at_once_is_owned(kernel: KernelFlows) -> None:
     mine = [e for e in events if e.tgid == os.getpid()]
     assert sorted(e.remote for e in mine) == sorted([("127.0.0.1", ports[0][1][1]), ("::1", 9)])
     sink.close()
+
+
+def test_an_unprivileged_ping_socket_is_recorded_and_made_an_icmp_flow(
+    kernel: KernelFlows, events: list[records.FlowOwner], tmp_path: Path
+) -> None:
+    """ICMP echo ("ping") sockets need no privilege where net.ipv4.ping_group_range
+    allows (systemd's default: every group): an echo request carries any payload
+    to any address. Sent as nobody from a namespace of the test's own (the range
+    opened there only), IPv4 and IPv6: each socket is filed with its sender, and
+    its first echo to a destination is an event, which the attributor makes an
+    ``icmp_flow`` for a process of an MCP tree."""
+    from egresswatch.attribute.attributor import LiveAttributor
+    from egresswatch.attribute.kernel import KernelAttributor
+    from egresswatch.attribute.lineage import LineageTracker
+
+    ns = f"ewping{os.getpid()}"
+    run = ["ip", "netns", "exec", ns]
+    subprocess.run(["ip", "netns", "add", ns], check=True)
+    code = (
+        "import socket, sys\n"
+        "if True:\n"
+        "    for fam, proto, echo, dst in ((socket.AF_INET, socket.IPPROTO_ICMP, 8, '127.0.0.1'),\n"
+        "                                  (socket.AF_INET6, socket.IPPROTO_ICMPV6, 128, '::1')):\n"
+        "        s = socket.socket(fam, socket.SOCK_DGRAM, proto)\n"
+        "        s.sendto(bytes([echo]) + bytes(7) + b'aws_secret_access_key=' * 4, (dst, 0))\n"
+        "        print(s.getsockname()[1])\n"
+        "        s.close()\n"
+    )
+    try:
+        subprocess.run([*run, "ip", "link", "set", "lo", "up"], check=True)
+        subprocess.run([*run, "sysctl", "-qw", "net.ipv4.ping_group_range=0 2147483647"], check=True)
+        p = subprocess.run([*run, "setpriv", "--reuid=65534", "--regid=65534", "--clear-groups",
+                            "/usr/bin/python3", "-c", code], capture_output=True, text=True, timeout=30)  # fmt: skip
+        assert p.returncode == 0, p.stderr
+    finally:
+        subprocess.run(["ip", "netns", "del", ns], check=False)
+    idents = [int(x) for x in p.stdout.split()]
+    assert len(idents) == 2
+    pinger = wait_for(
+        lambda: [e for e in events if e.proto in ("icmp", "icmp6") and e.local[1] in idents] or None, 5,
+        "the echo sockets' first-datagram events",
+    )  # fmt: skip
+    assert sorted((e.proto, e.remote) for e in pinger) == [("icmp", ("127.0.0.1", 0)), ("icmp6", ("::1", 0))]
+    assert {e.bytes_out for e in pinger} == {8 + 88}
+    assert len({(e.tgid, e.create_time) for e in pinger}) == 1 and pinger[0].comm == "python3"
+    # outside every MCP tree: no event (tests/test_netns_live.py has a watched server's)
+    kern = KernelAttributor(kernel, LiveAttributor(LineageTracker([])))
+    assert [kern.udp_flow(e) for e in pinger] == [None, None]
+    assert kern.counters["icmp_flow_outside_mcp"] == 2 and not kern.counters["udp_flow_outside_mcp"]
 
 
 def test_tcp_from_a_thread_and_a_refused_connect(kernel: KernelFlows) -> None:

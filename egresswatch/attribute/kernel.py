@@ -26,7 +26,7 @@ from egresswatch.attribute.procread import kernel_view
 from egresswatch.attribute.sockets import norm_ip
 from egresswatch.ebpf.records import ExecRecord, FlowOwner
 from egresswatch.mcp.match import Lineage, attribution
-from egresswatch.model import UDP_FLOW, Attribution, Frame, Observation, ProcessInfo
+from egresswatch.model import ICMP_FLOW, UDP_FLOW, Attribution, Frame, Observation, ProcessInfo, Proto
 
 
 class FlowTable(Protocol):
@@ -183,23 +183,29 @@ class KernelAttributor:
         return now, self.lineage.classify([now, *chain]) or lin
 
     def udp_flow(self, rec: FlowOwner) -> Observation | None:
-        """The ``udp_flow`` observation of a kernel record of a first datagram,
-        for processes of an MCP tree only (None for the rest of the machine).
-        DNS (port 53) and QUIC (443) are decoded from the packets already."""
-        if rec.remote[1] in (53, 443) or not rec.remote[1]:
+        """The ``udp_flow`` (or ``icmp_flow``: an echo "ping" socket's) observation
+        of a kernel record of a first datagram, for processes of an MCP tree only
+        (None for the rest of the machine). DNS (port 53) and QUIC (443) are
+        decoded from the packets already."""
+        icmp = rec.proto in ("icmp", "icmp6")
+        if icmp and rec.remote[0] in ("::", "0.0.0.0"):
             return None
+        if not icmp and (rec.remote[1] in (53, 443) or not rec.remote[1]):
+            return None
+        kind = ICMP_FLOW if icmp else UDP_FLOW
+        proto: Proto = "icmp6" if rec.proto == "icmp6" else "icmp" if icmp else "udp"
         _info, _chain, lin = self.identify(rec)
         if lin is None:
-            self.counters["udp_flow_outside_mcp"] += 1
+            self.counters[f"{kind}_outside_mcp"] += 1
             return None
-        self.counters["udp_flow"] += 1
+        self.counters[kind] += 1
         src = rec.local[0]
         if src == "::" and "." in rec.remote[0]:
             src = "0.0.0.0"
         # this datagram's time: the record was updated by this send. first_ns is the
         # first send on the address by this process, maybe from an earlier socket
         ts = self.kernel.epoch(rec.last_ns)
-        return Observation(ts=ts, frame=0, kind=UDP_FLOW, proto="udp", src=src, sport=rec.local[1],
+        return Observation(ts=ts, frame=0, kind=kind, proto=proto, src=src, sport=rec.local[1],
                            dst=rec.remote[0], dport=rec.remote[1])  # fmt: skip
 
     def _via_parent(

@@ -8,7 +8,8 @@
  * /proc/PID/stat counts it), network namespace and bytes sent. Entries outlive
  * the socket (LRU eviction only), so the daemon finds the owner of a packet
  * whose socket lived a millisecond. The first datagram of each (process,
- * destination) UDP flow is also pushed to the ring buffer `udp_events`.
+ * destination) UDP or ICMP echo ("ping" socket) flow is also pushed to the
+ * ring buffer `udp_events`.
  * At exec, the file name and the first ARGS_MAX bytes of argv are kept in
  * `execs`, read from the new mm before the program runs a single instruction,
  * so a later rewrite of argv/comm cannot hide what was launched. A child of a
@@ -22,6 +23,16 @@
 #define AF_INET6 10
 #define IPPROTO_TCP 6
 #define IPPROTO_UDP 17
+#define IPPROTO_ICMP 1
+#define IPPROTO_ICMPV6 58
+
+/* Datagram sockets: UDP, and ICMP echo ("ping") sockets, which any account may
+ * open where net.ipv4.ping_group_range allows it (systemd's default: every
+ * group); their local port is the echo identifier. */
+static __always_inline bool datagram(__u16 proto)
+{
+	return proto == IPPROTO_UDP || proto == IPPROTO_ICMP || proto == IPPROTO_ICMPV6;
+}
 #define TCP_SYN_SENT 2
 #define TCP_CLOSE 7
 #define ARGS_MAX 512
@@ -178,7 +189,7 @@ static __always_inline bool sock_key_port(struct sock *sk, struct flow_key *k, _
 	__u16 family = BPF_CORE_READ(sk, __sk_common.skc_family);
 	__u16 proto = BPF_CORE_READ(sk, sk_protocol);
 
-	if (proto != IPPROTO_TCP && proto != IPPROTO_UDP)
+	if (proto != IPPROTO_TCP && !datagram(proto))
 		return false;
 	__builtin_memset(k, 0, sizeof(*k));
 	k->proto = proto;
@@ -328,7 +339,7 @@ int on_send(struct bpf_raw_tracepoint_args *ctx)
 	if (ret < 0 || !sock_key(sk, &k))
 		return 0;
 	current_owner(&o);
-	if (k.proto == IPPROTO_UDP && k.rport == 0) {
+	if (datagram(k.proto) && k.rport == 0) {
 		/* unconnected: the destination came with sendto/sendmsg; the owner
 		 * is filed under the local end alone, the event names the peer */
 		__u32 tid = o.pid;
@@ -353,7 +364,7 @@ int on_send(struct bpf_raw_tracepoint_args *ctx)
 	}
 	record(sk, &k, &o, ret);
 	count_volume(&k, ret);
-	if (k.proto == IPPROTO_UDP)
+	if (datagram(k.proto))
 		udp_first(&k, &k, &o, ret);
 	return 0;
 }
@@ -376,7 +387,7 @@ int on_dev_queue(struct bpf_raw_tracepoint_args *ctx)
 	if (!sk || !BPF_CORE_READ(sk, sk_socket, file))
 		return 0;       /* none, or a kernel socket (a tunnel's: its task is any) */
 	__u16 proto = BPF_CORE_READ(sk, sk_protocol);
-	if (proto == IPPROTO_UDP) {
+	if (datagram(proto)) {
 		__u32 tid = (__u32)bpf_get_current_pid_tgid();
 		__u64 *sending_sk = bpf_map_lookup_elem(&sending, &tid);
 
@@ -471,7 +482,7 @@ static __always_inline void udp_file(long ret)
 		return;
 	sk = ret == 0 ? fd_sock(*fd) : 0;
 	bpf_map_delete_elem(&udp_fd, &tid);
-	if (!sk || BPF_CORE_READ(sk, sk_protocol) != IPPROTO_UDP || !sock_key(sk, &k))
+	if (!sk || !datagram(BPF_CORE_READ(sk, sk_protocol)) || !sock_key(sk, &k))
 		return;
 	current_owner(&o);
 	record(sk, &k, &o, -1);

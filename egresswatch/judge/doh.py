@@ -106,7 +106,7 @@ def doh_dot(obs: Observation, dst_name: str | None) -> str | None:
     if obs.kind == DNS_QUERY:
         hit = is_doh_name(obs.qname)
         return f"query for DoH resolver name {hit}" if hit else None
-    if obs.is_dns:
+    if obs.is_dns or obs.proto in ("icmp", "icmp6"):
         return None
     alpn = {a.lower() for a in obs.alpn}
     if "dot" in alpn:

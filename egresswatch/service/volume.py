@@ -2,7 +2,7 @@
 
 The daemon adds a :class:`VolumeWatch` to the pipeline's sinks when the eBPF
 programs are loaded. Every event of a flow of an MCP tree (``connect``, a
-hello, ``udp_flow``) files its flow (5-tuple) with its attribution and name;
+hello, ``udp_flow``, ``icmp_flow``) files its flow (5-tuple) with its attribution and name;
 every ``daemon.flow_summary_seconds`` (and at shutdown) the watch reads each
 filed flow's count from the kernel's ``volume`` map (egresswatch.ebpf) and,
 when the flow sent more since the last summary, hands a ``flow_summary``
@@ -27,6 +27,7 @@ from egresswatch.ebpf.records import FlowVolume
 from egresswatch.model import (
     CONNECT,
     FLOW_SUMMARY,
+    ICMP_FLOW,
     QUIC_SNI,
     TLS_INCOMPLETE,
     TLS_SNI,
@@ -36,7 +37,7 @@ from egresswatch.model import (
     Observation,
 )
 
-WATCHED_KINDS = frozenset({CONNECT, TLS_SNI, TLS_INCOMPLETE, QUIC_SNI, UDP_FLOW})
+WATCHED_KINDS = frozenset({CONNECT, TLS_SNI, TLS_INCOMPLETE, QUIC_SNI, UDP_FLOW, ICMP_FLOW})
 #: a filed flow that sent nothing new for this long (seconds) is forgotten
 IDLE = 600.0
 #: a filed flow the kernel has no count for after this long never sent (a refused connect)
