@@ -68,6 +68,7 @@ def test_a_client_in_another_namespace_is_attributed_by_host_pid(tmpdir700: Path
         assert (r["server"], r["pid"], r["attribution"]) == ("fake", nspid[0], "kernel"), (what, r)
     assert rows["dns"]["sport"] == by["dns"]["sport"] and rows["dns"]["src"] == lab.peer4
     assert (rows["ping"]["verdict"], rows["ping"]["reason"]) == ("flagged", "direct_ip"), rows["ping"]
+    assert rows["ping"]["rule"] == f"{lab.host4} (ICMP echo) was never resolved by this server", rows["ping"]
     assert [(r["server"], r["dst"], r["bytes_out"]) for r in summaries] == [("fake", lab.host4, 64)], (
         summaries
     )

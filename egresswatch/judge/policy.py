@@ -39,6 +39,7 @@ from egresswatch.model import (
     DNS_QUERY,
     FLAGGED,
     FLOW_SUMMARY,
+    ICMP_FLOW,
     Attribution,
     Observation,
     Verdict,
@@ -185,7 +186,8 @@ class Policy:
             and obs.dport != 53
             and not self._resolved(owner_key(obs, attr), obs.dst, obs.ts)
         ):
-            return verdict("direct_ip", f"{obs.dst}:{obs.dport} was never resolved by this server")
+            where = f"{obs.dst} (ICMP echo)" if obs.kind == ICMP_FLOW else f"{obs.dst}:{obs.dport}"
+            return verdict("direct_ip", f"{where} was never resolved by this server")
         dest = (name or ip or "").rstrip(".").lower()
         if attr.phase == "install":
             # install hooks reach the registries (install_allow), nothing else; never learned
