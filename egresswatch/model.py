@@ -31,7 +31,7 @@ FLOW_KINDS = (CONNECT, TLS_SNI, TLS_INCOMPLETE, QUIC_SNI)
 LINKED_KINDS = (*FLOW_KINDS, FLOW_SUMMARY)
 HELLO_KINDS = (TLS_SNI, TLS_INCOMPLETE, QUIC_SNI)
 
-Proto = Literal["udp", "tcp", "icmp", "icmp6"]
+Proto = Literal["udp", "tcp", "udplite", "icmp", "icmp6"]
 
 ALLOWED = "allowed"
 FLAGGED = "flagged"
@@ -95,7 +95,7 @@ class Observation:
     Field meanings (also the JSON fields of ``egresswatch replay``):
 
     - ``ts``: packet time, epoch seconds; ``frame``: frame number that completed it
-    - ``kind``: one of KINDS; ``proto``: udp|tcp|icmp|icmp6; ``src``/``sport``/``dst``/``dport``
+    - ``kind``: one of KINDS; ``proto``: udp|tcp|udplite|icmp|icmp6; ``src``/``sport``/``dst``/``dport``
     - DNS: ``qname`` (first question, presentation form, no trailing dot, "." for
       root), ``qtype`` (numeric), ``rcode`` (low 4 header bits), ``answers``
       (A/AAAA/CNAME data of the answer section in wire order), ``records``

@@ -169,6 +169,20 @@ def test_an_unprivileged_ping_socket_is_recorded_and_made_an_icmp_flow(
     assert kern.counters["icmp_flow_outside_mcp"] == 2 and not kern.counters["udp_flow_outside_mcp"]
 
 
+def test_udp_lite_is_recorded(kernel: KernelFlows, events: list[records.FlowOwner]) -> None:
+    """UDP-Lite (IP protocol 136) needs no privilege and passes no capture rule:
+    only the kernel's record shows it."""
+    u = socket.socket(socket.AF_INET, socket.SOCK_DGRAM, 136)
+    u.sendto(b"lite" * 10, ("127.0.0.1", 9))
+    port = u.getsockname()[1]
+    u.close()
+    rec = kernel.owner("udplite", ("127.0.0.1", port), ("127.0.0.1", 9))
+    assert rec is not None and rec.proto == "udplite" and (rec.tgid, rec.create_time) == me(), rec
+    first = wait_for(lambda: [e for e in events if e.proto == "udplite" and e.local[1] == port] or None, 5,
+                     "the UDP-Lite first-datagram event")  # fmt: skip
+    assert [(e.remote, e.bytes_out) for e in first] == [(("127.0.0.1", 9), 40)]
+
+
 def test_tcp_from_a_thread_and_a_refused_connect(kernel: KernelFlows) -> None:
     srv = socket.socket(socket.AF_INET6)
     srv.bind(("::1", 0))

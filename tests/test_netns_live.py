@@ -5,7 +5,7 @@ MCP server that starts a client inside a container-like namespace pair
 into the root namespace, where the daemon captures them.
 
 The client's sockets live about a millisecond and it is pid 1 of its own PID
-namespace: its DNS query, its SYN, its datagram (a ``udp_flow``) and its ICMP
+namespace: its DNS query, its SYN, its UDP and UDP-Lite datagrams (``udp_flow``) and its ICMP
 echo request from a "ping" socket (an ``icmp_flow``, judged ``direct_ip``)
 must name its host pid and the server.
 """
@@ -38,8 +38,8 @@ def test_a_client_in_another_namespace_is_attributed_by_host_pid(tmpdir700: Path
             assert "attribution: ebpf" in d.status(), d.status()
             d.launch_host()
             go.touch()
-            acts = wait_for(lambda: (x := log_lines(log) if log.exists() else []) and len(x) == 4 and x, 30,
-                            "the client's four actions")  # fmt: skip
+            acts = wait_for(lambda: (x := log_lines(log) if log.exists() else []) and len(x) == 5 and x, 30,
+                            "the client's five actions")  # fmt: skip
             by = {a["what"]: a for a in acts}
             host4 = lab.host4
 
@@ -51,6 +51,8 @@ def test_a_client_in_another_namespace_is_attributed_by_host_pid(tmpdir700: Path
                             and r["sport"] == by["syn"]["sport"]],
                     "datagram": [r for r in rows if r["kind"] == "udp_flow" and r["dst"] == host4
                                  and r["dport"] == 40000 and r["sport"] == by["datagram"]["sport"]],
+                    "udplite": [r for r in rows if r["kind"] == "udp_flow" and r["proto"] == "udplite"
+                                and r["dport"] == 40001 and r["sport"] == by["udplite"]["sport"]],
                     "ping": [r for r in rows if r["kind"] == "icmp_flow" and r["dst"] == host4
                              and r["proto"] == "icmp" and r["sport"] == by["ping"]["sport"]],
                 }  # fmt: skip

@@ -57,6 +57,8 @@ LATER_SOCKET = 1.0
 LATER_FILED = 0.005
 LATER_DATAGRAM = 0.05
 LATER_ANSWER = 0.005
+#: the datagram sockets the kernel records as an Observation's proto
+DATAGRAM_PROTOS: dict[str, Proto] = {"udp": "udp", "udplite": "udplite", "icmp": "icmp", "icmp6": "icmp6"}
 #: a SYN is captured inside connect(2), its record written when connect returns:
 #: a packet handled within this long of its capture may wait for the record
 SETTLE = 0.005
@@ -183,17 +185,17 @@ class KernelAttributor:
         return now, self.lineage.classify([now, *chain]) or lin
 
     def udp_flow(self, rec: FlowOwner) -> Observation | None:
-        """The ``udp_flow`` (or ``icmp_flow``: an echo "ping" socket's) observation
-        of a kernel record of a first datagram, for processes of an MCP tree only
-        (None for the rest of the machine). DNS (port 53) and QUIC (443) are
-        decoded from the packets already."""
+        """The ``udp_flow`` (UDP or UDP-Lite) or ``icmp_flow`` (an echo "ping"
+        socket's) observation of a kernel record of a first datagram, for
+        processes of an MCP tree only (None for the rest of the machine). UDP to
+        port 53 (DNS) and 443 (QUIC) is decoded from the packets already."""
         icmp = rec.proto in ("icmp", "icmp6")
         if icmp and rec.remote[0] in ("::", "0.0.0.0"):
             return None
-        if not icmp and (rec.remote[1] in (53, 443) or not rec.remote[1]):
+        if not icmp and (not rec.remote[1] or rec.proto == "udp" and rec.remote[1] in (53, 443)):
             return None
         kind = ICMP_FLOW if icmp else UDP_FLOW
-        proto: Proto = "icmp6" if rec.proto == "icmp6" else "icmp" if icmp else "udp"
+        proto = DATAGRAM_PROTOS.get(rec.proto, "udp")
         _info, _chain, lin = self.identify(rec)
         if lin is None:
             self.counters[f"{kind}_outside_mcp"] += 1

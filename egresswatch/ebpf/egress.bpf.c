@@ -8,8 +8,8 @@
  * /proc/PID/stat counts it), network namespace and bytes sent. Entries outlive
  * the socket (LRU eviction only), so the daemon finds the owner of a packet
  * whose socket lived a millisecond. The first datagram of each (process,
- * destination) UDP or ICMP echo ("ping" socket) flow is also pushed to the
- * ring buffer `udp_events`.
+ * destination) UDP, UDP-Lite or ICMP echo ("ping" socket) flow is also pushed
+ * to the ring buffer `udp_events`.
  * At exec, the file name and the first ARGS_MAX bytes of argv are kept in
  * `execs`, read from the new mm before the program runs a single instruction,
  * so a later rewrite of argv/comm cannot hide what was launched. A child of a
@@ -25,13 +25,17 @@
 #define IPPROTO_UDP 17
 #define IPPROTO_ICMP 1
 #define IPPROTO_ICMPV6 58
+#define IPPROTO_UDPLITE 136
 
-/* Datagram sockets: UDP, and ICMP echo ("ping") sockets, which any account may
- * open where net.ipv4.ping_group_range allows it (systemd's default: every
- * group); their local port is the echo identifier. */
+/* Datagram sockets: UDP, UDP-Lite (any account may open one; its packets are
+ * IP protocol 136, which the capture filter does not pass), and ICMP echo
+ * ("ping") sockets, which any account may open where net.ipv4.ping_group_range
+ * allows it (systemd's default: every group); their local port is the echo
+ * identifier. */
 static __always_inline bool datagram(__u16 proto)
 {
-	return proto == IPPROTO_UDP || proto == IPPROTO_ICMP || proto == IPPROTO_ICMPV6;
+	return proto == IPPROTO_UDP || proto == IPPROTO_UDPLITE || proto == IPPROTO_ICMP ||
+	       proto == IPPROTO_ICMPV6;
 }
 #define TCP_SYN_SENT 2
 #define TCP_CLOSE 7

@@ -20,7 +20,7 @@ _PREV = struct.Struct("<IIQQQIIQ16s")
 PREV_AT = struct.calcsize("<IIQQQQII16sIIQ")
 VOL_VAL = struct.Struct("<QQQQII")  # bytes, first_ns, last_ns, end_ns, sends, pad (volume.bpf.h)
 EXEC_VAL = struct.Struct("<QII16s256s512s")  # start_ns, pid, args_len, comm, filename, args
-PROTOS = {"tcp": 6, "udp": 17, "icmp": 1, "icmp6": 58}  # icmp: echo ("ping") sockets
+PROTOS = {"tcp": 6, "udp": 17, "udplite": 136, "icmp": 1, "icmp6": 58}  # icmp: echo ("ping") sockets
 PROTO_NAMES = {v: k for k, v in PROTOS.items()}
 ANY = bytes(16)
 

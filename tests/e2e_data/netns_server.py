@@ -7,7 +7,7 @@ When GO exists it starts ``ip netns exec NS unshare --pid --fork python3 -c
 CLIENT``. The client (pid 1 in its own PID namespace) logs its pids as the
 host and its namespace see them (/proc/self/status NSpid, read through the
 host's /proc), then sends a DNS query to HOST4:53, a TCP SYN to HOST4:9, a
-datagram to HOST4:40000 and an ICMP echo request to HOST4 from a "ping"
+datagram to HOST4:40000, a UDP-Lite datagram to HOST4:40001 and an ICMP echo request to HOST4 from a "ping"
 socket (the namespace's net.ipv4.ping_group_range opened by the test), on
 sockets closed at once. The server lives on.
 """
@@ -38,6 +38,8 @@ except OSError:
 note(what="syn", sport=t.getsockname()[1]); t.close()
 u = socket.socket(socket.AF_INET, socket.SOCK_DGRAM); u.sendto(b"x" * 64, (host, 40000))
 note(what="datagram", sport=u.getsockname()[1]); u.close()
+lite = socket.socket(socket.AF_INET, socket.SOCK_DGRAM, 136); lite.sendto(b"y" * 64, (host, 40001))
+note(what="udplite", sport=lite.getsockname()[1]); lite.close()
 p = socket.socket(socket.AF_INET, socket.SOCK_DGRAM, socket.IPPROTO_ICMP)
 p.sendto(b"\x08" + bytes(7) + b"x" * 56, (host, 0))
 note(what="ping", sport=p.getsockname()[1]); p.close()
