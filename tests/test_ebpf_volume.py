@@ -5,7 +5,8 @@ real programs, real sockets (root; fails in CI when they cannot load).
   of a sendmmsg(2), whose destinations also reach the udp_flow ring buffer;
 - TCP: one count per flow whoever writes (a parent and its forked child take
   turns on one connection), and the flow's end (FIN, or a reset that releases
-  the port before the state change).
+  the port before the state change);
+- MPTCP: counted under its first subflow's 5-tuple.
 """
 
 from __future__ import annotations
@@ -14,6 +15,7 @@ import ctypes
 import os
 import socket
 import struct
+import threading
 from collections.abc import Iterator
 
 import pytest
@@ -191,3 +193,39 @@ def test_tcp_one_count_whoever_writes_and_the_flow_end(kernel: KernelFlows) -> N
     assert v2.bytes_out == 10
     peer2.close()
     srv.close()
+
+
+IPPROTO_MPTCP = 262
+
+
+def test_an_mptcp_upload_is_counted_under_its_subflow(kernel: KernelFlows) -> None:
+    """Any account may open an MPTCP socket (net.mptcp.enabled, on by default):
+    its sends are the MPTCP socket's, not its TCP subflow's, and were counted
+    nowhere, so an upload through one escaped the upload detector."""
+    try:
+        srv = socket.socket(socket.AF_INET, socket.SOCK_STREAM, IPPROTO_MPTCP)
+    except OSError as e:
+        missing(f"no MPTCP in this kernel: {e}")
+    srv.bind(("127.0.0.1", 0))
+    srv.listen()
+    addr = srv.getsockname()
+    c = socket.socket(socket.AF_INET, socket.SOCK_STREAM, IPPROTO_MPTCP)
+    c.connect(addr)
+    peer, _ = srv.accept()
+    reader = threading.Thread(
+        target=lambda: [None for _ in iter(lambda: peer.recv(1 << 20), b"")], daemon=True
+    )
+    reader.start()
+    try:
+        for _ in range(20):
+            c.sendall(b"u" * 50_000)
+        local = c.getsockname()
+        v = kernel.volume("tcp", local, addr)
+        assert v is not None and (v.bytes_out, v.sends) == (1_000_000, 20), v
+        owner = kernel.owner("tcp", local, addr)
+        assert owner is not None and owner.tgid == os.getpid()
+    finally:
+        c.close()
+        reader.join(timeout=10)
+        peer.close()
+        srv.close()

@@ -26,6 +26,7 @@
 #define IPPROTO_ICMP 1
 #define IPPROTO_ICMPV6 58
 #define IPPROTO_UDPLITE 136
+#define IPPROTO_MPTCP 262
 
 /* Datagram sockets: UDP, UDP-Lite (any account may open one; its packets are
  * IP protocol 136, which the capture filter does not pass), and ICMP echo
@@ -193,6 +194,8 @@ static __always_inline bool sock_key_port(struct sock *sk, struct flow_key *k, _
 	__u16 family = BPF_CORE_READ(sk, __sk_common.skc_family);
 	__u16 proto = BPF_CORE_READ(sk, sk_protocol);
 
+	if (proto == IPPROTO_MPTCP)
+		proto = IPPROTO_TCP;    /* an MPTCP socket's sends: filed and counted under its first subflow */
 	if (proto != IPPROTO_TCP && !datagram(proto))
 		return false;
 	__builtin_memset(k, 0, sizeof(*k));
