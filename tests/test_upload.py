@@ -139,7 +139,7 @@ class FakeKernel:
 def test_the_daemon_summarizes_watched_flows_only() -> None:
     k = FakeKernel()
     w = VolumeWatch(k, interval=10)
-    tcp = Observation(ts=1.0, frame=1, kind=TLS_SNI, proto="tcp", src="10.0.0.2", sport=40000, dst="192.0.2.7",
+    tcp = Observation(ts=1001.0, frame=1, kind=TLS_SNI, proto="tcp", src="10.0.0.2", sport=40000, dst="192.0.2.7",
                       dport=443, sni="api.github.com")  # fmt: skip
     other = Observation(ts=1.0, frame=1, kind=CONNECT, proto="tcp", src="10.0.0.2", sport=40001, dst="192.0.2.7",
                         dport=443)  # fmt: skip
@@ -161,6 +161,16 @@ def test_the_daemon_summarizes_watched_flows_only() -> None:
     (obs, _a), = w.due(force=True)  # fmt: skip
     assert (obs.bytes_out, obs.bytes_new, obs.ended, obs.ts) == (1500, 500, True, 1004.0)
     assert len(w) == 0  # forgotten after its end
+    # the port reused by another connection before the first summary: not the flow's bytes
+    w.write(Event(tcp, WATCHED))
+    k.vols[key] = FlowVolume(7 * MB, 5, 10_000_000_000, 11_000_000_000, 0)  # started 9 s after the hello
+    assert w.due(force=True) == [] and len(w) == 0 and w.counters["flow_summary_reused"] == 1
+    # ... or after it: the count's start changed
+    w.write(Event(tcp, WATCHED))
+    k.vols[key] = FlowVolume(100, 1, 1_500_000_000, 1_600_000_000, 0)
+    assert len(w.due(force=True)) == 1
+    k.vols[key] = FlowVolume(9 * MB, 9, 5_000_000_000, 6_000_000_000, 0)
+    assert w.due(force=True) == [] and len(w) == 0 and w.counters["flow_summary_reused"] == 2
 
 
 def _store_with_uploads(path: Path) -> Store:

@@ -42,6 +42,8 @@ WATCHED_KINDS = frozenset({CONNECT, TLS_SNI, TLS_INCOMPLETE, QUIC_SNI, UDP_FLOW,
 IDLE = 600.0
 #: a filed flow the kernel has no count for after this long never sent (a refused connect)
 NEVER_SENT = 30.0
+#: a kernel count that started this long after the filing event is a later connection's
+LATER_CONNECTION = 2.0
 
 FlowKey = tuple[str, str, int, str, int]
 
@@ -61,6 +63,8 @@ class _Flow:
     filed: float  # wall time
     reported: int = 0  # bytes covered by the summaries so far
     changed: float = 0.0  # wall time the count last grew
+    ts: float = 0.0  # the filing event's time
+    first_ns: int = 0  # the kernel count's start: another value is another connection
 
 
 class VolumeWatch:
@@ -87,7 +91,7 @@ class VolumeWatch:
         flow = self._flows.get(key)
         if flow is None:
             now = time.time()
-            self._flows[key] = _Flow(event.attr, sni, now, changed=now)
+            self._flows[key] = _Flow(event.attr, sni, now, changed=now, ts=obs.ts)
             self.counters["flow_summary_filed"] += 1
             while len(self._flows) > self.max_flows:
                 self._flows.popitem(last=False)
@@ -115,8 +119,14 @@ class VolumeWatch:
                 if now - flow.filed > NEVER_SENT:
                     del self._flows[key]
                 continue
-            if vol.bytes_out < flow.reported:  # a new flow on the 5-tuple
-                flow.reported = 0
+            if not flow.first_ns and self.kernel.epoch(vol.first_ns) <= flow.ts + LATER_CONNECTION:
+                flow.first_ns = vol.first_ns
+            if vol.first_ns != flow.first_ns:
+                # a later connection on the 5-tuple (the port reused, maybe by a
+                # process outside the MCP trees): not this flow's bytes
+                del self._flows[key]
+                self.counters["flow_summary_reused"] += 1
+                continue
             new = vol.bytes_out - flow.reported
             if new > 0:
                 flow.reported, flow.changed = vol.bytes_out, now
